@@ -1,0 +1,30 @@
+/**
+ * Error classes. Every bad-input error names the offending field and says how to fix it.
+ * @module
+ */
+
+/** Thrown for invalid input: `field` names what was wrong, and the message ends with the fix. */
+export class MagiAttnInputError extends Error {
+  /** The offending field or argument, e.g. `"qRanges[3]"` or `"opts.softcap"`. */
+  readonly field: string;
+
+  /**
+   * @param field the argument or field that is wrong
+   * @param problem what is wrong with it (completes "`field` ...")
+   * @param fix how to fix it
+   */
+  constructor(field: string, problem: string, fix: string) {
+    super(`magi-attn: \`${field}\` ${problem}. Fix: ${fix}.`);
+    this.name = "MagiAttnInputError";
+    this.field = field;
+  }
+}
+
+/** Thrown when a requested backend (the CUDA library, a device) cannot be used; `cause` holds why. */
+export class BackendUnavailableError extends Error {
+  /** @param message what is unavailable and what was tried */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "BackendUnavailableError";
+  }
+}
