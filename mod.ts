@@ -1,5 +1,73 @@
 /**
- * magi-attn: arbitrary attention masks compiled to flex keys and run by flex flash attention.
+ * magi-attn: arbitrary attention masks (packed documents, sliding windows, prefix trees of RL rollouts,
+ * raw ranges) compiled to a flex key and run by flex flash attention: our CUDA library on NVIDIA GPUs
+ * through `Deno.dlopen`, or the CPU reference.
+ *
+ * ```ts
+ * import { AttnMaskSpec, compileFlexKey, flexFlashAttnForward, randomTensor } from "@magi/attn";
+ *
+ * const spec = AttnMaskSpec.varlen([5, 3]); // two causal documents packed into 8 tokens
+ * const q = randomTensor([8, 2, 16], { seed: 1 });
+ * const k = randomTensor([8, 2, 16], { seed: 2 });
+ * const v = randomTensor([8, 2, 16], { seed: 3 });
+ * const { out, lse } = await flexFlashAttnForward(q, k, v, compileFlexKey(spec));
+ * ```
  * @module
  */
-export { MagiAttnInputError, BackendUnavailableError } from "./lib/errors.ts";
+
+export { BackendUnavailableError, MagiAttnInputError } from "./lib/errors.ts";
+export {
+  bf16BitsToFloat32,
+  bf16ToFloat32,
+  type DType,
+  float32ToBf16,
+  float32ToBf16Bits,
+  fromFloat32,
+  type HostTensor,
+  numel,
+  randomTensor,
+  type RandomTensorOptions,
+  seededRandom,
+  tensor,
+  type TensorData,
+  toFloat32,
+  toFloat64,
+} from "./lib/tensor.ts";
+export { AttnType, type AttnTypeValue, type FlexKey, type MaskType, type PlainFlexKey } from "./lib/types.ts";
+export { AttnMaskSpec, prefixTreeLayout } from "./lib/spec.ts";
+export { clearFlexKeyCache, compileFlexKey, denseMask, isFlexKey, sliceArea, toFlexKey } from "./lib/flex_key.ts";
+export {
+  type AnyTensor,
+  type Backend,
+  type BackendInfo,
+  backendInfo,
+  type FlexAttnBackwardResult,
+  type FlexAttnForwardResult,
+  type FlexAttnOptions,
+  flexFlashAttnBackward,
+  flexFlashAttnForward,
+} from "./lib/ffa.ts";
+export {
+  type AttentionFunction,
+  type AttentionMask,
+  type AttentionOptions,
+  type BoolAttentionMask,
+} from "./lib/attention_types.ts";
+export { ALL_ATTENTION_FUNCTIONS, AttentionInterface, sdpaAttentionForward } from "./lib/registry.ts";
+export {
+  getActiveAttnSpec,
+  type MagiAttnCallOptions,
+  type MagiAttnFunc,
+  magiAttentionForward,
+  makeMagiAttnFunc,
+  setActiveAttnSpec,
+} from "./lib/magi.ts";
+export {
+  AttnSpecNotConsumedError,
+  closeAttnSpecStep,
+  findAttentionModules,
+  type ModelLike,
+  resetAttnSpecGuard,
+  setAttnSpecOnAttention,
+} from "./lib/stamping.ts";
+export { DeviceTensor, emptyDevice, isDeviceTensor, toDevice, toHost } from "./ffi/device.ts";

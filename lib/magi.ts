@@ -1,0 +1,238 @@
+/**
+ * The magi attention forward (the registry's `"magi"` entry) and the factory path
+ * ({@linkcode makeMagiAttnFunc}) for code that calls attention directly.
+ * @module
+ */
+
+import {
+  type AttentionMask,
+  type AttentionOptions,
+  checkAttentionOptions,
+} from "./attention_types.ts";
+import { MagiAttnInputError } from "./errors.ts";
+import { flexFlashAttnForward } from "./ffa.ts";
+import { compileFlexKey } from "./flex_key.ts";
+import { bhsdToThd, reshape } from "./layout.ts";
+import { AttnMaskSpec } from "./spec.ts";
+import { markStampedSpecConsumed, stampedSpecOf } from "./stamping.ts";
+import type { HostTensor } from "./tensor.ts";
+import type { FlexKey } from "./types.ts";
+
+/** HF sliding window W (the query and the W − 1 keys before it) as a magi window `(left, right)`. */
+function windowFromSlidingWindow(slidingWindow: number, causal: boolean): { left: number; right: number } {
+  return { left: slidingWindow - 1, right: causal ? 0 : slidingWindow - 1 };
+}
+
+/** The spec used when none is stamped: each batch row its own sequence (causal, full or windowed). */
+function defaultSpec(batch: number, seqLen: number, options: AttentionOptions): AttnMaskSpec {
+  const causal = options.isCausal ?? true;
+  const seqlens = new Array<number>(batch).fill(seqLen);
+  if (options.slidingWindow !== undefined) {
+    return AttnMaskSpec.slidingWindow(seqlens, windowFromSlidingWindow(options.slidingWindow, causal));
+  }
+  return AttnMaskSpec.varlen(seqlens, { causal });
+}
+
+function checkSpecAgainstInput(spec: AttnMaskSpec, seqQ: number, seqK: number, field: string): void {
+  if (spec.totalSeqlenQ !== seqQ || spec.totalSeqlenK !== seqK) {
+    throw new MagiAttnInputError(
+      field,
+      `covers ${spec.totalSeqlenQ} query / ${spec.totalSeqlenK} key tokens but the input has ${seqQ} / ${seqK}`,
+      "build the spec for the packed sequence the model is running",
+    );
+  }
+}
+
+/**
+ * The `"magi"` attention function: runs flex flash attention with the {@linkcode AttnMaskSpec} stamped
+ * on `module` (marking it consumed), or, with none stamped, each batch row as its own causal sequence
+ * (`isCausal: false` → full, `slidingWindow` → a window). A spec needs batch 1 and must cover the
+ * sequence. Dropout, a dense `attentionMask` and context parallelism are rejected, never ignored.
+ */
+export async function magiAttentionForward(
+  module: object,
+  query: HostTensor,
+  key: HostTensor,
+  value: HostTensor,
+  attentionMask: AttentionMask | null,
+  options: AttentionOptions = {},
+): Promise<[HostTensor, null]> {
+  checkAttentionOptions(options);
+  // deno-lint-ignore no-explicit-any
+  const cpGroupSize = (module as any)?.cpGroup?.size;
+  if (typeof cpGroupSize === "number" && cpGroupSize > 1) {
+    throw new MagiAttnInputError(
+      "module.cpGroup",
+      `has size ${cpGroupSize}, but context parallelism is not supported yet`,
+      "run magi attention without a context-parallel group (cpGroup size 1)",
+    );
+  }
+  for (const [field, item] of [["query", query], ["key", key], ["value", value]] as const) {
+    if (item?.shape?.length !== 4) {
+      throw new MagiAttnInputError(`${field}.shape`, "is not rank 4", "pass [B, H, S, D] tensors");
+    }
+  }
+  const [batch, heads, seqQ, headDim] = query.shape;
+  const seqK = key.shape[2];
+  if (key.shape[0] !== batch || value.shape[0] !== batch) {
+    throw new MagiAttnInputError(
+      "key.shape[0]",
+      `is ${key.shape[0]} (value ${value.shape[0]}) but query's batch is ${batch}`,
+      "give query, key and value the same batch size",
+    );
+  }
+  if (attentionMask !== null && attentionMask !== undefined) {
+    throw new MagiAttnInputError(
+      "attentionMask",
+      "was given, but magi attention takes its mask as an AttnMaskSpec, not a dense tensor",
+      "pass attentionMask null and stamp the mask with setAttnSpecOnAttention(model, spec)",
+    );
+  }
+  const spec = stampedSpecOf(module);
+  let flexKey: FlexKey;
+  if (spec) {
+    if (batch !== 1) {
+      throw new MagiAttnInputError(
+        "query.shape[0]",
+        `is ${batch}, but a stamped AttnMaskSpec describes one packed sequence`,
+        "pack the batch into one sequence (batch 1) and describe it with the spec",
+      );
+    }
+    if (options.slidingWindow !== undefined || options.isCausal !== undefined) {
+      const field = options.slidingWindow !== undefined ? "opts.slidingWindow" : "opts.isCausal";
+      throw new MagiAttnInputError(
+        field,
+        "was given together with a stamped AttnMaskSpec, which already defines the whole mask",
+        "drop the option, or build the window/causality into the spec (e.g. AttnMaskSpec.slidingWindow)",
+      );
+    }
+    checkSpecAgainstInput(spec, seqQ, seqK, "module._magiAttnSpec");
+    flexKey = compileFlexKey(spec);
+  } else {
+    if (seqQ !== seqK) {
+      throw new MagiAttnInputError(
+        "key.shape[2]",
+        `is ${seqK} but query has ${seqQ} tokens; without a spec magi needs equal lengths`,
+        "stamp an AttnMaskSpec whose totals give the query and key lengths",
+      );
+    }
+    flexKey = compileFlexKey(defaultSpec(batch, seqQ, options));
+  }
+  if (spec) markStampedSpecConsumed(module);
+  const { out } = await flexFlashAttnForward(
+    bhsdToThd(query, "query"),
+    bhsdToThd(key, "key"),
+    bhsdToThd(value, "value"),
+    flexKey,
+    { softmaxScale: options.scaling, softcap: options.softcap },
+  );
+  return [reshape(out as HostTensor, [batch, seqQ, heads, headDim]), null];
+}
+
+let activeSpec: AttnMaskSpec | null = null;
+
+/** Sets the spec the factory path uses when a call gives no spec, cuSeqlens or stamped module (`null` clears). */
+export function setActiveAttnSpec(spec: AttnMaskSpec | null): void {
+  if (spec !== null && !(spec instanceof AttnMaskSpec)) {
+    throw new MagiAttnInputError("spec", "is not an AttnMaskSpec", "pass an AttnMaskSpec or null");
+  }
+  activeSpec = spec;
+}
+
+/** The spec set by {@linkcode setActiveAttnSpec}, or `null`. */
+export function getActiveAttnSpec(): AttnMaskSpec | null {
+  return activeSpec;
+}
+
+/** Per-call options of the function returned by {@linkcode makeMagiAttnFunc}. */
+export interface MagiAttnCallOptions {
+  /** The mask for this call (highest priority). */
+  magiAttnSpec?: AttnMaskSpec;
+  /** Packed document boundaries `[0, l0, l0 + l1, …]` (causal documents). */
+  cuSeqlens?: readonly number[] | Int32Array;
+  /** FlashAttention window `[left, right]` (−1 = unbounded) applied per document with `cuSeqlens` or alone. */
+  windowSize?: readonly [number, number];
+  /** An attention module whose stamped spec to use (and mark consumed) when no spec or cuSeqlens is given. */
+  module?: object;
+}
+
+/** A magi attention function for thd `[T, H, D]` or bshd `[1, S, H, D]` tensors; output in the input layout. */
+export type MagiAttnFunc = (
+  q: HostTensor,
+  k: HostTensor,
+  v: HostTensor,
+  options?: MagiAttnCallOptions,
+) => Promise<HostTensor>;
+
+function toThd(input: HostTensor, field: string): HostTensor {
+  if (input.shape.length === 3) return input;
+  if (input.shape.length === 4 && input.shape[0] === 1) return reshape(input, input.shape.slice(1));
+  throw new MagiAttnInputError(
+    `${field}.shape`,
+    `is [${input.shape.join(", ")}]`,
+    "pass thd [T, H, D] or bshd [1, S, H, D] (pack batches into one sequence)",
+  );
+}
+
+/**
+ * Factory path: returns an attention function that picks its mask by priority — explicit `magiAttnSpec`
+ * → `cuSeqlens` → the stamped spec of `module` → the active spec → causal — and marks stamped specs
+ * consumed. Gives bitwise the same output as the `"magi"` registry entry for the same spec.
+ */
+export function makeMagiAttnFunc(factoryOptions: { softmaxScale?: number } = {}): MagiAttnFunc {
+  const { softmaxScale } = factoryOptions;
+  if (softmaxScale !== undefined && !(Number.isFinite(softmaxScale) && softmaxScale > 0)) {
+    throw new MagiAttnInputError("softmaxScale", `is ${softmaxScale}`, "pass a finite positive scale");
+  }
+  return async (q, k, v, options = {}) => {
+    const known = new Set(["magiAttnSpec", "cuSeqlens", "windowSize", "module"]);
+    for (const name of Object.keys(options)) {
+      // deno-lint-ignore no-explicit-any
+      if (!known.has(name) && (options as any)[name] !== undefined) {
+        throw new MagiAttnInputError(
+          `options.${name}`,
+          "is not an option of the magi attention function",
+          `remove it; the options are ${[...known].join(", ")}`,
+        );
+      }
+    }
+    const qThd = toThd(q, "q"), kThd = toThd(k, "k"), vThd = toThd(v, "v");
+    const totalQ = qThd.shape[0], totalK = kThd.shape[0];
+    const window = options.windowSize;
+    const rejectWindow = (source: string): never => {
+      throw new MagiAttnInputError(
+        "options.windowSize",
+        `cannot be combined with ${source}, which already defines the whole mask`,
+        "build the window into the spec with AttnMaskSpec.slidingWindow, or drop windowSize",
+      );
+    };
+    let spec: AttnMaskSpec;
+    if (options.magiAttnSpec !== undefined) {
+      if (!(options.magiAttnSpec instanceof AttnMaskSpec)) {
+        throw new MagiAttnInputError("options.magiAttnSpec", "is not an AttnMaskSpec", "build it with AttnMaskSpec");
+      }
+      if (window) rejectWindow("an explicit magiAttnSpec");
+      spec = options.magiAttnSpec;
+    } else if (options.cuSeqlens !== undefined) {
+      const cu = Array.from(options.cuSeqlens);
+      spec = window
+        ? AttnMaskSpec.slidingWindow(cu.slice(1).map((end, index) => end - cu[index]), {
+          left: window[0],
+          right: window[1],
+        })
+        : AttnMaskSpec.fromCuSeqlens(cu);
+    } else if (window) {
+      if (options.module && stampedSpecOf(options.module)) rejectWindow("the module's stamped spec");
+      if (activeSpec) rejectWindow("the active spec");
+      spec = AttnMaskSpec.slidingWindow(totalQ, { left: window[0], right: window[1] });
+    } else {
+      spec = (options.module ? stampedSpecOf(options.module) : null) ?? activeSpec ?? AttnMaskSpec.causal(totalQ);
+    }
+    checkSpecAgainstInput(spec, totalQ, totalK, "spec");
+    const flexKey = compileFlexKey(spec);
+    if (options.module && spec === stampedSpecOf(options.module)) markStampedSpecConsumed(options.module);
+    const { out } = await flexFlashAttnForward(qThd, kThd, vThd, flexKey, { softmaxScale });
+    return reshape(out as HostTensor, q.shape);
+  };
+}
+

@@ -1,0 +1,104 @@
+/**
+ * The main job, end to end: an RL-rollout prefix tree (one prompt, three completions) packed into one
+ * sequence and run through a tiny transformer with magi attention; each completion's logits must equal
+ * running prompt + that completion alone. Then the consumption guard catches a model that silently uses
+ * another attention implementation.
+ *
+ * Run: `deno task demo`
+ * @module
+ */
+
+import {
+  AttnMaskSpec,
+  AttnSpecNotConsumedError,
+  backendInfo,
+  closeAttnSpecStep,
+  prefixTreeLayout,
+  resetAttnSpecGuard,
+  seededRandom,
+  setAttnSpecOnAttention,
+} from "../mod.ts";
+import { DEFAULT_TINY_CONFIG, TinyForCausalLM } from "./tiny_model.ts";
+
+const PROMPT_LENGTH = 40;
+const COMPLETION_LENGTHS = [24, 9, 31];
+
+const info = backendInfo();
+const onGpu = info.backend === "cuda";
+// The GPU kernel takes bf16/fp16, so on a GPU the attention inputs are bf16 and the bound is bf16's.
+const attentionDtype = onGpu ? "bfloat16" : "float32";
+const tolerance = onGpu ? 2e-2 : 1e-4;
+console.log(
+  `backend: ${info.backend}${info.device ? ` on ${info.device}` : ""}${info.reason ? ` (${info.reason})` : ""}`,
+);
+console.log(`attention dtype: ${attentionDtype}, tolerance on max |logit diff|: ${tolerance}`);
+
+const next = seededRandom(7);
+const config = { ...DEFAULT_TINY_CONFIG, attentionDtype } as const;
+const randomTokens = (length: number) =>
+  Array.from({ length }, () => Math.floor(next() * config.vocabSize));
+const prompt = randomTokens(PROMPT_LENGTH);
+const completions = COMPLETION_LENGTHS.map(randomTokens);
+
+// The prefix tree: node 0 is the prompt, nodes 1..3 the completions; each sample is prompt → completion.
+const nodeLengths = [PROMPT_LENGTH, ...COMPLETION_LENGTHS];
+const samplePaths = COMPLETION_LENGTHS.map((_, index) => [0, index + 1]);
+const spec = AttnMaskSpec.prefixTree(nodeLengths, samplePaths);
+const layout = prefixTreeLayout(nodeLengths, samplePaths);
+const packedTokens = [prompt, ...completions].flat();
+
+const model = new TinyForCausalLM({ ...config, attnImplementation: "magi" });
+const stamped = setAttnSpecOnAttention(model, spec);
+const packedLogits = await model.forward(packedTokens, layout.positionIds);
+closeAttnSpecStep(model);
+console.log(
+  `packed ${packedTokens.length} tokens (prompt ${PROMPT_LENGTH}, completions ${COMPLETION_LENGTHS.join(", ")}) ` +
+    `as ${spec.qRanges.length} slices; spec stamped on ${stamped} attention modules and consumed`,
+);
+
+const vocab = config.vocabSize;
+const rows: { sample: number; tokens: number; maxAbsDiff: number }[] = [];
+for (const [sample, completion] of completions.entries()) {
+  // The same model run on prompt + this completion alone, with a plain causal mask.
+  const aloneLogits = await model.forward([...prompt, ...completion]);
+  const packedRows = layout.sampleTokenRanges[sample].flatMap(([start, end]) =>
+    Array.from({ length: end - start }, (_, offset) => start + offset)
+  );
+  let maxAbsDiff = 0;
+  for (const [aloneRow, packedRow] of packedRows.entries()) {
+    for (let token = 0; token < vocab; token++) {
+      const diff = Math.abs(aloneLogits[aloneRow * vocab + token] - packedLogits[packedRow * vocab + token]);
+      if (!(diff <= maxAbsDiff)) maxAbsDiff = Number.isNaN(diff) ? Infinity : diff;
+    }
+  }
+  rows.push({ sample, tokens: packedRows.length, maxAbsDiff });
+}
+
+console.log("\n sample | tokens (prompt+completion) | max |logit packed − logit alone|");
+console.log("--------+----------------------------+----------------------------------");
+for (const row of rows) {
+  console.log(
+    ` ${String(row.sample).padStart(6)} | ${String(row.tokens).padStart(26)} | ${row.maxAbsDiff.toExponential(3)}`,
+  );
+}
+const worst = Math.max(...rows.map((row) => row.maxAbsDiff));
+if (!(worst <= tolerance)) {
+  console.error(`\nFAIL: packed logits differ from the separate runs by ${worst} (> ${tolerance})`);
+  Deno.exit(1);
+}
+console.log(`\nOK: every completion's logits match its separate run (worst ${worst.toExponential(3)} ≤ ${tolerance})`);
+
+// The guard: the same model configured with "sdpa" ignores the stamped spec; the next step says so.
+const fallbackModel = new TinyForCausalLM({ ...config, attnImplementation: "sdpa" });
+setAttnSpecOnAttention(fallbackModel, spec);
+await fallbackModel.forward(packedTokens, layout.positionIds); // sdpa: plain causal, not the prefix tree
+try {
+  setAttnSpecOnAttention(fallbackModel, spec);
+  console.error("FAIL: the guard did not fire for a model that ignored its spec");
+  Deno.exit(1);
+} catch (error) {
+  if (!(error instanceof AttnSpecNotConsumedError)) throw error;
+  console.log(`\nguard: a model with attnImplementation "sdpa" raised ${error.name} at the next step:`);
+  console.log(`  ${error.message}`);
+  resetAttnSpecGuard(fallbackModel);
+}
