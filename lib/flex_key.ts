@@ -1,0 +1,533 @@
+/**
+ * The flex key compiler: validates a mask's slices and packs them into the typed arrays the kernels take.
+ *
+ * A compiled key ({@linkcode FlexKey}) is in canonical order (slices sorted by qStart, kStart, qEnd, kEnd,
+ * type), holds no slice that covers no cell (empty ranges, a BICAUSAL band with more query than key rows)
+ * and no cell covered by two slices. Compiled keys are frozen objects, cached by spec fingerprint and
+ * shared between callers: **their typed arrays must not be mutated** (JavaScript cannot freeze typed
+ * arrays; copy them first if you need to edit).
+ *
+ * Cost, for N slices: O(N) when the slices are already in canonical order and no two share a query row
+ * (packed documents, sliding windows, block-causal, prefix-LM), else O((N + P) log N) where P is the
+ * number of slice pairs whose bounding rectangles intersect (each such pair gets an exact O(1) test).
+ * @module
+ */
+
+import { MagiAttnInputError } from "./errors.ts";
+import { AttnMaskSpec, describeValue, specFromRangesNamed } from "./spec.ts";
+import type { FlexKey, PlainFlexKey } from "./types.ts";
+
+const INT32_MAX = 2147483647;
+
+/** How many compiled keys the cache keeps (least recently used evicted first). */
+export const FLEX_KEY_CACHE_CAPACITY = 64;
+
+const TYPE_NAMES = ["full", "causal", "inv_causal", "bi_causal"] as const;
+
+/** Keys made by this module: only these skip validation in {@linkcode toFlexKey}. */
+const compiledKeys = new WeakSet<object>();
+
+/** LRU of compiled keys by spec fingerprint; a Map iterates in insertion order, oldest first. */
+const cache = new Map<string, { spec: AttnMaskSpec; key: FlexKey }>();
+
+/** Empties the compiled-key cache. */
+export function clearFlexKeyCache(): void {
+  cache.clear();
+}
+
+/** Number of keys in the compiled-key cache (at most {@linkcode FLEX_KEY_CACHE_CAPACITY}). */
+export function flexKeyCacheSize(): number {
+  return cache.size;
+}
+
+/**
+ * Number of visible cells of a slice with `lq` query and `lk` key rows of the given {@linkcode AttnType}
+ * (the FLOP-count area: FULL `lq·lk`; CAUSAL/INVCAUSAL `(2lk − lq + 1)·lq/2` when `lk ≥ lq`, else
+ * `lk·(lk + 1)/2`; BICAUSAL `(lk − lq + 1)·lq`, 0 when negative).
+ */
+export function sliceArea(lq: number, lk: number, type: number): number {
+  if (!Number.isSafeInteger(lq) || lq < 0) {
+    throw new MagiAttnInputError(
+      "lq",
+      `is ${describeValue(lq)}`,
+      "give the query length as a non-negative integer",
+    );
+  }
+  if (!Number.isSafeInteger(lk) || lk < 0) {
+    throw new MagiAttnInputError(
+      "lk",
+      `is ${describeValue(lk)}`,
+      "give the key length as a non-negative integer",
+    );
+  }
+  if (type !== 0 && type !== 1 && type !== 2 && type !== 3) {
+    throw new MagiAttnInputError("type", `is ${describeValue(type)}`, "use an AttnType: 0, 1, 2 or 3");
+  }
+  return areaOf(lq, lk, type);
+}
+
+function areaOf(lq: number, lk: number, type: number): number {
+  if (lq === 0 || lk === 0) return 0;
+  if (type === 0) return lq * lk;
+  if (type === 3) return lk >= lq ? (lk - lq + 1) * lq : 0;
+  return lk >= lq ? ((2 * lk - lq + 1) * lq) / 2 : (lk * (lk + 1)) / 2;
+}
+
+/** Whether `x` is a flex key compiled (and so validated) by this module. */
+export function isFlexKey(x: unknown): x is FlexKey {
+  return typeof x === "object" && x !== null && compiledKeys.has(x);
+}
+
+/**
+ * Compiles a spec into a validated, canonical, frozen flex key; equal specs share one cached key.
+ * Throws {@linkcode MagiAttnInputError} for a bad slice: non-integer or out-of-bounds ranges, `end <
+ * start`, unknown types, or two slices covering the same cell (the message names both and the cell).
+ */
+export function compileFlexKey(spec: AttnMaskSpec): FlexKey {
+  if (!(spec instanceof AttnMaskSpec)) {
+    throw new MagiAttnInputError(
+      "spec",
+      `is ${describeValue(spec)}, not an AttnMaskSpec`,
+      "build the mask with AttnMaskSpec.varlen / .slidingWindow / .prefixTree / .fromRanges, or use toFlexKey",
+    );
+  }
+  const fingerprint = spec.fingerprint();
+  const hit = cache.get(fingerprint);
+  if (hit !== undefined && (hit.spec === spec || hit.spec.equals(spec))) {
+    cache.delete(fingerprint); // move to the most recently used end
+    cache.set(fingerprint, hit);
+    return hit.key;
+  }
+  const key = compileSpec(spec);
+  cache.delete(fingerprint);
+  cache.set(fingerprint, { spec, key });
+  if (cache.size > FLEX_KEY_CACHE_CAPACITY) cache.delete(cache.keys().next().value as string);
+  return key;
+}
+
+/**
+ * A validated flex key from either a compiled key (returned as is), an object shaped like a
+ * {@linkcode FlexKey} built elsewhere (validated in full, returned as a new compiled key) or a plain key
+ * `{ qRanges: [s, e][], kRanges, attnTypeMap, totalSeqlenQ?, totalSeqlenK? }`. A plain key's totals
+ * default to `totals`, then to the largest range end. Validation is that of {@linkcode compileFlexKey}.
+ */
+export function toFlexKey(
+  key: FlexKey | PlainFlexKey,
+  totals?: { totalQ: number; totalK: number },
+): FlexKey {
+  if (isFlexKey(key)) return key;
+  if (key === null || typeof key !== "object") {
+    throw new MagiAttnInputError(
+      "key",
+      `is ${describeValue(key)}, not a flex key`,
+      "pass a compiled FlexKey or { qRanges, kRanges, attnTypeMap }",
+    );
+  }
+  if (totals !== undefined && (totals === null || typeof totals !== "object")) {
+    throw new MagiAttnInputError(
+      "totals",
+      `is ${describeValue(totals)}`,
+      "pass { totalQ, totalK } or nothing",
+    );
+  }
+  const candidate = key as unknown as Record<string, unknown>;
+  if (candidate.qRanges instanceof Int32Array) return validateTypedKey(candidate);
+  const plain = key as PlainFlexKey;
+  const spec = specFromRangesNamed(
+    {
+      qRanges: plain.qRanges,
+      kRanges: plain.kRanges,
+      attnTypeMap: plain.attnTypeMap,
+      totalSeqlenQ: plain.totalSeqlenQ ?? totals?.totalQ,
+      totalSeqlenK: plain.totalSeqlenK ?? totals?.totalK,
+    } as unknown as Parameters<typeof specFromRangesNamed>[0],
+    "attnTypeMap",
+  );
+  return compileFlexKey(spec);
+}
+
+/**
+ * The dense mask of a key: `totalQ × totalK` bytes, row-major, 1 where the cell is visible. For tests and
+ * pictures; throws when the mask would exceed 2^26 cells.
+ */
+export function denseMask(key: FlexKey | PlainFlexKey): Uint8Array {
+  const flex = toFlexKey(key);
+  const { totalQ, totalK, qRanges, kRanges, attnTypeMap } = flex;
+  if (totalQ * totalK > 2 ** 26) {
+    throw new MagiAttnInputError(
+      "key",
+      `covers ${totalQ} × ${totalK} cells, more than denseMask's limit of 2^26`,
+      "draw a smaller mask (denseMask is meant for tests and pictures)",
+    );
+  }
+  const mask = new Uint8Array(totalQ * totalK);
+  for (let slice = 0; slice < attnTypeMap.length; slice++) {
+    const qs = qRanges[2 * slice], qe = qRanges[2 * slice + 1];
+    const ks = kRanges[2 * slice], ke = kRanges[2 * slice + 1];
+    const type = attnTypeMap[slice];
+    const lowDiagonal = type === 2 || type === 3 ? ks - qs : -Infinity;
+    const highDiagonal = type === 1 || type === 3 ? ke - qe : Infinity;
+    for (let row = qs; row < qe; row++) {
+      const from = Math.max(ks, row + lowDiagonal), to = Math.min(ke - 1, row + highDiagonal);
+      if (from <= to) mask.fill(1, row * totalK + from, row * totalK + to + 1);
+    }
+  }
+  return mask;
+}
+
+function checkTotal(value: unknown, field: string): number {
+  if (typeof value !== "number" || !Number.isInteger(value) || value < 0 || value > INT32_MAX) {
+    throw new MagiAttnInputError(
+      field,
+      `is ${describeValue(value)}`,
+      "give a non-negative integer below 2^31",
+    );
+  }
+  return value;
+}
+
+/** Reads and validates a spec's slices into flat typed arrays, then finishes the key. */
+function compileSpec(spec: AttnMaskSpec): FlexKey {
+  const totalQ = checkTotal(spec.totalSeqlenQ, "spec.totalSeqlenQ");
+  const totalK = checkTotal(spec.totalSeqlenK, "spec.totalSeqlenK");
+  const { qRanges, kRanges, maskTypes } = spec;
+  const count = qRanges.length;
+  if (kRanges.length !== count || maskTypes.length !== count) {
+    throw new MagiAttnInputError(
+      "spec",
+      `has ${count} query ranges, ${kRanges.length} key ranges and ${maskTypes.length} types`,
+      "give one of each per slice",
+    );
+  }
+  const qFlat = new Int32Array(2 * count), kFlat = new Int32Array(2 * count), types = new Int32Array(count);
+  for (let slice = 0; slice < count; slice++) {
+    const qRange = qRanges[slice], kRange = kRanges[slice];
+    const qs = qRange[0], qe = qRange[1], ks = kRange[0], ke = kRange[1];
+    const name = maskTypes[slice];
+    const type = name === "causal"
+      ? 1
+      : name === "full"
+      ? 0
+      : name === "bi_causal"
+      ? 3
+      : name === "inv_causal"
+      ? 2
+      : -1;
+    // Integer and bounds checks in one branch; the slow path below says which one failed.
+    if (
+      !(Number.isInteger(qs) && Number.isInteger(qe) && Number.isInteger(ks) && Number.isInteger(ke) &&
+        0 <= qs && qs <= qe && qe <= totalQ && 0 <= ks && ks <= ke && ke <= totalK && type >= 0)
+    ) {
+      explainBadSlice(qs, qe, ks, ke, name, slice, totalQ, totalK, "spec.maskTypes");
+    }
+    qFlat[2 * slice] = qs;
+    qFlat[2 * slice + 1] = qe;
+    kFlat[2 * slice] = ks;
+    kFlat[2 * slice + 1] = ke;
+    types[slice] = type;
+  }
+  return finishKey(qFlat, kFlat, types, totalQ, totalK);
+}
+
+/** Validates a FlexKey-shaped object not made by this module. */
+function validateTypedKey(candidate: Record<string, unknown>): FlexKey {
+  const { qRanges, kRanges, attnTypeMap } = candidate;
+  if (!(kRanges instanceof Int32Array) || !(attnTypeMap instanceof Int32Array)) {
+    throw new MagiAttnInputError(
+      kRanges instanceof Int32Array ? "key.attnTypeMap" : "key.kRanges",
+      "is not an Int32Array while key.qRanges is",
+      "pass Int32Arrays for qRanges, kRanges and attnTypeMap, or plain arrays for all three",
+    );
+  }
+  const qFlat = qRanges as Int32Array;
+  const count = attnTypeMap.length;
+  if (qFlat.length !== 2 * count || kRanges.length !== 2 * count) {
+    throw new MagiAttnInputError(
+      qFlat.length !== 2 * count ? "key.qRanges" : "key.kRanges",
+      `has length ${
+        qFlat.length !== 2 * count ? qFlat.length : kRanges.length
+      } but attnTypeMap has ${count} slices`,
+      "give flat [start, end] pairs: 2 entries per slice",
+    );
+  }
+  const totalQ = checkTotal(candidate.totalQ, "key.totalQ");
+  const totalK = checkTotal(candidate.totalK, "key.totalK");
+  for (let slice = 0; slice < count; slice++) {
+    const qs = qFlat[2 * slice],
+      qe = qFlat[2 * slice + 1],
+      ks = kRanges[2 * slice],
+      ke = kRanges[2 * slice + 1];
+    const type = attnTypeMap[slice];
+    if (
+      !(0 <= qs && qs <= qe && qe <= totalQ && 0 <= ks && ks <= ke && ke <= totalK && type >= 0 && type <= 3)
+    ) {
+      explainBadSlice(qs, qe, ks, ke, type, slice, totalQ, totalK, "key.attnTypeMap");
+    }
+  }
+  // Copies: the caller keeps ownership of its arrays and the compiled key owns its own.
+  return finishKey(qFlat.slice(), kRanges.slice(), attnTypeMap.slice(), totalQ, totalK);
+}
+
+/** Throws the precise error for a slice that failed the combined check. */
+function explainBadSlice(
+  qs: unknown,
+  qe: unknown,
+  ks: unknown,
+  ke: unknown,
+  type: unknown,
+  slice: number,
+  totalQ: number,
+  totalK: number,
+  typesField: string,
+): never {
+  const fields: [string, unknown, unknown, number][] = [["qRanges", qs, qe, totalQ], [
+    "kRanges",
+    ks,
+    ke,
+    totalK,
+  ]];
+  for (const [name, start, end, total] of fields) {
+    const field = `${name}[${slice}]`;
+    for (const [value, part] of [[start, 0], [end, 1]] as const) {
+      if (typeof value !== "number" || !Number.isInteger(value)) {
+        throw new MagiAttnInputError(
+          `${field}[${part}]`,
+          `is ${describeValue(value)}, not an integer`,
+          "use integer token indices",
+        );
+      }
+    }
+    const s = start as number, e = end as number;
+    if (s < 0) throw new MagiAttnInputError(field, `starts at ${s}`, "use non-negative token indices");
+    if (e < s) throw new MagiAttnInputError(field, `is [${s}, ${e}): end < start`, "give start ≤ end");
+    if (e > total) {
+      const totalName = name === "qRanges" ? "totalQ" : "totalK";
+      throw new MagiAttnInputError(
+        field,
+        `is [${s}, ${e}), past ${totalName} = ${total}`,
+        `keep it inside [0, ${total})`,
+      );
+    }
+  }
+  throw new MagiAttnInputError(
+    `${typesField}[${slice}]`,
+    `is ${describeValue(type)}, not an attention type`,
+    'use "full", "causal", "inv_causal", "bi_causal" (AttnType 0-3)',
+  );
+}
+
+function describeSlice(qs: number, qe: number, ks: number, ke: number, type: number): string {
+  return `[${qs},${qe})x[${ks},${ke}) ${TYPE_NAMES[type]}`;
+}
+
+/**
+ * Drops slices without cells, puts the rest in canonical order, rejects shared cells, and packs the key.
+ * Takes ownership of the arrays (compacts them in place).
+ */
+function finishKey(
+  qFlat: Int32Array,
+  kFlat: Int32Array,
+  types: Int32Array,
+  totalQ: number,
+  totalK: number,
+): FlexKey {
+  const inputCount = types.length;
+  // origin[n]: the input index of kept slice n, for error messages.
+  const origin = new Int32Array(inputCount);
+  let count = 0, sorted = true;
+  for (let slice = 0; slice < inputCount; slice++) {
+    const qs = qFlat[2 * slice], qe = qFlat[2 * slice + 1], ks = kFlat[2 * slice], ke = kFlat[2 * slice + 1];
+    const type = types[slice];
+    if (areaOf(qe - qs, ke - ks, type) === 0) continue;
+    if (count > 0 && sorted) {
+      const pqs = qFlat[2 * count - 2], pks = kFlat[2 * count - 2];
+      const pqe = qFlat[2 * count - 1], pke = kFlat[2 * count - 1];
+      sorted = pqs !== qs
+        ? pqs < qs
+        : pks !== ks
+        ? pks < ks
+        : pqe !== qe
+        ? pqe < qe
+        : pke !== ke
+        ? pke < ke
+        : types[count - 1] <= type;
+    }
+    qFlat[2 * count] = qs;
+    qFlat[2 * count + 1] = qe;
+    kFlat[2 * count] = ks;
+    kFlat[2 * count + 1] = ke;
+    types[count] = type;
+    origin[count] = slice;
+    count++;
+  }
+  let qOut = count === inputCount ? qFlat : qFlat.slice(0, 2 * count);
+  let kOut = count === inputCount ? kFlat : kFlat.slice(0, 2 * count);
+  let typesOut = count === inputCount ? types : types.slice(0, count);
+  let originOut = origin;
+  if (!sorted) {
+    const order = new Uint32Array(count);
+    for (let slice = 0; slice < count; slice++) order[slice] = slice;
+    order.sort((a, b) =>
+      qOut[2 * a] - qOut[2 * b] || kOut[2 * a] - kOut[2 * b] || qOut[2 * a + 1] - qOut[2 * b + 1] ||
+      kOut[2 * a + 1] - kOut[2 * b + 1] || typesOut[a] - typesOut[b] || a - b
+    );
+    const qSorted = new Int32Array(2 * count), kSorted = new Int32Array(2 * count);
+    const typesSorted = new Int32Array(count), originSorted = new Int32Array(count);
+    for (let slice = 0; slice < count; slice++) {
+      const from = order[slice];
+      qSorted[2 * slice] = qOut[2 * from];
+      qSorted[2 * slice + 1] = qOut[2 * from + 1];
+      kSorted[2 * slice] = kOut[2 * from];
+      kSorted[2 * slice + 1] = kOut[2 * from + 1];
+      typesSorted[slice] = typesOut[from];
+      originSorted[slice] = originOut[from];
+    }
+    qOut = qSorted;
+    kOut = kSorted;
+    typesOut = typesSorted;
+    originOut = originSorted;
+  }
+  const clash = findSharedCell(qOut, kOut, typesOut, count);
+  if (clash !== null) {
+    let [first, second] = clash;
+    if (originOut[first] > originOut[second]) [first, second] = [second, first];
+    const name = (slice: number): string =>
+      `slice ${originOut[slice]} (${
+        describeSlice(
+          qOut[2 * slice],
+          qOut[2 * slice + 1],
+          kOut[2 * slice],
+          kOut[2 * slice + 1],
+          typesOut[slice],
+        )
+      })`;
+    throw new MagiAttnInputError(
+      `slices ${originOut[first]} and ${originOut[second]}`,
+      `overlap: ${name(first)} and ${name(second)} both cover cell (q=${sharedRow}, k=${sharedColumn})`,
+      "make the slices area-disjoint (trim or split one of them); a cell counted twice would be summed twice",
+    );
+  }
+  let area = 0, maxSeqlenQ = 0, maxSeqlenK = 0;
+  for (let slice = 0; slice < count; slice++) {
+    const lq = qOut[2 * slice + 1] - qOut[2 * slice], lk = kOut[2 * slice + 1] - kOut[2 * slice];
+    area += areaOf(lq, lk, typesOut[slice]);
+    if (lq > maxSeqlenQ) maxSeqlenQ = lq;
+    if (lk > maxSeqlenK) maxSeqlenK = lk;
+  }
+  const key: FlexKey = Object.freeze({
+    qRanges: qOut,
+    kRanges: kOut,
+    attnTypeMap: typesOut,
+    totalQ,
+    totalK,
+    maxSeqlenQ,
+    maxSeqlenK,
+    area,
+  });
+  compiledKeys.add(key);
+  return key;
+}
+
+// The cell found by the last successful sharesCell call (kept out of the return value to avoid allocation).
+let sharedRow = 0, sharedColumn = 0;
+const UNBOUNDED = 2 ** 34; // beyond any diagonal j − i of int32 indices
+
+/**
+ * Exact test: do slices a and b cover a common cell? Inside a slice, visible cells are rows [I0, I1],
+ * columns [J0, J1] and diagonals d = j − i in [D0, D1]; the intersection of two such boxes holds a cell
+ * iff J0 ≤ J1, D0 ≤ D1 and some row i in [max(I0, J0 − D1), min(I1, J1 − D0)] (then j = max(J0, i + D0)).
+ */
+function sharesCell(q: Int32Array, k: Int32Array, types: Int32Array, a: number, b: number): boolean {
+  const rowLow = Math.max(q[2 * a], q[2 * b]), rowHigh = Math.min(q[2 * a + 1], q[2 * b + 1]) - 1;
+  const columnLow = Math.max(k[2 * a], k[2 * b]), columnHigh = Math.min(k[2 * a + 1], k[2 * b + 1]) - 1;
+  if (rowLow > rowHigh || columnLow > columnHigh) return false;
+  const typeA = types[a], typeB = types[b];
+  let diagonalLow = -UNBOUNDED, diagonalHigh = UNBOUNDED;
+  if (typeA >= 2) diagonalLow = k[2 * a] - q[2 * a]; // INVCAUSAL / BICAUSAL: top-left edge
+  if (typeB >= 2) diagonalLow = Math.max(diagonalLow, k[2 * b] - q[2 * b]);
+  if (typeA === 1 || typeA === 3) diagonalHigh = k[2 * a + 1] - q[2 * a + 1]; // CAUSAL / BICAUSAL
+  if (typeB === 1 || typeB === 3) diagonalHigh = Math.min(diagonalHigh, k[2 * b + 1] - q[2 * b + 1]);
+  if (diagonalLow > diagonalHigh) return false;
+  const row = Math.max(rowLow, columnLow - diagonalHigh);
+  if (row > Math.min(rowHigh, columnHigh - diagonalLow)) return false;
+  sharedRow = row;
+  sharedColumn = Math.max(columnLow, row + diagonalLow);
+  return true;
+}
+
+/**
+ * Finds two canonical-order slices that share a cell, or null. O(N) when no two slices share a query
+ * row; otherwise a sweep over query rows with a max-segment tree over the active slices ordered by key
+ * start, reporting exactly the pairs whose bounding rectangles intersect: O((N + P) log N).
+ */
+function findSharedCell(
+  q: Int32Array,
+  k: Int32Array,
+  types: Int32Array,
+  count: number,
+): [number, number] | null {
+  let disjointRows = true, maxQEnd = count > 0 ? q[1] : 0;
+  for (let slice = 1; slice < count; slice++) {
+    if (q[2 * slice] < maxQEnd) {
+      disjointRows = false;
+      break;
+    }
+    if (q[2 * slice + 1] > maxQEnd) maxQEnd = q[2 * slice + 1];
+  }
+  if (disjointRows) return null;
+
+  const byKeyStart = new Uint32Array(count), byQueryEnd = new Uint32Array(count);
+  for (let slice = 0; slice < count; slice++) byKeyStart[slice] = byQueryEnd[slice] = slice;
+  byKeyStart.sort((a, b) => k[2 * a] - k[2 * b] || a - b);
+  byQueryEnd.sort((a, b) => q[2 * a + 1] - q[2 * b + 1] || a - b);
+  const rank = new Int32Array(count), sortedKeyStarts = new Int32Array(count);
+  for (let position = 0; position < count; position++) {
+    rank[byKeyStart[position]] = position;
+    sortedKeyStarts[position] = k[2 * byKeyStart[position]];
+  }
+  let size = 1;
+  while (size < count) size *= 2;
+  // tree[node] = largest key end among active slices under node; −1 where none is active.
+  const tree = new Int32Array(2 * size).fill(-1);
+  const update = (position: number, value: number): void => {
+    let node = position + size;
+    tree[node] = value;
+    for (node >>= 1; node >= 1; node >>= 1) tree[node] = Math.max(tree[2 * node], tree[2 * node + 1]);
+  };
+  let found = -1;
+  // Visits active slices with rank < limit and key end > keyStart; stops at the first shared cell.
+  const search = (
+    node: number,
+    low: number,
+    high: number,
+    limit: number,
+    keyStart: number,
+    current: number,
+  ) => {
+    if (found >= 0 || low >= limit || tree[node] <= keyStart) return;
+    if (node >= size) {
+      if (sharesCell(q, k, types, byKeyStart[low], current)) found = byKeyStart[low];
+      return;
+    }
+    const middle = (low + high) >> 1;
+    search(2 * node, low, middle, limit, keyStart, current);
+    search(2 * node + 1, middle, high, limit, keyStart, current);
+  };
+  let expired = 0;
+  for (let current = 0; current < count; current++) {
+    const qs = q[2 * current];
+    // Slices that ended at or before this row cannot share a row with this or any later slice.
+    while (expired < count && q[2 * byQueryEnd[expired] + 1] <= qs) update(rank[byQueryEnd[expired++]], -1);
+    const keyEnd = k[2 * current + 1];
+    let low = 0, high = count; // number of slices with key start < keyEnd
+    while (low < high) {
+      const middle = (low + high) >> 1;
+      if (sortedKeyStarts[middle] < keyEnd) low = middle + 1;
+      else high = middle;
+    }
+    search(1, 0, size, low, k[2 * current], current);
+    if (found >= 0) return [found, current];
+    update(rank[current], keyEnd);
+  }
+  return null;
+}
