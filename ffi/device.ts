@@ -1,0 +1,280 @@
+/**
+ * Tensors in GPU memory, and copies between them and host tensors.
+ *
+ * A {@linkcode DeviceTensor} owns one `magi_ffa_malloc` allocation. Free it with `dispose()` (or a
+ * `using` declaration); a tensor that is collected without it is freed by a `FinalizationRegistry`
+ * backstop, which runs late or never, so do not rely on it for GPU memory.
+ *
+ * Every copy is ordered on a stream: the library-owned one unless a `stream` option is given, the same
+ * stream the CUDA backend runs its kernels on by default, so upload → kernel → download needs no extra
+ * synchronization.
+ * @module
+ */
+
+import { MagiAttnInputError } from "../lib/errors.ts";
+import { type DType, type HostTensor, numel, tensor, type TensorData } from "../lib/tensor.ts";
+import {
+  checkStatus,
+  checkWorkerStatus,
+  type CudaLibrary,
+  type LibraryOptions,
+  loadCudaLibrary,
+} from "./library.ts";
+
+/** Options of the functions that touch device memory. */
+export interface DeviceOptions extends LibraryOptions {
+  /** `cudaStream_t` to order the work on; default: the library-owned stream. */
+  stream?: Deno.PointerValue;
+}
+
+const BYTES_PER_ELEMENT: Readonly<Record<DType, number>> = Object.freeze({
+  float32: 4,
+  float16: 2,
+  bfloat16: 2,
+});
+
+/** Only allocation functions of this module may construct a DeviceTensor. */
+const constructorToken = Symbol("DeviceTensor constructor");
+
+/** A dense row-major tensor in GPU memory, owning its allocation until {@linkcode DeviceTensor.dispose}. */
+export class DeviceTensor {
+  /** Dimensions, outermost first. */
+  readonly shape: readonly number[];
+  /** Element type: `float16`/`bfloat16` for q, k, v and their gradients, `float32` for lse. */
+  readonly dtype: DType;
+  /** Size of the allocation in bytes. */
+  readonly byteLength: number;
+  /** The library that allocated it (and frees it). */
+  readonly library: CudaLibrary;
+  #pointer: Deno.PointerValue;
+  #disposed = false;
+
+  /** Not for direct use: create device tensors with {@linkcode toDevice} or {@linkcode emptyDevice}. */
+  constructor(
+    token: typeof constructorToken,
+    library: CudaLibrary,
+    pointer: Deno.PointerValue,
+    shape: readonly number[],
+    dtype: DType,
+  ) {
+    if (token !== constructorToken) {
+      throw new TypeError(
+        "DeviceTensor cannot be constructed directly; use toDevice(...) or emptyDevice(...)",
+      );
+    }
+    this.library = library;
+    this.#pointer = pointer;
+    this.shape = Object.freeze([...shape]);
+    this.dtype = dtype;
+    this.byteLength = numel(shape) * BYTES_PER_ELEMENT[dtype];
+    if (pointer !== null) library.leakedMemory.register(this, Deno.UnsafePointer.value(pointer), this);
+  }
+
+  /** The device address (`null` for an empty tensor). Throws once the tensor is disposed. */
+  get pointer(): Deno.PointerValue {
+    if (this.#disposed) {
+      throw new Error(
+        `magi-attn: DeviceTensor [${
+          this.shape.join(", ")
+        }] ${this.dtype} used after dispose(). Fix: keep the ` +
+          "tensor alive (do not dispose it or leave its `using` block) until the last call that reads it, or " +
+          "copy it first with toHost(...).",
+      );
+    }
+    return this.#pointer;
+  }
+
+  /** True once {@linkcode DeviceTensor.dispose} has run. */
+  get disposed(): boolean {
+    return this.#disposed;
+  }
+
+  /**
+   * Frees the GPU memory now. Safe to call more than once. Pending GPU work that reads the tensor finishes
+   * first (`cudaFree` waits for the device).
+   */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    const pointer = this.#pointer;
+    this.#pointer = null;
+    if (pointer === null) return;
+    this.library.leakedMemory.unregister(this);
+    checkStatus(this.library, this.library.symbols.magi_ffa_free(pointer), "magi_ffa_free");
+  }
+
+  /** Same as {@linkcode DeviceTensor.dispose}, for `using` declarations. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+/** True when `value` is a {@linkcode DeviceTensor} (disposed or not). */
+export function isDeviceTensor(value: unknown): value is DeviceTensor {
+  return value instanceof DeviceTensor;
+}
+
+function checkShape(shape: readonly number[], field: string): void {
+  if (!Array.isArray(shape) || shape.some((dim) => !Number.isSafeInteger(dim) || dim < 0)) {
+    throw new MagiAttnInputError(
+      field,
+      `is ${JSON.stringify(shape)}`,
+      "give non-negative integer dimensions",
+    );
+  }
+}
+
+function checkDType(dtype: unknown, field: string): asserts dtype is DType {
+  if (typeof dtype !== "string" || !(dtype in BYTES_PER_ELEMENT)) {
+    throw new MagiAttnInputError(field, `is ${JSON.stringify(dtype)}`, "use float16, bfloat16 or float32");
+  }
+}
+
+/**
+ * Allocates an uninitialised tensor with `library`, without validating the arguments (callers have).
+ * For the CUDA backend's hot path; use {@linkcode emptyDevice} otherwise.
+ */
+export function allocateDevice(library: CudaLibrary, shape: readonly number[], dtype: DType): DeviceTensor {
+  const bytes = numel(shape) * BYTES_PER_ELEMENT[dtype];
+  if (bytes === 0) return new DeviceTensor(constructorToken, library, null, shape, dtype);
+  allocationSlot[0] = 0n;
+  checkStatus(
+    library,
+    library.symbols.magi_ffa_malloc(allocationSlot, BigInt(bytes)),
+    `magi_ffa_malloc(${bytes} bytes)`,
+  );
+  return new DeviceTensor(
+    constructorToken,
+    library,
+    Deno.UnsafePointer.create(allocationSlot[0]),
+    shape,
+    dtype,
+  );
+}
+
+/** Receives the address from magi_ffa_malloc; reused so an allocation costs no host garbage. */
+const allocationSlot = new BigUint64Array(1);
+
+/** Allocates an uninitialised device tensor of `shape` and `dtype`. */
+export function emptyDevice(shape: readonly number[], dtype: DType, opts: LibraryOptions = {}): DeviceTensor {
+  checkShape(shape, "shape");
+  checkDType(dtype, "dtype");
+  return allocateDevice(loadCudaLibrary(opts), shape, dtype);
+}
+
+function checkHostTensor(host: HostTensor, field: string): void {
+  if (!host || typeof host !== "object" || !ArrayBuffer.isView(host.data)) {
+    throw new MagiAttnInputError(
+      field,
+      "is not a HostTensor",
+      "build it with tensor(...) or randomTensor(...)",
+    );
+  }
+  checkDType(host.dtype, `${field}.dtype`);
+  checkShape(host.shape, `${field}.shape`);
+  const expected = numel(host.shape);
+  if (host.data.length !== expected || host.data.BYTES_PER_ELEMENT !== BYTES_PER_ELEMENT[host.dtype]) {
+    throw new MagiAttnInputError(
+      `${field}.data`,
+      `is a ${host.data.constructor.name} of ${host.data.length} elements but ${field} is ` +
+        `[${host.shape.join(", ")}] ${host.dtype}`,
+      "build the tensor with tensor(data, shape, dtype) so data, shape and dtype agree",
+    );
+  }
+}
+
+/** Uploads a host tensor into a new device tensor (asynchronous on the stream; safe to reuse `host`). */
+export function toDevice(host: HostTensor, opts: DeviceOptions = {}): DeviceTensor {
+  checkHostTensor(host, "host");
+  const library = loadCudaLibrary(opts);
+  return uploadTo(library, host, opts.stream === undefined ? library.stream() : opts.stream);
+}
+
+/** Uploads `host` with `library` on `stream`, without validating it. For the CUDA backend. */
+export function uploadTo(library: CudaLibrary, host: HostTensor, stream: Deno.PointerValue): DeviceTensor {
+  const device = allocateDevice(library, host.shape, host.dtype);
+  if (device.byteLength === 0) return device;
+  try {
+    // magi_ffa_memcpy_h2d takes pageable memory: it returns once the bytes are staged, so `host` may change
+    // afterwards without affecting the copy.
+    const data = host.data;
+    checkStatus(
+      library,
+      library.symbols.magi_ffa_memcpy_h2d(device.pointer, data, BigInt(device.byteLength), stream),
+      "magi_ffa_memcpy_h2d",
+    );
+  } catch (error) {
+    device.dispose();
+    throw error;
+  }
+  return device;
+}
+
+function hostArrayFor(dtype: DType, length: number): TensorData {
+  if (dtype === "float32") return new Float32Array(length);
+  if (dtype === "float16") return new Float16Array(length);
+  return new Uint16Array(length);
+}
+
+/**
+ * Downloads a device tensor into a new host tensor of the same shape and dtype, once the stream's earlier
+ * work (the kernels that wrote it) has finished.
+ */
+export async function toHost(device: DeviceTensor, opts: DeviceOptions = {}): Promise<HostTensor> {
+  if (!isDeviceTensor(device)) {
+    throw new MagiAttnInputError(
+      "device",
+      "is not a DeviceTensor",
+      "pass a tensor made by toDevice(...) or a CUDA call",
+    );
+  }
+  const stream = opts.stream === undefined ? device.library.stream() : opts.stream;
+  return await downloadFrom(device, stream);
+}
+
+/** Downloads `device` on `stream` and waits for it. For the CUDA backend. */
+export async function downloadFrom(device: DeviceTensor, stream: Deno.PointerValue): Promise<HostTensor> {
+  const pointer = device.pointer;
+  const data = hostArrayFor(device.dtype, numel(device.shape));
+  if (device.byteLength > 0) {
+    const { symbols } = device.library;
+    checkWorkerStatus(
+      await symbols.magi_ffa_memcpy_d2h(data, pointer, BigInt(device.byteLength), stream),
+      "magi_ffa_memcpy_d2h",
+    );
+    checkWorkerStatus(await symbols.magi_ffa_stream_synchronize(stream), "magi_ffa_stream_synchronize");
+  }
+  return tensor(data, device.shape, device.dtype);
+}
+
+/** Sets every byte of `device` to `byteValue` (0–255) on the stream; 0xFF turns fp16/bf16/fp32 into NaN. */
+export function fillDeviceBytes(device: DeviceTensor, byteValue: number, opts: DeviceOptions = {}): void {
+  if (!Number.isInteger(byteValue) || byteValue < 0 || byteValue > 255) {
+    throw new MagiAttnInputError("byteValue", `is ${byteValue}`, "pass an integer byte value 0–255");
+  }
+  const pointer = device.pointer;
+  if (device.byteLength === 0) return;
+  const library = device.library;
+  const stream = opts.stream === undefined ? library.stream() : opts.stream;
+  checkStatus(
+    library,
+    library.symbols.magi_ffa_memset(pointer, byteValue, BigInt(device.byteLength), stream),
+    "magi_ffa_memset",
+  );
+}
+
+/** Waits until all work queued on the stream (default: the library-owned one) has finished. */
+export async function synchronize(opts: DeviceOptions = {}): Promise<void> {
+  const library = loadCudaLibrary(opts);
+  const stream = opts.stream === undefined ? library.stream() : opts.stream;
+  checkWorkerStatus(await library.symbols.magi_ffa_stream_synchronize(stream), "magi_ffa_stream_synchronize");
+}
+
+/** Free and total memory of the current GPU, in bytes. */
+export function deviceMemoryInfo(opts: LibraryOptions = {}): { freeBytes: number; totalBytes: number } {
+  const library = loadCudaLibrary(opts);
+  const free = new BigUint64Array(1);
+  const total = new BigUint64Array(1);
+  checkStatus(library, library.symbols.magi_ffa_mem_info(free, total), "magi_ffa_mem_info");
+  return { freeBytes: Number(free[0]), totalBytes: Number(total[0]) };
+}
