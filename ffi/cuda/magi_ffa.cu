@@ -1,0 +1,566 @@
+// magi_ffa.cu: the C ABI of magi_ffa.h: error reporting, device and memory helpers, plans (validation,
+// tile schedules, upload) and the forward / backward entry points (argument checks, then the launchers
+// of ffa_fwd.cu and ffa_bwd.cu).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+#include <new>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "ffa_internal.cuh"
+#include "magi_ffa.h"
+
+using magi_ffa::DevicePlan;
+using magi_ffa::Slice;
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------------
+// Errors: the last failure's text, per thread.
+thread_local std::string g_last_error;
+
+void clear_error() { g_last_error.clear(); }
+
+int32_t fail(int32_t status, const char* format, ...) __attribute__((format(printf, 2, 3)));
+int32_t fail(int32_t status, const char* format, ...) {
+  char buffer[1024];
+  va_list args;
+  va_start(args, format);
+  std::vsnprintf(buffer, sizeof(buffer), format, args);
+  va_end(args);
+  g_last_error = buffer;
+  return status;
+}
+
+// Records a CUDA failure as "<function>: <what> failed: <cudaErrorName> (<description>)"; the status is
+// the cudaError_t value. Clears the sticky per-thread "last error" so later calls start clean.
+int32_t cuda_fail(const char* function, const char* what, cudaError_t err) {
+  (void)cudaGetLastError();
+  return fail(static_cast<int32_t>(err), "%s: %s failed: %s (%s)", function, what, cudaGetErrorName(err),
+              cudaGetErrorString(err));
+}
+
+#define MAGI_CUDA_CHECK(function, call)                                  \
+  do {                                                                   \
+    const cudaError_t magi_err_ = (call);                                \
+    if (magi_err_ != cudaSuccess) return cuda_fail(function, #call, magi_err_); \
+  } while (0)
+
+int32_t invalid(const char* function, const char* what) {
+  return fail(MAGI_FFA_E_INVALID_ARGUMENT, "%s: %s", function, what);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Plans.
+constexpr uint64_t kPlanMagic = 0x6d6167692d666661ull;  // "magi-ffa"
+
+struct HostPlan {
+  uint64_t magic;
+  int32_t device;
+  void* device_memory;
+  DevicePlan device_plan;
+};
+
+// A tile list on the host before upload.
+struct HostTileLists {
+  std::vector<int32_t> offsets;
+  std::vector<int32_t> slices;
+  std::vector<int32_t> order;
+};
+
+int32_t ceil_div(int32_t a, int32_t b) { return (a + b - 1) / b; }
+
+// Orders tiles by decreasing cost; ties keep index order (so the plan, and the launch order, are a pure
+// function of the flex key).
+std::vector<int32_t> costliest_first(const std::vector<int64_t>& cost) {
+  std::vector<int32_t> order(cost.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return cost[a] > cost[b]; });
+  return order;
+}
+
+// Groups (tile, slice) pairs, given in slice order, by tile (counting sort keeps slice order within a tile).
+void fill_csr(int32_t num_tiles, const std::vector<std::pair<int32_t, int32_t>>& pairs, HostTileLists* out) {
+  out->offsets.assign(static_cast<size_t>(num_tiles) + 1, 0);
+  for (const auto& pair : pairs) out->offsets[static_cast<size_t>(pair.first) + 1]++;
+  for (int32_t i = 0; i < num_tiles; ++i) out->offsets[i + 1] += out->offsets[i];
+  out->slices.assign(pairs.size(), 0);
+  std::vector<int32_t> cursor(out->offsets.begin(), out->offsets.end() - 1);
+  for (const auto& pair : pairs) out->slices[cursor[pair.first]++] = pair.second;
+}
+
+// Query tiles of `block_m` rows: each lists the slices some of whose visible cells lie in its rows.
+HostTileLists build_query_tiles(const std::vector<Slice>& slices, int32_t total_q, int32_t block_m) {
+  const int32_t num_tiles = ceil_div(total_q, block_m);
+  std::vector<std::pair<int32_t, int32_t>> pairs;
+  std::vector<int64_t> cost(static_cast<size_t>(num_tiles), 0);
+  for (size_t n = 0; n < slices.size(); ++n) {
+    const Slice& s = slices[n];
+    if (magi_ffa::slice_is_empty(s)) continue;
+    for (int32_t tile = s.qs / block_m; tile * block_m < s.qe; ++tile) {
+      const int32_t r0 = std::max(tile * block_m, s.qs);
+      const int32_t r1 = std::min(tile * block_m + block_m, s.qe);
+      int lo, hi;
+      magi_ffa::visible_keys_of_rows(s, r0, r1, &lo, &hi);
+      if (lo >= hi) continue;
+      pairs.emplace_back(tile, static_cast<int32_t>(n));
+      cost[tile] += static_cast<int64_t>(r1 - r0) * (hi - lo);
+    }
+  }
+  HostTileLists lists;
+  fill_csr(num_tiles, pairs, &lists);
+  lists.order = costliest_first(cost);
+  return lists;
+}
+
+// Key tiles of `block_n` keys: each lists the slices some of whose visible cells lie in its keys.
+HostTileLists build_key_tiles(const std::vector<Slice>& slices, int32_t total_k, int32_t block_n) {
+  const int32_t num_tiles = ceil_div(total_k, block_n);
+  std::vector<std::pair<int32_t, int32_t>> pairs;
+  std::vector<int64_t> cost(static_cast<size_t>(num_tiles), 0);
+  for (size_t n = 0; n < slices.size(); ++n) {
+    const Slice& s = slices[n];
+    if (magi_ffa::slice_is_empty(s)) continue;
+    for (int32_t tile = s.ks / block_n; tile * block_n < s.ke; ++tile) {
+      const int32_t c0 = std::max(tile * block_n, s.ks);
+      const int32_t c1 = std::min(tile * block_n + block_n, s.ke);
+      int lo, hi;
+      magi_ffa::visible_rows_of_keys(s, c0, c1, &lo, &hi);
+      if (lo >= hi) continue;
+      pairs.emplace_back(tile, static_cast<int32_t>(n));
+      cost[tile] += static_cast<int64_t>(c1 - c0) * (hi - lo);
+    }
+  }
+  HostTileLists lists;
+  fill_csr(num_tiles, pairs, &lists);
+  lists.order = costliest_first(cost);
+  return lists;
+}
+
+size_t align_up(size_t value, size_t alignment) { return (value + alignment - 1) / alignment * alignment; }
+
+// Lays the host arrays out in one device buffer: appends `bytes` from `data` to `blob` (16-byte aligned)
+// and returns the offset.
+size_t append(std::vector<unsigned char>* blob, const void* data, size_t bytes) {
+  const size_t offset = align_up(blob->size(), 16);
+  blob->resize(offset + bytes);
+  if (bytes > 0) std::memcpy(blob->data() + offset, data, bytes);
+  return offset;
+}
+
+struct ListOffsets {
+  size_t offsets, slices, order;
+};
+
+ListOffsets append_lists(std::vector<unsigned char>* blob, const HostTileLists& lists) {
+  ListOffsets at;
+  at.offsets = append(blob, lists.offsets.data(), lists.offsets.size() * sizeof(int32_t));
+  at.slices = append(blob, lists.slices.data(), lists.slices.size() * sizeof(int32_t));
+  at.order = append(blob, lists.order.data(), lists.order.size() * sizeof(int32_t));
+  return at;
+}
+
+magi_ffa::TileLists device_lists(unsigned char* base, const ListOffsets& at, const HostTileLists& lists) {
+  magi_ffa::TileLists out;
+  out.num_tiles = static_cast<int32_t>(lists.order.size());
+  out.offsets = reinterpret_cast<const int32_t*>(base + at.offsets);
+  out.slices = reinterpret_cast<const int32_t*>(base + at.slices);
+  out.order = reinterpret_cast<const int32_t*>(base + at.order);
+  return out;
+}
+
+// Checks a plan handle and that the current device is the plan's.
+int32_t check_plan(const char* function, const void* plan, const HostPlan** out) {
+  if (plan == nullptr) return invalid(function, "plan is NULL; create one with magi_ffa_plan_create");
+  const HostPlan* host_plan = static_cast<const HostPlan*>(plan);
+  if (host_plan->magic != kPlanMagic) {
+    return invalid(function, "plan is not a live magi_ffa plan (destroyed, or not from magi_ffa_plan_create)");
+  }
+  int device = 0;
+  MAGI_CUDA_CHECK(function, cudaGetDevice(&device));
+  if (device != host_plan->device) {
+    return fail(MAGI_FFA_E_INVALID_ARGUMENT,
+                "%s: the plan lives on device %d but the current device is %d; call magi_ffa_set_device(%d) "
+                "or create a plan on this device",
+                function, host_plan->device, device, host_plan->device);
+  }
+  *out = host_plan;
+  return 0;
+}
+
+bool aligned16(const void* pointer) { return (reinterpret_cast<uintptr_t>(pointer) & 15u) == 0; }
+
+// Shared checks of forward and backward: heads, head dim, dtype, scale, softcap.
+int32_t check_common(const char* function, int32_t hq, int32_t hkv, int32_t head_dim, int32_t dtype,
+                     float softmax_scale, float softcap) {
+  if (hq <= 0 || hkv <= 0) {
+    return fail(MAGI_FFA_E_INVALID_ARGUMENT, "%s: hq (%d) and hkv (%d) must be positive", function, hq, hkv);
+  }
+  if (hq % hkv != 0) {
+    return fail(MAGI_FFA_E_INVALID_ARGUMENT,
+                "%s: hq (%d) must be a multiple of hkv (%d) (each kv head serves hq/hkv query heads)", function,
+                hq, hkv);
+  }
+  if (dtype != MAGI_FFA_DTYPE_FLOAT16 && dtype != MAGI_FFA_DTYPE_BFLOAT16) {
+    return fail(MAGI_FFA_E_INVALID_ARGUMENT, "%s: dtype %d is not MAGI_FFA_DTYPE_FLOAT16 (0) or BFLOAT16 (1)",
+                function, dtype);
+  }
+  if (!magi_ffa::head_dim_supported(head_dim)) {
+    return fail(MAGI_FFA_E_UNSUPPORTED, "%s: head_dim %d is not supported by the CUDA kernels (supported: 64, 128)",
+                function, head_dim);
+  }
+  if (!(softmax_scale > 0.f) || !std::isfinite(softmax_scale)) {
+    return fail(MAGI_FFA_E_INVALID_ARGUMENT, "%s: softmax_scale (%g) must be a finite number > 0", function,
+                static_cast<double>(softmax_scale));
+  }
+  if (!(softcap >= 0.f) || !std::isfinite(softcap)) {
+    return fail(MAGI_FFA_E_INVALID_ARGUMENT, "%s: softcap (%g) must be a finite number >= 0 (0 disables it)",
+                function, static_cast<double>(softcap));
+  }
+  return 0;
+}
+
+// A tensor argument: NULL is an error when it has elements; it must be 16-byte aligned for vector access.
+int32_t check_tensor(const char* function, const char* name, const void* pointer, bool has_elements) {
+  if (!has_elements) return 0;
+  if (pointer == nullptr) return fail(MAGI_FFA_E_INVALID_ARGUMENT, "%s: %s is NULL", function, name);
+  if (!aligned16(pointer)) {
+    return fail(MAGI_FFA_E_INVALID_ARGUMENT, "%s: %s (%p) must be 16-byte aligned", function, name, pointer);
+  }
+  return 0;
+}
+
+}  // namespace
+
+// =====================================================================================================
+// The library is built with -fvisibility=hidden; only the C ABI below is exported.
+#pragma GCC visibility push(default)
+extern "C" {
+
+int32_t magi_ffa_abi_version(void) { return MAGI_FFA_ABI_VERSION; }
+
+const char* magi_ffa_last_error(void) { return g_last_error.c_str(); }
+
+int32_t magi_ffa_device_count(int32_t* count) {
+  clear_error();
+  if (count == nullptr) return invalid("magi_ffa_device_count", "count is NULL");
+  *count = 0;
+  int n = 0;
+  MAGI_CUDA_CHECK("magi_ffa_device_count", cudaGetDeviceCount(&n));
+  *count = n;
+  return 0;
+}
+
+int32_t magi_ffa_device_name(int32_t device, char* name, size_t name_capacity) {
+  clear_error();
+  if (name == nullptr || name_capacity == 0) {
+    return invalid("magi_ffa_device_name", "name is NULL or name_capacity is 0");
+  }
+  name[0] = '\0';
+  cudaDeviceProp props;
+  MAGI_CUDA_CHECK("magi_ffa_device_name", cudaGetDeviceProperties(&props, device));
+  std::snprintf(name, name_capacity, "%s", props.name);
+  return 0;
+}
+
+int32_t magi_ffa_device_capability(int32_t device, int32_t* major, int32_t* minor) {
+  clear_error();
+  if (major == nullptr || minor == nullptr) return invalid("magi_ffa_device_capability", "major or minor is NULL");
+  int value_major = 0, value_minor = 0;
+  MAGI_CUDA_CHECK("magi_ffa_device_capability",
+                  cudaDeviceGetAttribute(&value_major, cudaDevAttrComputeCapabilityMajor, device));
+  MAGI_CUDA_CHECK("magi_ffa_device_capability",
+                  cudaDeviceGetAttribute(&value_minor, cudaDevAttrComputeCapabilityMinor, device));
+  *major = value_major;
+  *minor = value_minor;
+  return 0;
+}
+
+int32_t magi_ffa_set_device(int32_t device) {
+  clear_error();
+  MAGI_CUDA_CHECK("magi_ffa_set_device", cudaSetDevice(device));
+  return 0;
+}
+
+int32_t magi_ffa_mem_info(size_t* free_bytes, size_t* total_bytes) {
+  clear_error();
+  if (free_bytes == nullptr || total_bytes == nullptr) {
+    return invalid("magi_ffa_mem_info", "free_bytes or total_bytes is NULL");
+  }
+  MAGI_CUDA_CHECK("magi_ffa_mem_info", cudaMemGetInfo(free_bytes, total_bytes));
+  return 0;
+}
+
+int32_t magi_ffa_malloc(void** pointer, size_t bytes) {
+  clear_error();
+  if (pointer == nullptr) return invalid("magi_ffa_malloc", "pointer is NULL");
+  *pointer = nullptr;
+  if (bytes == 0) return 0;
+  MAGI_CUDA_CHECK("magi_ffa_malloc", cudaMalloc(pointer, bytes));
+  return 0;
+}
+
+int32_t magi_ffa_free(void* pointer) {
+  clear_error();
+  if (pointer == nullptr) return 0;
+  MAGI_CUDA_CHECK("magi_ffa_free", cudaFree(pointer));
+  return 0;
+}
+
+int32_t magi_ffa_memset(void* pointer, int32_t byte_value, size_t bytes, void* stream) {
+  clear_error();
+  if (bytes == 0) return 0;
+  if (pointer == nullptr) return invalid("magi_ffa_memset", "pointer is NULL");
+  MAGI_CUDA_CHECK("magi_ffa_memset",
+                  cudaMemsetAsync(pointer, byte_value, bytes, static_cast<cudaStream_t>(stream)));
+  return 0;
+}
+
+static int32_t memcpy_impl(const char* function, void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
+                           void* stream) {
+  clear_error();
+  if (bytes == 0) return 0;
+  if (dst == nullptr || src == nullptr) return invalid(function, "dst or src is NULL");
+  MAGI_CUDA_CHECK(function, cudaMemcpyAsync(dst, src, bytes, kind, static_cast<cudaStream_t>(stream)));
+  return 0;
+}
+
+int32_t magi_ffa_memcpy_h2d(void* device_dst, const void* host_src, size_t bytes, void* stream) {
+  return memcpy_impl("magi_ffa_memcpy_h2d", device_dst, host_src, bytes, cudaMemcpyHostToDevice, stream);
+}
+
+int32_t magi_ffa_memcpy_d2h(void* host_dst, const void* device_src, size_t bytes, void* stream) {
+  return memcpy_impl("magi_ffa_memcpy_d2h", host_dst, device_src, bytes, cudaMemcpyDeviceToHost, stream);
+}
+
+int32_t magi_ffa_memcpy_d2d(void* device_dst, const void* device_src, size_t bytes, void* stream) {
+  return memcpy_impl("magi_ffa_memcpy_d2d", device_dst, device_src, bytes, cudaMemcpyDeviceToDevice, stream);
+}
+
+int32_t magi_ffa_stream_create(void** stream) {
+  clear_error();
+  if (stream == nullptr) return invalid("magi_ffa_stream_create", "stream is NULL");
+  cudaStream_t created = nullptr;
+  MAGI_CUDA_CHECK("magi_ffa_stream_create", cudaStreamCreateWithFlags(&created, cudaStreamNonBlocking));
+  *stream = created;
+  return 0;
+}
+
+int32_t magi_ffa_stream_destroy(void* stream) {
+  clear_error();
+  if (stream == nullptr) return 0;
+  MAGI_CUDA_CHECK("magi_ffa_stream_destroy", cudaStreamDestroy(static_cast<cudaStream_t>(stream)));
+  return 0;
+}
+
+int32_t magi_ffa_stream_synchronize(void* stream) {
+  clear_error();
+  MAGI_CUDA_CHECK("magi_ffa_stream_synchronize", cudaStreamSynchronize(static_cast<cudaStream_t>(stream)));
+  return 0;
+}
+
+int32_t magi_ffa_plan_create(void** plan, const int32_t* q_ranges, const int32_t* k_ranges,
+                             const int32_t* attn_type_map, int32_t num_slices, int32_t total_q,
+                             int32_t total_k) {
+  static const char* kFn = "magi_ffa_plan_create";
+  clear_error();
+  if (plan == nullptr) return invalid(kFn, "plan (the output pointer) is NULL");
+  *plan = nullptr;
+  if (num_slices < 0) return fail(MAGI_FFA_E_INVALID_ARGUMENT, "%s: num_slices (%d) is negative", kFn, num_slices);
+  if (total_q < 0 || total_k < 0) {
+    return fail(MAGI_FFA_E_INVALID_ARGUMENT, "%s: total_q (%d) and total_k (%d) must be >= 0", kFn, total_q,
+                total_k);
+  }
+  if (num_slices > 0 && (q_ranges == nullptr || k_ranges == nullptr || attn_type_map == nullptr)) {
+    return invalid(kFn, "q_ranges, k_ranges and attn_type_map must not be NULL when num_slices > 0");
+  }
+  std::vector<Slice> slices(static_cast<size_t>(num_slices));
+  for (int32_t n = 0; n < num_slices; ++n) {
+    Slice s;
+    s.qs = q_ranges[2 * n];
+    s.qe = q_ranges[2 * n + 1];
+    s.ks = k_ranges[2 * n];
+    s.ke = k_ranges[2 * n + 1];
+    s.type = attn_type_map[n];
+    if (s.qs < 0 || s.qs > s.qe || s.qe > total_q) {
+      return fail(MAGI_FFA_E_INVALID_ARGUMENT,
+                  "%s: q_ranges[%d] = [%d, %d) must satisfy 0 <= start <= end <= total_q (%d)", kFn, n, s.qs, s.qe,
+                  total_q);
+    }
+    if (s.ks < 0 || s.ks > s.ke || s.ke > total_k) {
+      return fail(MAGI_FFA_E_INVALID_ARGUMENT,
+                  "%s: k_ranges[%d] = [%d, %d) must satisfy 0 <= start <= end <= total_k (%d)", kFn, n, s.ks, s.ke,
+                  total_k);
+    }
+    if (s.type < MAGI_FFA_ATTN_FULL || s.type > MAGI_FFA_ATTN_BICAUSAL) {
+      return fail(MAGI_FFA_E_INVALID_ARGUMENT,
+                  "%s: attn_type_map[%d] = %d is not 0 (full), 1 (causal), 2 (inv_causal) or 3 (bi_causal)", kFn,
+                  n, s.type);
+    }
+    slices[static_cast<size_t>(n)] = s;
+  }
+
+  int device = 0;
+  MAGI_CUDA_CHECK(kFn, cudaGetDevice(&device));
+
+  HostTileLists fwd, dq, dkv;
+  std::vector<unsigned char> blob;
+  try {
+    fwd = build_query_tiles(slices, total_q, magi_ffa::kFwdBlockM);
+    dq = build_query_tiles(slices, total_q, magi_ffa::kDqBlockM);
+    dkv = build_key_tiles(slices, total_k, magi_ffa::kDkvBlockN);
+  } catch (const std::bad_alloc&) {
+    return fail(MAGI_FFA_E_INVALID_ARGUMENT, "%s: out of host memory building the tile lists", kFn);
+  }
+  const size_t slices_at = append(&blob, slices.data(), slices.size() * sizeof(Slice));
+  const ListOffsets fwd_at = append_lists(&blob, fwd);
+  const ListOffsets dq_at = append_lists(&blob, dq);
+  const ListOffsets dkv_at = append_lists(&blob, dkv);
+
+  HostPlan* host_plan = new (std::nothrow) HostPlan();
+  if (host_plan == nullptr) return fail(MAGI_FFA_E_INVALID_ARGUMENT, "%s: out of host memory", kFn);
+  host_plan->magic = kPlanMagic;
+  host_plan->device = device;
+  host_plan->device_memory = nullptr;
+  const size_t bytes = std::max<size_t>(blob.size(), 16);
+  cudaError_t err = cudaMalloc(&host_plan->device_memory, bytes);
+  if (err == cudaSuccess && !blob.empty()) {
+    err = cudaMemcpy(host_plan->device_memory, blob.data(), blob.size(), cudaMemcpyHostToDevice);
+  }
+  if (err != cudaSuccess) {
+    if (host_plan->device_memory != nullptr) cudaFree(host_plan->device_memory);
+    delete host_plan;
+    return cuda_fail(kFn, "uploading the plan (cudaMalloc / cudaMemcpy)", err);
+  }
+  unsigned char* base = static_cast<unsigned char*>(host_plan->device_memory);
+  DevicePlan& dp = host_plan->device_plan;
+  dp.slices = reinterpret_cast<const Slice*>(base + slices_at);
+  dp.num_slices = num_slices;
+  dp.total_q = total_q;
+  dp.total_k = total_k;
+  dp.fwd = device_lists(base, fwd_at, fwd);
+  dp.dq = device_lists(base, dq_at, dq);
+  dp.dkv = device_lists(base, dkv_at, dkv);
+  *plan = host_plan;
+  return 0;
+}
+
+int32_t magi_ffa_plan_destroy(void* plan) {
+  clear_error();
+  if (plan == nullptr) return 0;
+  HostPlan* host_plan = static_cast<HostPlan*>(plan);
+  if (host_plan->magic != kPlanMagic) {
+    return invalid("magi_ffa_plan_destroy", "plan is not a live magi_ffa plan (destroyed twice?)");
+  }
+  host_plan->magic = 0;
+  const cudaError_t err = cudaFree(host_plan->device_memory);
+  delete host_plan;
+  if (err != cudaSuccess) return cuda_fail("magi_ffa_plan_destroy", "cudaFree", err);
+  return 0;
+}
+
+int32_t magi_ffa_forward(const void* q, const void* k, const void* v, void* out, float* lse, const void* plan,
+                         int32_t hq, int32_t hkv, int32_t head_dim, int32_t dtype, float softmax_scale,
+                         float softcap, int32_t deterministic, void* stream) {
+  static const char* kFn = "magi_ffa_forward";
+  (void)deterministic;  // the forward is deterministic in every mode
+  clear_error();
+  const HostPlan* host_plan = nullptr;
+  int32_t status = check_plan(kFn, plan, &host_plan);
+  if (status != 0) return status;
+  status = check_common(kFn, hq, hkv, head_dim, dtype, softmax_scale, softcap);
+  if (status != 0) return status;
+  const bool has_q = host_plan->device_plan.total_q > 0;
+  const bool has_k = host_plan->device_plan.total_k > 0;
+  if ((status = check_tensor(kFn, "q", q, has_q)) != 0) return status;
+  if ((status = check_tensor(kFn, "k", k, has_k)) != 0) return status;
+  if ((status = check_tensor(kFn, "v", v, has_k)) != 0) return status;
+  if ((status = check_tensor(kFn, "out", out, has_q)) != 0) return status;
+  if ((status = check_tensor(kFn, "lse", lse, has_q)) != 0) return status;
+  if (!has_q) return 0;
+
+  magi_ffa::FwdParams params;
+  params.q = q;
+  params.k = k;
+  params.v = v;
+  params.out = out;
+  params.lse = lse;
+  params.hq = hq;
+  params.hkv = hkv;
+  params.group = hq / hkv;
+  params.scale = softmax_scale;
+  params.scale_log2 = softmax_scale * magi_ffa::kLog2eHost;
+  params.softcap = softcap;
+  params.plan = host_plan->device_plan;
+  const cudaError_t err = magi_ffa::launch_forward(params, head_dim, dtype, static_cast<cudaStream_t>(stream));
+  if (err != cudaSuccess) return cuda_fail(kFn, "launching the forward kernel", err);
+  return 0;
+}
+
+int32_t magi_ffa_backward(const void* dout, const void* q, const void* k, const void* v, const void* out,
+                          const float* lse, void* dq, void* dk, void* dv, const void* plan, int32_t hq, int32_t hkv,
+                          int32_t head_dim, int32_t dtype, float softmax_scale, float softcap,
+                          int32_t deterministic, void* stream) {
+  static const char* kFn = "magi_ffa_backward";
+  (void)deterministic;  // no atomics: the backward is deterministic in every mode
+  clear_error();
+  const HostPlan* host_plan = nullptr;
+  int32_t status = check_plan(kFn, plan, &host_plan);
+  if (status != 0) return status;
+  status = check_common(kFn, hq, hkv, head_dim, dtype, softmax_scale, softcap);
+  if (status != 0) return status;
+  const int32_t total_q = host_plan->device_plan.total_q;
+  const bool has_q = total_q > 0;
+  const bool has_k = host_plan->device_plan.total_k > 0;
+  if ((status = check_tensor(kFn, "dout", dout, has_q)) != 0) return status;
+  if ((status = check_tensor(kFn, "q", q, has_q)) != 0) return status;
+  if ((status = check_tensor(kFn, "k", k, has_k)) != 0) return status;
+  if ((status = check_tensor(kFn, "v", v, has_k)) != 0) return status;
+  if ((status = check_tensor(kFn, "out", out, has_q)) != 0) return status;
+  if ((status = check_tensor(kFn, "lse", lse, has_q)) != 0) return status;
+  if ((status = check_tensor(kFn, "dq", dq, has_q)) != 0) return status;
+  if ((status = check_tensor(kFn, "dk", dk, has_k)) != 0) return status;
+  if ((status = check_tensor(kFn, "dv", dv, has_k)) != 0) return status;
+  if (!has_q && !has_k) return 0;
+
+  const cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
+  float* delta = nullptr;
+  const size_t delta_bytes = static_cast<size_t>(total_q) * static_cast<size_t>(hq) * sizeof(float);
+  if (delta_bytes > 0) {
+    MAGI_CUDA_CHECK(kFn, cudaMallocAsync(reinterpret_cast<void**>(&delta), delta_bytes, cuda_stream));
+  }
+  magi_ffa::BwdParams params;
+  params.dout = dout;
+  params.q = q;
+  params.k = k;
+  params.v = v;
+  params.out = out;
+  params.lse = lse;
+  params.dq = dq;
+  params.dk = dk;
+  params.dv = dv;
+  params.delta = delta;
+  params.hq = hq;
+  params.hkv = hkv;
+  params.group = hq / hkv;
+  params.scale = softmax_scale;
+  params.scale_log2 = softmax_scale * magi_ffa::kLog2eHost;
+  params.softcap = softcap;
+  params.plan = host_plan->device_plan;
+  const cudaError_t err = magi_ffa::launch_backward(params, head_dim, dtype, cuda_stream);
+  if (delta != nullptr) {
+    const cudaError_t free_err = cudaFreeAsync(delta, cuda_stream);
+    if (err == cudaSuccess && free_err != cudaSuccess) return cuda_fail(kFn, "cudaFreeAsync(delta)", free_err);
+  }
+  if (err != cudaSuccess) return cuda_fail(kFn, "launching the backward kernels", err);
+  return 0;
+}
+
+}  // extern "C"
+#pragma GCC visibility pop

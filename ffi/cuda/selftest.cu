@@ -1,0 +1,793 @@
+// selftest.cu: standalone GPU check of libmagi_ffa.so through its C ABI only (magi_ffa.h).
+//
+// Every case draws fresh random inputs, poisons the outputs (0xFF bytes = NaN in bf16, fp16 and fp32),
+// runs forward and backward on the GPU and compares with a dense float64 CPU reference written from the
+// semantics table (per-cell visibility, no tiling): relative L2 error of out, dq, dk, dv, max abs error
+// of lse, exact -inf / 0 for rows that see nothing, no NaN anywhere. Deterministic cases run twice and
+// compare bytes.
+//
+// Usage: magi_ffa_selftest [--quick] [--filter SUBSTRING] [--list]
+//   --quick   only the small cases (for compute-sanitizer runs)
+// Prints one line per case and "N passed, M failed"; exits 1 on any failure.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "magi_ffa.h"
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------------
+struct SliceSpec {
+  int qs, qe, ks, ke, type;
+};
+
+struct Case {
+  std::string name;
+  std::vector<SliceSpec> slices;
+  int total_q = 0;
+  int total_k = 0;
+  int hq = 1;
+  int hkv = 1;
+  int head_dim = 64;
+  int dtype = MAGI_FFA_DTYPE_BFLOAT16;
+  float softcap = 0.f;
+  float scale = 0.f;         // 0: 1/sqrt(head_dim)
+  float input_scale = 1.f;   // standard deviation of q and k
+  bool quick = false;        // part of --quick
+  bool check_determinism = false;
+};
+
+// Deterministic normal samples (splitmix64 + Box-Muller).
+struct Rng {
+  uint64_t state;
+  explicit Rng(uint64_t seed) : state(seed) {}
+  uint64_t next() {
+    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  double uniform() { return (static_cast<double>(next() >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
+  double normal() { return std::sqrt(-2.0 * std::log(uniform())) * std::cos(6.283185307179586 * uniform()); }
+  int below(int n) { return static_cast<int>(next() % static_cast<uint64_t>(n)); }
+};
+
+uint16_t to_bits(float value, int dtype) {
+  if (dtype == MAGI_FFA_DTYPE_BFLOAT16) {
+    const __nv_bfloat16_raw raw = __float2bfloat16_rn(value);
+    return raw.x;
+  }
+  const __half_raw raw = __float2half_rn(value);
+  return raw.x;
+}
+
+float from_bits(uint16_t bits, int dtype) {
+  if (dtype == MAGI_FFA_DTYPE_BFLOAT16) {
+    __nv_bfloat16_raw raw;
+    raw.x = bits;
+    return __bfloat162float(__nv_bfloat16(raw));
+  }
+  __half_raw raw;
+  raw.x = bits;
+  return __half2float(__half(raw));
+}
+
+// Random tensor rounded to the dtype: bits for the GPU, the rounded values as doubles for the reference.
+void random_tensor(Rng& rng, size_t count, double stddev, int dtype, std::vector<uint16_t>* bits,
+                   std::vector<double>* values) {
+  bits->resize(count);
+  values->resize(count);
+  for (size_t i = 0; i < count; ++i) {
+    const uint16_t b = to_bits(static_cast<float>(rng.normal() * stddev), dtype);
+    (*bits)[i] = b;
+    (*values)[i] = from_bits(b, dtype);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Reference (float64, dense per cell, straight from the semantics table).
+bool cell_visible_ref(const SliceSpec& s, int i, int j) {
+  if (i < s.qs || i >= s.qe || j < s.ks || j >= s.ke) return false;
+  switch (s.type) {
+    case MAGI_FFA_ATTN_FULL:
+      return true;
+    case MAGI_FFA_ATTN_CAUSAL:
+      return j - i <= s.ke - s.qe;
+    case MAGI_FFA_ATTN_INVCAUSAL:
+      return j - i >= s.ks - s.qs;
+    case MAGI_FFA_ATTN_BICAUSAL:
+      return j - i <= s.ke - s.qe && j - i >= s.ks - s.qs;
+    default:
+      return false;
+  }
+}
+
+struct Reference {
+  std::vector<double> out, lse, dq, dk, dv;
+};
+
+void reference(const Case& c, const std::vector<double>& q, const std::vector<double>& k,
+               const std::vector<double>& v, const std::vector<double>& dout, Reference* ref) {
+  const int D = c.head_dim;
+  const int group = c.hq / c.hkv;
+  const double scale = c.scale > 0.f ? c.scale : 1.0 / std::sqrt(static_cast<double>(D));
+  const double cap = c.softcap;
+  ref->out.assign(static_cast<size_t>(c.total_q) * c.hq * D, 0.0);
+  ref->lse.assign(static_cast<size_t>(c.total_q) * c.hq, -INFINITY);
+  ref->dq.assign(static_cast<size_t>(c.total_q) * c.hq * D, 0.0);
+  std::vector<std::vector<double>> dk_per_head(c.hq), dv_per_head(c.hq);
+
+  // Visible keys of each row, with multiplicity (a cell in two slices counts twice, like the kernel).
+  std::vector<std::vector<int>> keys_of_row(c.total_q);
+  for (const SliceSpec& s : c.slices) {
+    for (int i = s.qs; i < s.qe; ++i) {
+      for (int j = s.ks; j < s.ke; ++j) {
+        if (cell_visible_ref(s, i, j)) keys_of_row[i].push_back(j);
+      }
+    }
+  }
+
+  auto head_work = [&](int h) {
+    const int hk = h / group;
+    std::vector<double>& dk = dk_per_head[h];
+    std::vector<double>& dv = dv_per_head[h];
+    dk.assign(static_cast<size_t>(c.total_k) * D, 0.0);
+    dv.assign(static_cast<size_t>(c.total_k) * D, 0.0);
+    std::vector<double> logits, probs, dtanh;
+    for (int i = 0; i < c.total_q; ++i) {
+      const std::vector<int>& keys = keys_of_row[i];
+      if (keys.empty()) continue;
+      const double* qi = &q[(static_cast<size_t>(i) * c.hq + h) * D];
+      const double* doi = &dout[(static_cast<size_t>(i) * c.hq + h) * D];
+      logits.resize(keys.size());
+      dtanh.resize(keys.size());
+      double max_logit = -INFINITY;
+      for (size_t n = 0; n < keys.size(); ++n) {
+        const double* kj = &k[(static_cast<size_t>(keys[n]) * c.hkv + hk) * D];
+        double dot = 0;
+        for (int d = 0; d < D; ++d) dot += qi[d] * kj[d];
+        double s = dot * scale;
+        dtanh[n] = 1.0;
+        if (cap > 0) {
+          const double t = std::tanh(s / cap);
+          s = cap * t;
+          dtanh[n] = 1.0 - t * t;
+        }
+        logits[n] = s;
+        max_logit = std::max(max_logit, s);
+      }
+      double sum = 0;
+      for (double s : logits) sum += std::exp(s - max_logit);
+      const double lse = max_logit + std::log(sum);
+      ref->lse[static_cast<size_t>(i) * c.hq + h] = lse;
+      probs.resize(keys.size());
+      double* oi = &ref->out[(static_cast<size_t>(i) * c.hq + h) * D];
+      for (size_t n = 0; n < keys.size(); ++n) {
+        probs[n] = std::exp(logits[n] - lse);
+        const double* vj = &v[(static_cast<size_t>(keys[n]) * c.hkv + hk) * D];
+        for (int d = 0; d < D; ++d) oi[d] += probs[n] * vj[d];
+      }
+      // Backward.
+      double delta = 0;
+      std::vector<double> dp(keys.size());
+      for (size_t n = 0; n < keys.size(); ++n) {
+        const double* vj = &v[(static_cast<size_t>(keys[n]) * c.hkv + hk) * D];
+        double dot = 0;
+        for (int d = 0; d < D; ++d) dot += doi[d] * vj[d];
+        dp[n] = dot;
+        delta += probs[n] * dot;
+      }
+      double* dqi = &ref->dq[(static_cast<size_t>(i) * c.hq + h) * D];
+      for (size_t n = 0; n < keys.size(); ++n) {
+        const int j = keys[n];
+        const double ds = probs[n] * (dp[n] - delta) * dtanh[n] * scale;
+        const double* kj = &k[(static_cast<size_t>(j) * c.hkv + hk) * D];
+        for (int d = 0; d < D; ++d) {
+          dqi[d] += ds * kj[d];
+          dk[static_cast<size_t>(j) * D + d] += ds * qi[d];
+          dv[static_cast<size_t>(j) * D + d] += probs[n] * doi[d];
+        }
+      }
+    }
+  };
+  const unsigned threads = std::max(1u, std::min<unsigned>(std::thread::hardware_concurrency(), c.hq));
+  for (int h0 = 0; h0 < c.hq; h0 += static_cast<int>(threads)) {
+    std::vector<std::thread> pool;
+    for (int h = h0; h < std::min(c.hq, h0 + static_cast<int>(threads)); ++h) pool.emplace_back(head_work, h);
+    for (std::thread& t : pool) t.join();
+  }
+  ref->dk.assign(static_cast<size_t>(c.total_k) * c.hkv * D, 0.0);
+  ref->dv.assign(static_cast<size_t>(c.total_k) * c.hkv * D, 0.0);
+  for (int h = 0; h < c.hq; ++h) {
+    const int hk = h / group;
+    for (int j = 0; j < c.total_k; ++j) {
+      for (int d = 0; d < D; ++d) {
+        ref->dk[(static_cast<size_t>(j) * c.hkv + hk) * D + d] += dk_per_head[h][static_cast<size_t>(j) * D + d];
+        ref->dv[(static_cast<size_t>(j) * c.hkv + hk) * D + d] += dv_per_head[h][static_cast<size_t>(j) * D + d];
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// GPU side through the C ABI.
+#define CHECK(call)                                                                                   \
+  do {                                                                                                \
+    const int32_t status_ = (call);                                                                   \
+    if (status_ != 0) {                                                                               \
+      std::snprintf(error, sizeof(error), "%s -> %d: %s", #call, status_, magi_ffa_last_error());     \
+      return false;                                                                                   \
+    }                                                                                                 \
+  } while (0)
+
+struct DeviceBuffer {
+  void* pointer = nullptr;
+  ~DeviceBuffer() {
+    if (pointer) magi_ffa_free(pointer);
+  }
+};
+
+struct GpuResult {
+  std::vector<uint16_t> out, dq, dk, dv;
+  std::vector<float> lse;
+};
+
+char error[2048];
+
+bool run_gpu(const Case& c, const std::vector<uint16_t>& q, const std::vector<uint16_t>& k,
+             const std::vector<uint16_t>& v, const std::vector<uint16_t>& dout, GpuResult* result) {
+  const size_t q_bytes = q.size() * 2, kv_bytes = k.size() * 2;
+  const size_t lse_bytes = static_cast<size_t>(c.total_q) * c.hq * sizeof(float);
+  DeviceBuffer dq_in, dk_in, dv_in, ddo, dout_buf, dlse, ddq, ddk, ddv;
+  CHECK(magi_ffa_malloc(&dq_in.pointer, q_bytes));
+  CHECK(magi_ffa_malloc(&dk_in.pointer, kv_bytes));
+  CHECK(magi_ffa_malloc(&dv_in.pointer, kv_bytes));
+  CHECK(magi_ffa_malloc(&ddo.pointer, q_bytes));
+  CHECK(magi_ffa_malloc(&dout_buf.pointer, q_bytes));
+  CHECK(magi_ffa_malloc(&dlse.pointer, lse_bytes));
+  CHECK(magi_ffa_malloc(&ddq.pointer, q_bytes));
+  CHECK(magi_ffa_malloc(&ddk.pointer, kv_bytes));
+  CHECK(magi_ffa_malloc(&ddv.pointer, kv_bytes));
+  CHECK(magi_ffa_memcpy_h2d(dq_in.pointer, q.data(), q_bytes, nullptr));
+  CHECK(magi_ffa_memcpy_h2d(dk_in.pointer, k.data(), kv_bytes, nullptr));
+  CHECK(magi_ffa_memcpy_h2d(dv_in.pointer, v.data(), kv_bytes, nullptr));
+  CHECK(magi_ffa_memcpy_h2d(ddo.pointer, dout.data(), q_bytes, nullptr));
+  // Poison every output: 0xFFFF is NaN in bf16 and fp16, 0xFFFFFFFF in fp32.
+  CHECK(magi_ffa_memset(dout_buf.pointer, 0xFF, q_bytes, nullptr));
+  CHECK(magi_ffa_memset(dlse.pointer, 0xFF, lse_bytes, nullptr));
+  CHECK(magi_ffa_memset(ddq.pointer, 0xFF, q_bytes, nullptr));
+  CHECK(magi_ffa_memset(ddk.pointer, 0xFF, kv_bytes, nullptr));
+  CHECK(magi_ffa_memset(ddv.pointer, 0xFF, kv_bytes, nullptr));
+
+  std::vector<int32_t> q_ranges, k_ranges, types;
+  for (const SliceSpec& s : c.slices) {
+    q_ranges.push_back(s.qs);
+    q_ranges.push_back(s.qe);
+    k_ranges.push_back(s.ks);
+    k_ranges.push_back(s.ke);
+    types.push_back(s.type);
+  }
+  void* plan = nullptr;
+  CHECK(magi_ffa_plan_create(&plan, q_ranges.data(), k_ranges.data(), types.data(),
+                             static_cast<int32_t>(c.slices.size()), c.total_q, c.total_k));
+  struct PlanGuard {
+    void* plan;
+    ~PlanGuard() { magi_ffa_plan_destroy(plan); }
+  } plan_guard{plan};
+
+  const float scale = c.scale > 0.f ? c.scale : 1.f / std::sqrt(static_cast<float>(c.head_dim));
+  void* stream = nullptr;
+  CHECK(magi_ffa_stream_create(&stream));
+  struct StreamGuard {
+    void* stream;
+    ~StreamGuard() { magi_ffa_stream_destroy(stream); }
+  } stream_guard{stream};
+  CHECK(magi_ffa_forward(dq_in.pointer, dk_in.pointer, dv_in.pointer, dout_buf.pointer,
+                         static_cast<float*>(dlse.pointer), plan, c.hq, c.hkv, c.head_dim, c.dtype, scale,
+                         c.softcap, 1, stream));
+  CHECK(magi_ffa_backward(ddo.pointer, dq_in.pointer, dk_in.pointer, dv_in.pointer, dout_buf.pointer,
+                          static_cast<const float*>(dlse.pointer), ddq.pointer, ddk.pointer, ddv.pointer, plan,
+                          c.hq, c.hkv, c.head_dim, c.dtype, scale, c.softcap, 1, stream));
+  CHECK(magi_ffa_stream_synchronize(stream));
+
+  result->out.resize(q.size());
+  result->dq.resize(q.size());
+  result->dk.resize(k.size());
+  result->dv.resize(k.size());
+  result->lse.resize(static_cast<size_t>(c.total_q) * c.hq);
+  CHECK(magi_ffa_memcpy_d2h(result->out.data(), dout_buf.pointer, q_bytes, nullptr));
+  CHECK(magi_ffa_memcpy_d2h(result->lse.data(), dlse.pointer, lse_bytes, nullptr));
+  CHECK(magi_ffa_memcpy_d2h(result->dq.data(), ddq.pointer, q_bytes, nullptr));
+  CHECK(magi_ffa_memcpy_d2h(result->dk.data(), ddk.pointer, kv_bytes, nullptr));
+  CHECK(magi_ffa_memcpy_d2h(result->dv.data(), ddv.pointer, kv_bytes, nullptr));
+  CHECK(magi_ffa_stream_synchronize(nullptr));
+  return true;
+}
+
+// Relative L2 error; NaN if the GPU tensor holds a NaN / inf (an unwritten or broken element).
+double rel_l2(const std::vector<uint16_t>& got, const std::vector<double>& want, int dtype) {
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double g = from_bits(got[i], dtype);
+    if (!std::isfinite(g)) return NAN;
+    diff += (g - want[i]) * (g - want[i]);
+    norm += want[i] * want[i];
+  }
+  if (norm == 0) return diff == 0 ? 0 : INFINITY;
+  return std::sqrt(diff / norm);
+}
+
+// ---------------------------------------------------------------------------------------------------
+std::vector<Case> make_cases() {
+  std::vector<Case> cases;
+  auto add = [&](Case c) { cases.push_back(std::move(c)); };
+  const int FP = MAGI_FFA_DTYPE_FLOAT16;
+  const int F = 0, C = 1, IC = 2, BC = 3;
+
+  {
+    Case c;
+    c.name = "full_256_d64_bf16";
+    c.slices = {{0, 256, 0, 256, F}};
+    c.total_q = c.total_k = 256;
+    c.hq = c.hkv = 2;
+    c.quick = true;
+    add(c);
+  }
+  {
+    Case c;
+    c.name = "causal_300_d128_bf16";
+    c.slices = {{0, 300, 0, 300, C}};
+    c.total_q = c.total_k = 300;
+    c.hq = c.hkv = 2;
+    c.head_dim = 128;
+    c.quick = true;
+    c.check_determinism = true;
+    add(c);
+  }
+  {
+    Case c;
+    c.name = "causal_1024_d128_fp16";
+    c.slices = {{0, 1024, 0, 1024, C}};
+    c.total_q = c.total_k = 1024;
+    c.hq = c.hkv = 2;
+    c.head_dim = 128;
+    c.dtype = FP;
+    add(c);
+  }
+  {
+    Case c;
+    c.name = "causal_q200_k300_bottom_right_d64_fp16";
+    c.slices = {{0, 200, 0, 300, C}};
+    c.total_q = 200;
+    c.total_k = 300;
+    c.hq = c.hkv = 2;
+    c.dtype = FP;
+    add(c);
+  }
+  {
+    Case c;
+    c.name = "causal_q300_k130_empty_top_rows_d128_bf16";
+    c.slices = {{0, 300, 0, 130, C}};
+    c.total_q = 300;
+    c.total_k = 130;
+    c.hq = c.hkv = 1;
+    c.head_dim = 128;
+    add(c);
+  }
+  {
+    Case c;
+    c.name = "varlen_causal_docs_gqa4_d128_bf16";
+    const int cu[] = {0, 37, 160, 161, 400, 517};
+    for (int n = 0; n + 1 < 6; ++n) c.slices.push_back({cu[n], cu[n + 1], cu[n], cu[n + 1], C});
+    c.total_q = c.total_k = 517;
+    c.hq = 8;
+    c.hkv = 2;
+    c.head_dim = 128;
+    c.check_determinism = true;
+    add(c);
+  }
+  {
+    Case c;
+    c.name = "varlen_full_docs_d64_fp16";
+    const int cu[] = {0, 70, 71, 200, 333};
+    for (int n = 0; n + 1 < 5; ++n) c.slices.push_back({cu[n], cu[n + 1], cu[n], cu[n + 1], F});
+    c.total_q = c.total_k = 333;
+    c.hq = c.hkv = 2;
+    c.dtype = FP;
+    c.quick = true;
+    add(c);
+  }
+  {
+    Case c;
+    c.name = "inv_causal_q257_k300_d64_bf16";
+    c.slices = {{0, 257, 0, 300, IC}};
+    c.total_q = 257;
+    c.total_k = 300;
+    c.hq = c.hkv = 2;
+    add(c);
+  }
+  {
+    Case c;
+    c.name = "inv_causal_q300_k200_d128_fp16";
+    c.slices = {{0, 300, 0, 200, IC}};
+    c.total_q = 300;
+    c.total_k = 200;
+    c.hq = c.hkv = 1;
+    c.head_dim = 128;
+    c.dtype = FP;
+    add(c);
+  }
+  {
+    Case c;
+    c.name = "bi_causal_band_q200_k300_d64_bf16";
+    c.slices = {{0, 200, 0, 300, BC}};
+    c.total_q = 200;
+    c.total_k = 300;
+    c.hq = c.hkv = 2;
+    c.quick = true;
+    add(c);
+  }
+  {
+    Case c;
+    c.name = "bi_causal_diagonal_q160_k160_d128_bf16";
+    c.slices = {{0, 160, 0, 160, BC}};
+    c.total_q = c.total_k = 160;
+    c.hq = c.hkv = 2;
+    c.head_dim = 128;
+    add(c);
+  }
+  {
+    Case c;
+    c.name = "bi_causal_empty_band_q300_k200_plus_full_d64_bf16";
+    c.slices = {{0, 300, 0, 200, BC}, {100, 150, 200, 260, F}};
+    c.total_q = 300;
+    c.total_k = 260;
+    c.hq = c.hkv = 1;
+    c.quick = true;
+    add(c);
+  }
+  {
+    // Sliding window (64, 0) over 333 tokens: [0,64)x[0,64) C + [64,333)x[0,333) BC.
+    Case c;
+    c.name = "sliding_window_64_0_d128_bf16";
+    c.slices = {{0, 64, 0, 64, C}, {64, 333, 0, 333, BC}};
+    c.total_q = c.total_k = 333;
+    c.hq = c.hkv = 2;
+    c.head_dim = 128;
+    add(c);
+  }
+  {
+    // Window (L=40, R=25), S=300: [0,40)x[0,65) C, [40,275)x[0,300) BC, [275,300)x[235,300) IC.
+    Case c;
+    c.name = "sliding_window_40_25_d64_fp16";
+    c.slices = {{0, 40, 0, 65, C}, {40, 275, 0, 300, BC}, {275, 300, 235, 300, IC}};
+    c.total_q = c.total_k = 300;
+    c.hq = c.hkv = 2;
+    c.dtype = FP;
+    add(c);
+  }
+  {
+    // Prefix tree: nodeLengths [100, 60, 90], paths [[0,1],[0,2]]: rows of nodes 1 and 2 are shared by
+    // two slices each (merged in one softmax).
+    Case c;
+    c.name = "prefix_tree_overlapping_rows_d128_bf16";
+    c.slices = {{0, 100, 0, 100, C}, {100, 160, 100, 160, C}, {100, 160, 0, 100, F}, {160, 250, 160, 250, C},
+                {160, 250, 0, 100, F}};
+    c.total_q = c.total_k = 250;
+    c.hq = 4;
+    c.hkv = 2;
+    c.head_dim = 128;
+    c.quick = true;
+    add(c);
+  }
+  {
+    Case c;
+    c.name = "uncovered_rows_and_keys_d64_bf16";
+    c.slices = {{10, 50, 20, 90, F}, {200, 260, 150, 200, C}, {5, 5, 0, 10, F}, {0, 10, 7, 7, C}};
+    c.total_q = 300;
+    c.total_k = 260;
+    c.hq = c.hkv = 2;
+    c.quick = true;
+    add(c);
+  }
+  {
+    Case c;
+    c.name = "no_slices_d64_bf16";
+    c.total_q = 70;
+    c.total_k = 50;
+    c.hq = c.hkv = 1;
+    c.quick = true;
+    add(c);
+  }
+  {
+    Case c;
+    c.name = "gqa2_causal_d64_bf16";
+    c.slices = {{0, 200, 0, 200, C}};
+    c.total_q = c.total_k = 200;
+    c.hq = 4;
+    c.hkv = 2;
+    add(c);
+  }
+  {
+    Case c;
+    c.name = "mqa_full_d128_fp16";
+    c.slices = {{0, 190, 0, 230, F}};
+    c.total_q = 190;
+    c.total_k = 230;
+    c.hq = 4;
+    c.hkv = 1;
+    c.head_dim = 128;
+    c.dtype = FP;
+    add(c);
+  }
+  {
+    Case c;
+    c.name = "softcap_causal_d128_bf16";
+    c.slices = {{0, 260, 0, 260, C}};
+    c.total_q = c.total_k = 260;
+    c.hq = c.hkv = 2;
+    c.head_dim = 128;
+    c.softcap = 5.f;
+    c.input_scale = 2.5f;
+    c.quick = true;
+    add(c);
+  }
+  {
+    Case c;
+    c.name = "softcap_window_d64_fp16";
+    c.slices = {{0, 40, 0, 65, C}, {40, 275, 0, 300, BC}, {275, 300, 235, 300, IC}};
+    c.total_q = c.total_k = 300;
+    c.hq = 2;
+    c.hkv = 1;
+    c.softcap = 3.f;
+    c.input_scale = 2.f;
+    c.dtype = FP;
+    add(c);
+  }
+  {
+    Case c;
+    c.name = "custom_scale_peaky_full_d64_bf16";
+    c.slices = {{0, 150, 0, 150, F}};
+    c.total_q = c.total_k = 150;
+    c.hq = c.hkv = 1;
+    c.scale = 0.4f;
+    c.input_scale = 1.5f;
+    add(c);
+  }
+  {
+    Case c;
+    c.name = "tiny_single_row_three_keys_d64_fp16";
+    c.slices = {{0, 1, 0, 3, F}};
+    c.total_q = 1;
+    c.total_k = 3;
+    c.hq = c.hkv = 1;
+    c.dtype = FP;
+    c.quick = true;
+    add(c);
+  }
+  {
+    // 50 x 50 grid of 50-token blocks, each a random type or absent.
+    Case c;
+    c.name = "grid_50x50_random_types_d64_bf16";
+    Rng rng(12345);
+    for (int qb = 0; qb < 50; ++qb) {
+      for (int kb = 0; kb < 50; ++kb) {
+        const int pick = rng.below(6);
+        if (pick >= 4) continue;  // about a third of the blocks absent
+        c.slices.push_back({qb * 50, qb * 50 + 50, kb * 50, kb * 50 + 50, pick});
+      }
+    }
+    c.total_q = c.total_k = 2500;
+    c.hq = 2;
+    c.hkv = 1;
+    c.check_determinism = true;
+    add(c);
+  }
+  {
+    // Many small uneven slices: random documents with random types and uneven q / k lengths.
+    Case c;
+    c.name = "random_uneven_slices_d128_fp16";
+    Rng rng(777);
+    int q = 0, k = 0;
+    while (q < 700 && k < 700) {
+      const int lq = 1 + rng.below(60);
+      const int lk = 1 + rng.below(60);
+      c.slices.push_back({q, std::min(q + lq, 700), k, std::min(k + lk, 700), rng.below(4)});
+      if (rng.below(3) != 0) q += lq;  // sometimes the next slice shares the rows (disjoint keys)
+      k += lk;
+    }
+    c.total_q = c.total_k = 700;
+    c.hq = c.hkv = 2;
+    c.head_dim = 128;
+    c.dtype = FP;
+    add(c);
+  }
+  return cases;
+}
+
+struct Tolerance {
+  double out, grad, lse;
+};
+
+Tolerance tolerance_for(int dtype) {
+  // Relative L2 vs float64 (lse: max abs). bf16 has 8 significant bits, fp16 11.
+  if (dtype == MAGI_FFA_DTYPE_BFLOAT16) return {1e-2, 2e-2, 2e-3};
+  return {3e-3, 5e-3, 2e-3};
+}
+
+bool run_case(const Case& c) {
+  const size_t q_count = static_cast<size_t>(c.total_q) * c.hq * c.head_dim;
+  const size_t kv_count = static_cast<size_t>(c.total_k) * c.hkv * c.head_dim;
+  uint64_t seed = 0x1234;
+  for (char ch : c.name) seed = seed * 131 + static_cast<unsigned char>(ch);
+  Rng rng(seed);
+  std::vector<uint16_t> q, k, v, dout;
+  std::vector<double> qd, kd, vd, dod;
+  random_tensor(rng, q_count, c.input_scale, c.dtype, &q, &qd);
+  random_tensor(rng, kv_count, c.input_scale, c.dtype, &k, &kd);
+  random_tensor(rng, kv_count, 1.0, c.dtype, &v, &vd);
+  random_tensor(rng, q_count, 1.0, c.dtype, &dout, &dod);
+
+  GpuResult gpu;
+  if (!run_gpu(c, q, k, v, dout, &gpu)) {
+    std::printf("FAIL %-52s GPU error: %s\n", c.name.c_str(), error);
+    return false;
+  }
+  Reference ref;
+  reference(c, qd, kd, vd, dod, &ref);
+
+  const double e_out = rel_l2(gpu.out, ref.out, c.dtype);
+  const double e_dq = rel_l2(gpu.dq, ref.dq, c.dtype);
+  const double e_dk = rel_l2(gpu.dk, ref.dk, c.dtype);
+  const double e_dv = rel_l2(gpu.dv, ref.dv, c.dtype);
+  double e_lse = 0;
+  int lse_mismatch = 0;       // -inf where the reference is finite, or the converse, or NaN
+  int empty_row_nonzero = 0;  // rows that see nothing must have out exactly 0
+  for (size_t i = 0; i < gpu.lse.size(); ++i) {
+    const double want = ref.lse[i];
+    const double got = gpu.lse[i];
+    if (std::isinf(want)) {
+      if (!(std::isinf(got) && got < 0)) ++lse_mismatch;
+      for (int d = 0; d < c.head_dim; ++d) {
+        if (gpu.out[i * c.head_dim + d] != 0 && gpu.out[i * c.head_dim + d] != 0x8000) ++empty_row_nonzero;
+      }
+    } else if (!std::isfinite(got)) {
+      ++lse_mismatch;
+    } else {
+      e_lse = std::max(e_lse, std::fabs(got - want));
+    }
+  }
+  const Tolerance tol = tolerance_for(c.dtype);
+  bool ok = e_out <= tol.out && e_dq <= tol.grad && e_dk <= tol.grad && e_dv <= tol.grad && e_lse <= tol.lse &&
+            lse_mismatch == 0 && empty_row_nonzero == 0;
+  // (NaN comparisons are false, so a NaN error fails.)
+  std::string extra;
+  if (lse_mismatch) extra += " lse_inf_mismatch=" + std::to_string(lse_mismatch);
+  if (empty_row_nonzero) extra += " empty_row_nonzero=" + std::to_string(empty_row_nonzero);
+
+  if (c.check_determinism) {
+    GpuResult again;
+    if (!run_gpu(c, q, k, v, dout, &again)) {
+      std::printf("FAIL %-52s GPU error (second run): %s\n", c.name.c_str(), error);
+      return false;
+    }
+    const bool same = again.out == gpu.out && again.dq == gpu.dq && again.dk == gpu.dk && again.dv == gpu.dv &&
+                      std::memcmp(again.lse.data(), gpu.lse.data(), gpu.lse.size() * sizeof(float)) == 0;
+    extra += same ? " deterministic" : " NOT_DETERMINISTIC";
+    ok = ok && same;
+  }
+  std::printf("%s %-52s out %.2e lse %.1e dq %.2e dk %.2e dv %.2e (slices %zu, q %d, k %d, h %d/%d, d %d, %s%s)%s\n",
+              ok ? "PASS" : "FAIL", c.name.c_str(), e_out, e_lse, e_dq, e_dk, e_dv, c.slices.size(), c.total_q,
+              c.total_k, c.hq, c.hkv, c.head_dim, c.dtype == MAGI_FFA_DTYPE_BFLOAT16 ? "bf16" : "fp16",
+              c.softcap > 0 ? ", softcap" : "", extra.c_str());
+  std::fflush(stdout);
+  return ok;
+}
+
+// Bad arguments must come back as statuses with messages, never crash.
+bool run_api_checks() {
+  bool ok = true;
+  auto expect = [&](const char* what, int32_t status, int32_t want) {
+    if (status != want) {
+      std::printf("FAIL api: %s returned %d, expected %d (%s)\n", what, status, want, magi_ffa_last_error());
+      ok = false;
+    } else if (want != 0 && std::strlen(magi_ffa_last_error()) == 0) {
+      std::printf("FAIL api: %s gave no error message\n", what);
+      ok = false;
+    }
+  };
+  const int32_t qr[2] = {0, 10}, kr[2] = {0, 10}, ty[1] = {1}, bad_ty[1] = {4};
+  void* plan = nullptr;
+  expect("plan with q range past total_q", magi_ffa_plan_create(&plan, qr, kr, ty, 1, 5, 10),
+         MAGI_FFA_E_INVALID_ARGUMENT);
+  expect("plan with type 4", magi_ffa_plan_create(&plan, qr, kr, bad_ty, 1, 10, 10), MAGI_FFA_E_INVALID_ARGUMENT);
+  expect("valid plan", magi_ffa_plan_create(&plan, qr, kr, ty, 1, 10, 10), 0);
+  void* buffer = nullptr;
+  expect("malloc", magi_ffa_malloc(&buffer, 1 << 16), 0);
+  float* lse = reinterpret_cast<float*>(static_cast<char*>(buffer) + 32768);
+  expect("hq % hkv != 0",
+         magi_ffa_forward(buffer, buffer, buffer, buffer, lse, plan, 3, 2, 64, MAGI_FFA_DTYPE_BFLOAT16, 0.125f, 0.f,
+                          0, nullptr),
+         MAGI_FFA_E_INVALID_ARGUMENT);
+  expect("head_dim 96",
+         magi_ffa_forward(buffer, buffer, buffer, buffer, lse, plan, 1, 1, 96, MAGI_FFA_DTYPE_BFLOAT16, 0.125f, 0.f,
+                          0, nullptr),
+         MAGI_FFA_E_UNSUPPORTED);
+  expect("scale 0",
+         magi_ffa_forward(buffer, buffer, buffer, buffer, lse, plan, 1, 1, 64, MAGI_FFA_DTYPE_BFLOAT16, 0.f, 0.f, 0,
+                          nullptr),
+         MAGI_FFA_E_INVALID_ARGUMENT);
+  expect("dtype 7",
+         magi_ffa_forward(buffer, buffer, buffer, buffer, lse, plan, 1, 1, 64, 7, 0.125f, 0.f, 0, nullptr),
+         MAGI_FFA_E_INVALID_ARGUMENT);
+  expect("null plan",
+         magi_ffa_forward(buffer, buffer, buffer, buffer, lse, nullptr, 1, 1, 64, MAGI_FFA_DTYPE_BFLOAT16, 0.125f,
+                          0.f, 0, nullptr),
+         MAGI_FFA_E_INVALID_ARGUMENT);
+  expect("misaligned q",
+         magi_ffa_forward(static_cast<char*>(buffer) + 2, buffer, buffer, buffer, lse, plan, 1, 1, 64,
+                          MAGI_FFA_DTYPE_BFLOAT16, 0.125f, 0.f, 0, nullptr),
+         MAGI_FFA_E_INVALID_ARGUMENT);
+  expect("plan destroy", magi_ffa_plan_destroy(plan), 0);
+  expect("free", magi_ffa_free(buffer), 0);
+  std::printf("%s api_argument_checks\n", ok ? "PASS" : "FAIL");
+  return ok;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool quick = false, list = false;
+  std::string filter;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--quick") {
+      quick = true;
+    } else if (arg == "--list") {
+      list = true;
+    } else if (arg == "--filter" && i + 1 < argc) {
+      filter = argv[++i];
+    } else {
+      std::fprintf(stderr, "usage: %s [--quick] [--filter SUBSTRING] [--list]\n", argv[0]);
+      return 2;
+    }
+  }
+  int32_t count = 0;
+  const int32_t status = magi_ffa_device_count(&count);
+  if (status != 0 || count == 0) {
+    std::printf("no usable GPU (status %d): %s\n", status, magi_ffa_last_error());
+    return 1;
+  }
+  char name[256];
+  int32_t major = 0, minor = 0;
+  magi_ffa_device_name(0, name, sizeof(name));
+  magi_ffa_device_capability(0, &major, &minor);
+  std::printf("device 0: %s (sm_%d%d), magi_ffa ABI %d\n", name, major, minor, magi_ffa_abi_version());
+
+  int passed = 0, failed = 0;
+  if (!list && filter.empty()) {
+    if (run_api_checks()) ++passed; else ++failed;
+  }
+  for (const Case& c : make_cases()) {
+    if (quick && !c.quick) continue;
+    if (!filter.empty() && c.name.find(filter) == std::string::npos) continue;
+    if (list) {
+      std::printf("%s\n", c.name.c_str());
+      continue;
+    }
+    if (run_case(c)) ++passed; else ++failed;
+  }
+  if (list) return 0;
+  std::printf("%d passed, %d failed\n", passed, failed);
+  return failed == 0 ? 0 : 1;
+}
