@@ -92,7 +92,9 @@ __device__ __forceinline__ BwdPointwise make_pointwise(const BwdParams& p) {
 template <typename T, int D>
 struct DkvTraits {
   static constexpr int kBlockN = kDkvBlockN;  // keys per CTA, 16 per warp
-  static constexpr int kBlockM = kDkvBlockM;  // query rows per inner iteration
+  static constexpr int kBlockM = kDkvBlockM;  // query rows per inner iteration (one pipeline stage)
+  static constexpr int kSubM = D >= 128 ? 32 : kBlockM;  // rows per compute step within a stage
+  static_assert(kBlockM % kSubM == 0 && kSubM % 16 == 0, "sub-blocks of whole k16 steps");
   static constexpr int kWarps = kDkvWarps;
   static constexpr int kThreads = kWarps * 32;
   static_assert(kBlockN == 16 * kWarps, "one warp per 16 keys");
@@ -108,6 +110,7 @@ __global__ void __launch_bounds__(DkvTraits<T, D>::kThreads, 1) ffa_bwd_dkdv_ker
   using Tr = DkvTraits<T, D>;
   constexpr int BN = Tr::kBlockN;
   constexpr int BM = Tr::kBlockM;
+  constexpr int SUB = Tr::kSubM;
   constexpr int THREADS = Tr::kThreads;
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -199,24 +202,27 @@ __global__ void __launch_bounds__(DkvTraits<T, D>::kThreads, 1) ffa_bwd_dkdv_ker
     const T* sdOs = sdO + stage * Tr::kTileQ;
     const float* sLses = sLse + stage * BM;
     const float* sDeltas = sDelta + stage * BM;
-    const int m0 = it.m0;
-    if (warp_keys_seen_by_rows(it.slice, warp_key0, m0, BM)) {
-      // S^T (this warp's 16 keys x BM queries) and dP^T = V dO^T.
-      float st_acc[BM / 8][4];
-      float dpt_acc[BM / 8][4];
+    // The stage's BM query rows are processed in sub-blocks of SUB rows (fewer live registers at D=128).
+#pragma unroll 1
+    for (int sub0 = 0; sub0 < BM; sub0 += SUB) {
+      const int m0 = it.m0 + sub0;
+      if (!warp_keys_seen_by_rows(it.slice, warp_key0, m0, SUB)) continue;
+      // S^T (this warp's 16 keys x SUB queries) and dP^T = V dO^T.
+      float st_acc[SUB / 8][4];
+      float dpt_acc[SUB / 8][4];
       zero_acc(st_acc);
       zero_acc(dpt_acc);
-      gemm_abt_smema<D, BM, T>(st_acc, sK, warp * 16, sQs, 0, lane);
-      gemm_abt_smema<D, BM, T>(dpt_acc, sV, warp * 16, sdOs, 0, lane);
+      gemm_abt_smema<D, SUB, T>(st_acc, sK, warp * 16, sQs, sub0, lane);
+      gemm_abt_smema<D, SUB, T>(dpt_acc, sV, warp * 16, sdOs, sub0, lane);
 
-      const bool masked = tile_needs_mask(it.slice, m0, BM, warp_key0, 16);
+      const bool masked = tile_needs_mask(it.slice, m0, SUB, warp_key0, 16);
 #pragma unroll
-      for (int nb = 0; nb < BM / 8; ++nb) {
+      for (int nb = 0; nb < SUB / 8; ++nb) {
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
-          const int col = nb * 8 + 2 * t + c;  // query row within the tile
-          const float lse2 = lse_to_log2(sLses[col]);
-          const float delta = sDeltas[col];
+          const int col = nb * 8 + 2 * t + c;  // query row within the sub-block
+          const float lse2 = lse_to_log2(sLses[sub0 + col]);
+          const float delta = sDeltas[sub0 + col];
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
             const int e = 2 * r + c;
@@ -229,12 +235,12 @@ __global__ void __launch_bounds__(DkvTraits<T, D>::kThreads, 1) ffa_bwd_dkdv_ker
         }
       }
 
-      uint32_t pt_frags[BM / 16][4];
-      acc_to_a_frags<BM, T>(pt_frags, st_acc);
-      gemm_pb<BM, D, T>(dv_acc, pt_frags, sdOs, 0, lane);
-      uint32_t dst_frags[BM / 16][4];
-      acc_to_a_frags<BM, T>(dst_frags, dpt_acc);
-      gemm_pb<BM, D, T>(dk_acc, dst_frags, sQs, 0, lane);
+      uint32_t pt_frags[SUB / 16][4];
+      acc_to_a_frags<SUB, T>(pt_frags, st_acc);
+      gemm_pb<SUB, D, T>(dv_acc, pt_frags, sdOs, sub0, lane);
+      uint32_t dst_frags[SUB / 16][4];
+      acc_to_a_frags<SUB, T>(dst_frags, dpt_acc);
+      gemm_pb<SUB, D, T>(dk_acc, dst_frags, sQs, sub0, lane);
     }
     __syncthreads();
 

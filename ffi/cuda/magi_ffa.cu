@@ -347,7 +347,9 @@ int32_t magi_ffa_stream_create(void** stream) {
   clear_error();
   if (stream == nullptr) return invalid("magi_ffa_stream_create", "stream is NULL");
   cudaStream_t created = nullptr;
-  MAGI_CUDA_CHECK("magi_ffa_stream_create", cudaStreamCreateWithFlags(&created, cudaStreamNonBlocking));
+  // A blocking stream: it orders itself with the legacy default stream (NULL), so copies the binding makes
+  // on NULL are complete before kernels on this stream start, and the converse.
+  MAGI_CUDA_CHECK("magi_ffa_stream_create", cudaStreamCreateWithFlags(&created, cudaStreamDefault));
   *stream = created;
   return 0;
 }

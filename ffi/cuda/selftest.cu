@@ -286,6 +286,7 @@ bool run_gpu(const Case& c, const std::vector<uint16_t>& q, const std::vector<ui
   } plan_guard{plan};
 
   const float scale = c.scale > 0.f ? c.scale : 1.f / std::sqrt(static_cast<float>(c.head_dim));
+  CHECK(magi_ffa_stream_synchronize(nullptr));  // inputs and poison in place before the kernels run
   void* stream = nullptr;
   CHECK(magi_ffa_stream_create(&stream));
   struct StreamGuard {
