@@ -3,18 +3,22 @@
  *
  * A compiled key ({@linkcode FlexKey}) is in canonical order (slices sorted by qStart, kStart, qEnd, kEnd,
  * type), holds no slice that covers no cell (empty ranges, a BICAUSAL band with more query than key rows)
- * and no cell covered by two slices. Compiled keys are frozen objects, cached by spec fingerprint and
- * shared between callers: **their typed arrays must not be mutated** (JavaScript cannot freeze typed
- * arrays; copy them first if you need to edit).
+ * and no cell covered by two slices. Compiled keys are frozen objects, cached by spec fingerprint (an LRU
+ * of {@linkcode FLEX_KEY_CACHE_CAPACITY}; a hit is confirmed by comparing the specs' contents) and shared
+ * between callers; a key compiled from a spec that is already canonical shares the spec's internal
+ * arrays instead of copying them. So **a key's typed arrays must never be mutated** (JavaScript cannot
+ * freeze typed arrays): copy them (`key.qRanges.slice()`) to edit.
  *
- * Cost, for N slices: O(N) when the slices are already in canonical order and no two share a query row
- * (packed documents, sliding windows, block-causal, prefix-LM), else O((N + P) log N) where P is the
- * number of slice pairs whose bounding rectangles intersect (each such pair gets an exact O(1) test).
+ * Cost, for N slices: O(N) and no allocation when the slices are already in canonical order and no two
+ * share a query row (packed documents, sliding windows, block-causal, prefix-LM); otherwise
+ * O(N log N + P log N), where P is the number of slice pairs whose bounding rectangles intersect: a sweep
+ * over query rows with a max-segment tree over key starts reports exactly those pairs, and each gets an
+ * exact O(1) integer test.
  * @module
  */
 
 import { MagiAttnInputError } from "./errors.ts";
-import { AttnMaskSpec, describeValue, specFromRangesNamed } from "./spec.ts";
+import { AttnMaskSpec, describeValue, sharedSpecArrays, specFromRangesNamed } from "./spec.ts";
 import type { FlexKey, PlainFlexKey } from "./types.ts";
 
 const INT32_MAX = 2147483647;
@@ -186,47 +190,13 @@ function checkTotal(value: unknown, field: string): number {
   return value;
 }
 
-/** Reads and validates a spec's slices into flat typed arrays, then finishes the key. */
+/** Validates a spec's slices (read from its internal arrays, without copying) and finishes the key. */
 function compileSpec(spec: AttnMaskSpec): FlexKey {
   const totalQ = checkTotal(spec.totalSeqlenQ, "spec.totalSeqlenQ");
   const totalK = checkTotal(spec.totalSeqlenK, "spec.totalSeqlenK");
-  const { qRanges, kRanges, maskTypes } = spec;
-  const count = qRanges.length;
-  if (kRanges.length !== count || maskTypes.length !== count) {
-    throw new MagiAttnInputError(
-      "spec",
-      `has ${count} query ranges, ${kRanges.length} key ranges and ${maskTypes.length} types`,
-      "give one of each per slice",
-    );
-  }
-  const qFlat = new Int32Array(2 * count), kFlat = new Int32Array(2 * count), types = new Int32Array(count);
-  for (let slice = 0; slice < count; slice++) {
-    const qRange = qRanges[slice], kRange = kRanges[slice];
-    const qs = qRange[0], qe = qRange[1], ks = kRange[0], ke = kRange[1];
-    const name = maskTypes[slice];
-    const type = name === "causal"
-      ? 1
-      : name === "full"
-      ? 0
-      : name === "bi_causal"
-      ? 3
-      : name === "inv_causal"
-      ? 2
-      : -1;
-    // Integer and bounds checks in one branch; the slow path below says which one failed.
-    if (
-      !(Number.isInteger(qs) && Number.isInteger(qe) && Number.isInteger(ks) && Number.isInteger(ke) &&
-        0 <= qs && qs <= qe && qe <= totalQ && 0 <= ks && ks <= ke && ke <= totalK && type >= 0)
-    ) {
-      explainBadSlice(qs, qe, ks, ke, name, slice, totalQ, totalK, "spec.maskTypes");
-    }
-    qFlat[2 * slice] = qs;
-    qFlat[2 * slice + 1] = qe;
-    kFlat[2 * slice] = ks;
-    kFlat[2 * slice + 1] = ke;
-    types[slice] = type;
-  }
-  return finishKey(qFlat, kFlat, types, totalQ, totalK);
+  // The spec's arrays are immutable, so the key may share them (neither side ever writes to them).
+  const { q, k, types } = sharedSpecArrays(spec);
+  return finishKey(q, k, types, totalQ, totalK, "spec.maskTypes", true);
 }
 
 /** Validates a FlexKey-shaped object not made by this module. */
@@ -252,20 +222,8 @@ function validateTypedKey(candidate: Record<string, unknown>): FlexKey {
   }
   const totalQ = checkTotal(candidate.totalQ, "key.totalQ");
   const totalK = checkTotal(candidate.totalK, "key.totalK");
-  for (let slice = 0; slice < count; slice++) {
-    const qs = qFlat[2 * slice],
-      qe = qFlat[2 * slice + 1],
-      ks = kRanges[2 * slice],
-      ke = kRanges[2 * slice + 1];
-    const type = attnTypeMap[slice];
-    if (
-      !(0 <= qs && qs <= qe && qe <= totalQ && 0 <= ks && ks <= ke && ke <= totalK && type >= 0 && type <= 3)
-    ) {
-      explainBadSlice(qs, qe, ks, ke, type, slice, totalQ, totalK, "key.attnTypeMap");
-    }
-  }
-  // Copies: the caller keeps ownership of its arrays and the compiled key owns its own.
-  return finishKey(qFlat.slice(), kRanges.slice(), attnTypeMap.slice(), totalQ, totalK);
+  // Not shareable: the caller keeps its arrays, the compiled key gets its own copies.
+  return finishKey(qFlat, kRanges, attnTypeMap, totalQ, totalK, "key.attnTypeMap", false);
 }
 
 /** Throws the precise error for a slice that failed the combined check. */
@@ -280,12 +238,10 @@ function explainBadSlice(
   totalK: number,
   typesField: string,
 ): never {
-  const fields: [string, unknown, unknown, number][] = [["qRanges", qs, qe, totalQ], [
-    "kRanges",
-    ks,
-    ke,
-    totalK,
-  ]];
+  const fields: [string, unknown, unknown, number][] = [
+    ["qRanges", qs, qe, totalQ],
+    ["kRanges", ks, ke, totalK],
+  ];
   for (const [name, start, end, total] of fields) {
     const field = `${name}[${slice}]`;
     for (const [value, part] of [[start, 0], [end, 1]] as const) {
@@ -321,8 +277,10 @@ function describeSlice(qs: number, qe: number, ks: number, ke: number, type: num
 }
 
 /**
- * Drops slices without cells, puts the rest in canonical order, rejects shared cells, and packs the key.
- * Takes ownership of the arrays (compacts them in place).
+ * Validates flat slices (bounds, start ≤ end, types; integers by construction), drops those without
+ * cells, puts the rest in canonical order, rejects shared cells, and packs the frozen key. On the common
+ * path (canonical already, nothing to drop, no two slices sharing a query row) this is one read-only pass
+ * and, when `shareable`, no allocation: the key uses the given arrays, which nobody may mutate afterwards.
  */
 function finishKey(
   qFlat: Int32Array,
@@ -330,18 +288,37 @@ function finishKey(
   types: Int32Array,
   totalQ: number,
   totalK: number,
+  typesField: string,
+  shareable: boolean,
 ): FlexKey {
   const inputCount = types.length;
-  // origin[n]: the input index of kept slice n, for error messages.
-  const origin = new Int32Array(inputCount);
-  let count = 0, sorted = true;
+  let kept = 0, sorted = true, disjointRows = true, maxQEnd = 0;
+  let area = 0, maxSeqlenQ = 0, maxSeqlenK = 0;
+  let pqs = -1, pqe = -1, pks = -1, pke = -1, previousType = -1;
   for (let slice = 0; slice < inputCount; slice++) {
     const qs = qFlat[2 * slice], qe = qFlat[2 * slice + 1], ks = kFlat[2 * slice], ke = kFlat[2 * slice + 1];
     const type = types[slice];
-    if (areaOf(qe - qs, ke - ks, type) === 0) continue;
-    if (count > 0 && sorted) {
-      const pqs = qFlat[2 * count - 2], pks = kFlat[2 * count - 2];
-      const pqe = qFlat[2 * count - 1], pke = kFlat[2 * count - 1];
+    if (
+      !(0 <= qs && qs <= qe && qe <= totalQ && 0 <= ks && ks <= ke && ke <= totalK && type >= 0 && type <= 3)
+    ) {
+      explainBadSlice(qs, qe, ks, ke, type, slice, totalQ, totalK, typesField);
+    }
+    const lq = qe - qs, lk = ke - ks;
+    // The area formula, inline (this loop is the compiler's hot path).
+    const cells = lq === 0 || lk === 0
+      ? 0
+      : type === 0
+      ? lq * lk
+      : type === 3
+      ? (lk >= lq ? (lk - lq + 1) * lq : 0)
+      : lk >= lq
+      ? (2 * lk - lq + 1) * lq * 0.5
+      : lk * (lk + 1) * 0.5;
+    if (cells === 0) continue;
+    area += cells;
+    if (lq > maxSeqlenQ) maxSeqlenQ = lq;
+    if (lk > maxSeqlenK) maxSeqlenK = lk;
+    if (sorted && kept > 0) {
       sorted = pqs !== qs
         ? pqs < qs
         : pks !== ks
@@ -350,74 +327,35 @@ function finishKey(
         ? pqe < qe
         : pke !== ke
         ? pke < ke
-        : types[count - 1] <= type;
+        : previousType <= type;
     }
-    qFlat[2 * count] = qs;
-    qFlat[2 * count + 1] = qe;
-    kFlat[2 * count] = ks;
-    kFlat[2 * count + 1] = ke;
-    types[count] = type;
-    origin[count] = slice;
-    count++;
+    if (qs < maxQEnd) disjointRows = false;
+    if (qe > maxQEnd) maxQEnd = qe;
+    pqs = qs;
+    pqe = qe;
+    pks = ks;
+    pke = ke;
+    previousType = type;
+    kept++;
   }
-  let qOut = count === inputCount ? qFlat : qFlat.slice(0, 2 * count);
-  let kOut = count === inputCount ? kFlat : kFlat.slice(0, 2 * count);
-  let typesOut = count === inputCount ? types : types.slice(0, count);
-  let originOut = origin;
-  if (!sorted) {
-    const order = new Uint32Array(count);
-    for (let slice = 0; slice < count; slice++) order[slice] = slice;
-    order.sort((a, b) =>
-      qOut[2 * a] - qOut[2 * b] || kOut[2 * a] - kOut[2 * b] || qOut[2 * a + 1] - qOut[2 * b + 1] ||
-      kOut[2 * a + 1] - kOut[2 * b + 1] || typesOut[a] - typesOut[b] || a - b
-    );
-    const qSorted = new Int32Array(2 * count), kSorted = new Int32Array(2 * count);
-    const typesSorted = new Int32Array(count), originSorted = new Int32Array(count);
-    for (let slice = 0; slice < count; slice++) {
-      const from = order[slice];
-      qSorted[2 * slice] = qOut[2 * from];
-      qSorted[2 * slice + 1] = qOut[2 * from + 1];
-      kSorted[2 * slice] = kOut[2 * from];
-      kSorted[2 * slice + 1] = kOut[2 * from + 1];
-      typesSorted[slice] = typesOut[from];
-      originSorted[slice] = originOut[from];
-    }
-    qOut = qSorted;
-    kOut = kSorted;
-    typesOut = typesSorted;
-    originOut = originSorted;
+  let slices: PackedSlices;
+  if (kept === inputCount && sorted) {
+    slices = shareable
+      ? { q: qFlat, k: kFlat, types, origin: null }
+      : { q: qFlat.slice(), k: kFlat.slice(), types: types.slice(), origin: null };
+  } else {
+    slices = keepSlicesWithCells(qFlat, kFlat, types, kept);
+    if (!sorted) slices = sortCanonical(slices, kept);
   }
-  const clash = findSharedCell(qOut, kOut, typesOut, count);
-  if (clash !== null) {
-    let [first, second] = clash;
-    if (originOut[first] > originOut[second]) [first, second] = [second, first];
-    const name = (slice: number): string =>
-      `slice ${originOut[slice]} (${
-        describeSlice(
-          qOut[2 * slice],
-          qOut[2 * slice + 1],
-          kOut[2 * slice],
-          kOut[2 * slice + 1],
-          typesOut[slice],
-        )
-      })`;
-    throw new MagiAttnInputError(
-      `slices ${originOut[first]} and ${originOut[second]}`,
-      `overlap: ${name(first)} and ${name(second)} both cover cell (q=${sharedRow}, k=${sharedColumn})`,
-      "make the slices area-disjoint (trim or split one of them); a cell counted twice would be summed twice",
-    );
-  }
-  let area = 0, maxSeqlenQ = 0, maxSeqlenK = 0;
-  for (let slice = 0; slice < count; slice++) {
-    const lq = qOut[2 * slice + 1] - qOut[2 * slice], lk = kOut[2 * slice + 1] - kOut[2 * slice];
-    area += areaOf(lq, lk, typesOut[slice]);
-    if (lq > maxSeqlenQ) maxSeqlenQ = lq;
-    if (lk > maxSeqlenK) maxSeqlenK = lk;
+  // Canonical slices whose query rows never meet cannot share a cell.
+  if (!(sorted && disjointRows)) {
+    const clash = findSharedCell(slices.q, slices.k, slices.types, kept);
+    if (clash !== null) throwOverlap(slices, clash[0], clash[1]);
   }
   const key: FlexKey = Object.freeze({
-    qRanges: qOut,
-    kRanges: kOut,
-    attnTypeMap: typesOut,
+    qRanges: slices.q,
+    kRanges: slices.k,
+    attnTypeMap: slices.types,
     totalQ,
     totalK,
     maxSeqlenQ,
@@ -426,6 +364,86 @@ function finishKey(
   });
   compiledKeys.add(key);
   return key;
+}
+
+/** The `kept` slices that cover at least one cell, in new arrays, with their input indices. */
+function keepSlicesWithCells(
+  qFlat: Int32Array,
+  kFlat: Int32Array,
+  types: Int32Array,
+  kept: number,
+): PackedSlices {
+  const result: PackedSlices = {
+    q: new Int32Array(2 * kept),
+    k: new Int32Array(2 * kept),
+    types: new Int32Array(kept),
+    origin: new Int32Array(kept),
+  };
+  let count = 0;
+  for (let slice = 0; slice < types.length; slice++) {
+    const qs = qFlat[2 * slice], qe = qFlat[2 * slice + 1], ks = kFlat[2 * slice], ke = kFlat[2 * slice + 1];
+    if (areaOf(qe - qs, ke - ks, types[slice]) === 0) continue;
+    result.q[2 * count] = qs;
+    result.q[2 * count + 1] = qe;
+    result.k[2 * count] = ks;
+    result.k[2 * count + 1] = ke;
+    result.types[count] = types[slice];
+    result.origin![count] = slice;
+    count++;
+  }
+  return result;
+}
+
+/** Flat slices with, where not the identity, the input index of each. */
+interface PackedSlices {
+  q: Int32Array;
+  k: Int32Array;
+  types: Int32Array;
+  origin: Int32Array | null;
+}
+
+/** The slices sorted by (qStart, kStart, qEnd, kEnd, type), in new arrays. */
+function sortCanonical(slices: PackedSlices, count: number): PackedSlices {
+  const { q, k, types, origin } = slices;
+  const order = new Uint32Array(count);
+  for (let slice = 0; slice < count; slice++) order[slice] = slice;
+  order.sort((a, b) =>
+    q[2 * a] - q[2 * b] || k[2 * a] - k[2 * b] || q[2 * a + 1] - q[2 * b + 1] ||
+    k[2 * a + 1] - k[2 * b + 1] ||
+    types[a] - types[b] || a - b
+  );
+  const sorted: PackedSlices = {
+    q: new Int32Array(2 * count),
+    k: new Int32Array(2 * count),
+    types: new Int32Array(count),
+    origin: new Int32Array(count),
+  };
+  for (let slice = 0; slice < count; slice++) {
+    const from = order[slice];
+    sorted.q[2 * slice] = q[2 * from];
+    sorted.q[2 * slice + 1] = q[2 * from + 1];
+    sorted.k[2 * slice] = k[2 * from];
+    sorted.k[2 * slice + 1] = k[2 * from + 1];
+    sorted.types[slice] = types[from];
+    sorted.origin![slice] = origin === null ? from : origin[from];
+  }
+  return sorted;
+}
+
+/** Throws the overlap error naming both slices by input index, range and type, and a shared cell. */
+function throwOverlap(slices: PackedSlices, a: number, b: number): never {
+  const { q, k, types, origin } = slices;
+  const inputIndex = (slice: number): number => (origin === null ? slice : origin[slice]);
+  const [first, second] = inputIndex(a) < inputIndex(b) ? [a, b] : [b, a];
+  const name = (slice: number): string =>
+    `slice ${inputIndex(slice)} (${
+      describeSlice(q[2 * slice], q[2 * slice + 1], k[2 * slice], k[2 * slice + 1], types[slice])
+    })`;
+  throw new MagiAttnInputError(
+    `slices ${inputIndex(first)} and ${inputIndex(second)}`,
+    `overlap: ${name(first)} and ${name(second)} both cover cell (q=${sharedRow}, k=${sharedColumn})`,
+    "make the slices area-disjoint (trim or split one of them); a cell counted twice would be summed twice",
+  );
 }
 
 // The cell found by the last successful sharesCell call (kept out of the return value to avoid allocation).

@@ -173,6 +173,11 @@ function finishLane(hash: number, length: number): number {
   return hash >>> 0;
 }
 
+function sameInts(a: Int32Array, b: Int32Array): boolean {
+  for (let index = 0; index < a.length; index++) if (a[index] !== b[index]) return false;
+  return true;
+}
+
 function hex8(value: number): string {
   return value.toString(16).padStart(8, "0");
 }
@@ -180,45 +185,135 @@ function hex8(value: number): string {
 /** Marks calls of the constructor that come from this module's builders. */
 const CONSTRUCT = Symbol("AttnMaskSpec.construct");
 
-/** Builds a spec from already validated, freshly allocated arrays (set by the class's static block). */
-let createSpec: (
-  qRanges: Range[],
-  kRanges: Range[],
-  maskTypes: MaskType[],
-  totalSeqlenQ: number,
-  totalSeqlenK: number,
-) => AttnMaskSpec;
+/**
+ * Slices collected by a builder in growable flat typed arrays. Specs keep flat arrays, not tuples: the
+ * compiler reads them in one cheap pass (walking frozen tuples is an order of magnitude slower in V8).
+ */
+class SliceList {
+  q: Int32Array = new Int32Array(32);
+  k: Int32Array = new Int32Array(32);
+  types: Int32Array = new Int32Array(16);
+  count = 0;
+
+  /** Appends slice `[qs, qe) × [ks, ke)` of AttnType `type`. */
+  push(qs: number, qe: number, ks: number, ke: number, type: number): void {
+    if (this.count === this.types.length) this.#grow();
+    const index = this.count++;
+    this.q[2 * index] = qs;
+    this.q[2 * index + 1] = qe;
+    this.k[2 * index] = ks;
+    this.k[2 * index + 1] = ke;
+    this.types[index] = type;
+  }
+
+  /** Appends the slice unless it is empty. */
+  pushNonEmpty(qs: number, qe: number, ks: number, ke: number, type: number): void {
+    if (qs < qe && ks < ke) this.push(qs, qe, ks, ke, type);
+  }
+
+  #grow(): void {
+    const grow = (array: Int32Array): Int32Array => {
+      const larger = new Int32Array(array.length * 2);
+      larger.set(array);
+      return larger;
+    };
+    this.q = grow(this.q);
+    this.k = grow(this.k);
+    this.types = grow(this.types);
+  }
+}
+
+const FULL = 0, CAUSAL = 1, INVCAUSAL = 2, BICAUSAL = 3;
+
+/** Builds a spec from validated slices (set by the class's static block, which may call the constructor). */
+let createSpec: (slices: SliceList, totalSeqlenQ: number, totalSeqlenK: number) => AttnMaskSpec;
+
+/** Reads a spec's flat arrays (set by the class's static block). */
+let readSpec: (spec: AttnMaskSpec) => { q: Int32Array; k: Int32Array; types: Int32Array };
+
+/** Flat slices of a spec, as fresh typed arrays. */
+export interface SpecSliceArrays {
+  /** Query ranges `s0, e0, s1, e1, …` (length 2N). */
+  qRanges: Int32Array;
+  /** Key ranges, paired with `qRanges` (length 2N). */
+  kRanges: Int32Array;
+  /** {@linkcode AttnType} of each slice (length N). */
+  attnTypes: Int32Array;
+}
+
+/**
+ * Internal (for the flex key compiler; not re-exported by mod.ts): the spec's own flat arrays, shared,
+ * not copied. They must never be mutated: the spec is immutable and compiled keys may share them.
+ */
+export function sharedSpecArrays(spec: AttnMaskSpec): { q: Int32Array; k: Int32Array; types: Int32Array } {
+  return readSpec(spec);
+}
+
+/**
+ * A spec's slices as flat typed arrays, in the spec's order: fresh copies the caller owns (much cheaper
+ * than walking the tuple lists for large specs).
+ */
+export function specSliceArrays(spec: AttnMaskSpec): SpecSliceArrays {
+  const { q, k, types } = readSpec(spec);
+  return { qRanges: q.slice(), kRanges: k.slice(), attnTypes: types.slice() };
+}
+
+function tuplesOf(flat: Int32Array): readonly Range[] {
+  const tuples = new Array<Range>(flat.length >> 1);
+  for (let index = 0; index < tuples.length; index++) {
+    tuples[index] = Object.freeze([flat[2 * index], flat[2 * index + 1]] as const);
+  }
+  return Object.freeze(tuples);
+}
 
 /**
  * An immutable attention mask over a packed sequence: slice n makes the cells of
  * `qRanges[n] × kRanges[n]` allowed by `maskTypes[n]` visible (see the FFA semantics: `"causal"` is
  * bottom-right aligned, `"inv_causal"` top-left, `"bi_causal"` both). Build one with the static builders;
- * compile it with `compileFlexKey`. Instances, their range lists and each range are frozen.
+ * compile it with `compileFlexKey`. Instances are frozen; the range and type lists they hand out are
+ * frozen too (built on first access, then kept).
  */
 export class AttnMaskSpec {
-  /** Query range `[start, end)` of each slice. */
-  readonly qRanges: readonly Range[];
-  /** Key range `[start, end)` of each slice. */
-  readonly kRanges: readonly Range[];
-  /** Mask type of each slice. */
-  readonly maskTypes: readonly MaskType[];
   /** Query tokens of the packed sequence. */
   readonly totalSeqlenQ: number;
   /** Key tokens of the packed sequence. */
   readonly totalSeqlenK: number;
+  readonly #q: Int32Array;
+  readonly #k: Int32Array;
+  readonly #types: Int32Array;
+  #qRanges: readonly Range[] | undefined;
+  #kRanges: readonly Range[] | undefined;
+  #maskTypes: readonly MaskType[] | undefined;
   #fingerprint: string | undefined;
 
   static {
-    createSpec = (qRanges, kRanges, maskTypes, totalSeqlenQ, totalSeqlenK) =>
-      new AttnMaskSpec(CONSTRUCT, qRanges, kRanges, maskTypes, totalSeqlenQ, totalSeqlenK);
+    createSpec = (slices, totalSeqlenQ, totalSeqlenK) =>
+      new AttnMaskSpec(
+        CONSTRUCT,
+        slices.q.slice(0, 2 * slices.count),
+        slices.k.slice(0, 2 * slices.count),
+        slices.types.slice(0, slices.count),
+        totalSeqlenQ,
+        totalSeqlenK,
+      );
+    readSpec = (spec) => {
+      if (!(spec instanceof AttnMaskSpec)) {
+        throw new MagiAttnInputError(
+          "spec",
+          `is ${describeValue(spec)}, not an AttnMaskSpec`,
+          "build the mask with AttnMaskSpec.varlen / .slidingWindow / .prefixTree / .fromRanges",
+        );
+      }
+      return { q: spec.#q, k: spec.#k, types: spec.#types };
+    };
   }
 
   /** Use the static builders (`AttnMaskSpec.varlen`, `.fromRanges`, …); the constructor is internal. */
   private constructor(
     token: symbol,
-    qRanges: Range[],
-    kRanges: Range[],
-    maskTypes: MaskType[],
+    q: Int32Array,
+    k: Int32Array,
+    types: Int32Array,
     totalSeqlenQ: number,
     totalSeqlenK: number,
   ) {
@@ -229,21 +324,32 @@ export class AttnMaskSpec {
         "build specs with AttnMaskSpec.fromRanges, .varlen, .slidingWindow, .prefixTree, …",
       );
     }
-    for (let index = 0; index < qRanges.length; index++) {
-      Object.freeze(qRanges[index]);
-      Object.freeze(kRanges[index]);
-    }
-    this.qRanges = Object.freeze(qRanges);
-    this.kRanges = Object.freeze(kRanges);
-    this.maskTypes = Object.freeze(maskTypes);
+    this.#q = q;
+    this.#k = k;
+    this.#types = types;
     this.totalSeqlenQ = totalSeqlenQ;
     this.totalSeqlenK = totalSeqlenK;
     Object.freeze(this);
   }
 
+  /** Query range `[start, end)` of each slice (a frozen list of frozen pairs). */
+  get qRanges(): readonly Range[] {
+    return (this.#qRanges ??= tuplesOf(this.#q));
+  }
+
+  /** Key range `[start, end)` of each slice (a frozen list of frozen pairs). */
+  get kRanges(): readonly Range[] {
+    return (this.#kRanges ??= tuplesOf(this.#k));
+  }
+
+  /** Mask type of each slice (a frozen list). */
+  get maskTypes(): readonly MaskType[] {
+    return (this.#maskTypes ??= Object.freeze(Array.from(this.#types, (type) => MASK_TYPES[type])));
+  }
+
   /** Number of slices. */
   get numSlices(): number {
-    return this.qRanges.length;
+    return this.#types.length;
   }
 
   /**
@@ -252,22 +358,39 @@ export class AttnMaskSpec {
    */
   fingerprint(): string {
     if (this.#fingerprint !== undefined) return this.#fingerprint;
-    const count = this.qRanges.length;
+    const count = this.#types.length, q = this.#q, k = this.#k, types = this.#types;
+    // Two independent 32-bit lanes over: totals, count, then (qs, qe, ks, ke, type) per slice.
     let laneA = 0x9747b28c, laneB = 0x2545f491;
-    const mix = (word: number): void => {
+    const header = [this.totalSeqlenQ, this.totalSeqlenK, count];
+    for (const word of header) {
       laneA = mixWord(laneA, word, 0xcc9e2d51);
       laneB = mixWord(laneB, word ^ 0x5bd1e995, 0x27d4eb2f);
-    };
-    mix(this.totalSeqlenQ);
-    mix(this.totalSeqlenK);
-    mix(count);
+    }
     for (let index = 0; index < count; index++) {
-      const qRange = this.qRanges[index], kRange = this.kRanges[index];
-      mix(qRange[0]);
-      mix(qRange[1]);
-      mix(kRange[0]);
-      mix(kRange[1]);
-      mix(MASK_TYPES.indexOf(this.maskTypes[index]));
+      const w0 = q[2 * index], w1 = q[2 * index + 1], w2 = k[2 * index], w3 = k[2 * index + 1];
+      const w4 = types[index];
+      laneA = mixWord(
+        mixWord(
+          mixWord(mixWord(mixWord(laneA, w0, 0xcc9e2d51), w1, 0xcc9e2d51), w2, 0xcc9e2d51),
+          w3,
+          0xcc9e2d51,
+        ),
+        w4,
+        0xcc9e2d51,
+      );
+      laneB = mixWord(
+        mixWord(
+          mixWord(
+            mixWord(mixWord(laneB, w0 ^ 0x5bd1e995, 0x27d4eb2f), w1 ^ 0x5bd1e995, 0x27d4eb2f),
+            w2 ^ 0x5bd1e995,
+            0x27d4eb2f,
+          ),
+          w3 ^ 0x5bd1e995,
+          0x27d4eb2f,
+        ),
+        w4 ^ 0x5bd1e995,
+        0x27d4eb2f,
+      );
     }
     this.#fingerprint = `${hex8(finishLane(laneA, count))}${hex8(finishLane(laneB, count))}-${count}`;
     return this.#fingerprint;
@@ -277,38 +400,39 @@ export class AttnMaskSpec {
   equals(other: AttnMaskSpec): boolean {
     if (other === this) return true;
     if (!(other instanceof AttnMaskSpec)) return false;
-    const count = this.qRanges.length;
     if (
-      other.qRanges.length !== count || other.totalSeqlenQ !== this.totalSeqlenQ ||
+      other.#types.length !== this.#types.length || other.totalSeqlenQ !== this.totalSeqlenQ ||
       other.totalSeqlenK !== this.totalSeqlenK
     ) return false;
-    const ourQ = this.qRanges, ourK = this.kRanges, ourTypes = this.maskTypes;
-    const theirQ = other.qRanges, theirK = other.kRanges, theirTypes = other.maskTypes;
-    for (let index = 0; index < count; index++) {
-      const a = ourQ[index], b = theirQ[index], c = ourK[index], d = theirK[index];
-      if (
-        a[0] !== b[0] || a[1] !== b[1] || c[0] !== d[0] || c[1] !== d[1] ||
-        ourTypes[index] !== theirTypes[index]
-      ) return false;
-    }
-    return true;
+    return sameInts(this.#q, other.#q) && sameInts(this.#k, other.#k) && sameInts(this.#types, other.#types);
+  }
+
+  /** Plain data for JSON: `{ qRanges, kRanges, maskTypes, totalSeqlenQ, totalSeqlenK }`. */
+  toJSON(): AttnMaskRanges {
+    return {
+      qRanges: this.qRanges,
+      kRanges: this.kRanges,
+      maskTypes: this.maskTypes,
+      totalSeqlenQ: this.totalSeqlenQ,
+      totalSeqlenK: this.totalSeqlenK,
+    };
   }
 
   /** A short description: totals, slice count and fingerprint. */
   toString(): string {
-    return `AttnMaskSpec(${this.totalSeqlenQ}x${this.totalSeqlenK}, ${this.qRanges.length} slices, ${this.fingerprint()})`;
+    return `AttnMaskSpec(${this.totalSeqlenQ}x${this.totalSeqlenK}, ${this.numSlices} slices, ${this.fingerprint()})`;
   }
 
   /** Causal attention over `n` tokens: one CAUSAL slice `[0,n)×[0,n)` (none when n = 0). */
   static causal(n: number): AttnMaskSpec {
     const length = checkInteger(n, "n", 0, INT32_MAX, "pass the token count as a non-negative integer");
-    return AttnMaskSpec.#square([length], "causal", length);
+    return AttnMaskSpec.#square([length], CAUSAL, length);
   }
 
   /** Full (bidirectional) attention over `n` tokens: one FULL slice `[0,n)×[0,n)` (none when n = 0). */
   static full(n: number): AttnMaskSpec {
     const length = checkInteger(n, "n", 0, INT32_MAX, "pass the token count as a non-negative integer");
-    return AttnMaskSpec.#square([length], "full", length);
+    return AttnMaskSpec.#square([length], FULL, length);
   }
 
   /**
@@ -319,7 +443,7 @@ export class AttnMaskSpec {
     const { seqlens: lengths, total } = checkSeqlens(seqlens, "seqlens");
     const opts = checkOptions(options, "options", "pass { causal: true } or { causal: false }");
     const causal = checkBoolean(opts.causal, "options.causal", true);
-    return AttnMaskSpec.#square(lengths, causal ? "causal" : "full", total);
+    return AttnMaskSpec.#square(lengths, causal ? CAUSAL : FULL, total);
   }
 
   /**
@@ -364,7 +488,7 @@ export class AttnMaskSpec {
       lengths[index - 1] = value - previous;
       previous = value;
     }
-    return AttnMaskSpec.#square(lengths, causal ? "causal" : "full", previous);
+    return AttnMaskSpec.#square(lengths, causal ? CAUSAL : FULL, previous);
   }
 
   /**
@@ -401,14 +525,7 @@ export class AttnMaskSpec {
     const fix = "give a non-negative integer, or −1 for unbounded";
     const left = checkInteger(window.left, "window.left", -1, INT32_MAX, fix);
     const right = checkInteger(window.right, "window.right", -1, INT32_MAX, fix);
-    const qRanges: Range[] = [], kRanges: Range[] = [], types: MaskType[] = [];
-    const push = (qs: number, qe: number, ks: number, ke: number, type: MaskType): void => {
-      if (qs < qe && ks < ke) {
-        qRanges.push([qs, qe]);
-        kRanges.push([ks, ke]);
-        types.push(type);
-      }
-    };
+    const slices = new SliceList();
     let offset = 0;
     for (const length of lengths) {
       // A side that reaches the document's edge from every row never binds: treat it as unbounded.
@@ -417,24 +534,19 @@ export class AttnMaskSpec {
       const rightBindsUntil = length - reachRight; // rows [0, this) have i + right ≤ length − 1
       if (reachLeft < rightBindsUntil) {
         // Rows [0, L): only the right edge binds; [L, S − R): both; [S − R, S): only the left edge.
-        push(offset, offset + reachLeft, offset, offset + reachLeft + reachRight, "causal");
-        push(offset + reachLeft, offset + rightBindsUntil, offset, offset + length, "bi_causal");
-        push(
-          offset + rightBindsUntil,
-          offset + length,
-          offset + rightBindsUntil - reachLeft,
-          offset + length,
-          "inv_causal",
-        );
+        slices.pushNonEmpty(offset, offset + reachLeft, offset, offset + reachLeft + reachRight, CAUSAL);
+        slices.pushNonEmpty(offset + reachLeft, offset + rightBindsUntil, offset, offset + length, BICAUSAL);
+        const leftStart = offset + rightBindsUntil - reachLeft;
+        slices.pushNonEmpty(offset + rightBindsUntil, offset + length, leftStart, offset + length, INVCAUSAL);
       } else {
         // The window spans the document from some rows: right-bound rows, free rows, left-bound rows.
-        push(offset, offset + rightBindsUntil, offset, offset + length, "causal");
-        push(offset + rightBindsUntil, offset + reachLeft, offset, offset + length, "full");
-        push(offset + reachLeft, offset + length, offset, offset + length, "inv_causal");
+        slices.pushNonEmpty(offset, offset + rightBindsUntil, offset, offset + length, CAUSAL);
+        slices.pushNonEmpty(offset + rightBindsUntil, offset + reachLeft, offset, offset + length, FULL);
+        slices.pushNonEmpty(offset + reachLeft, offset + length, offset, offset + length, INVCAUSAL);
       }
       offset += length;
     }
-    return createSpec(qRanges, kRanges, types, total, total);
+    return createSpec(slices, total, total);
   }
 
   /**
@@ -449,7 +561,7 @@ export class AttnMaskSpec {
     samplePaths: readonly (readonly number[])[],
   ): AttnMaskSpec {
     const tree = checkPrefixTree(nodeLengths, samplePaths);
-    const qRanges: Range[] = [], kRanges: Range[] = [], types: MaskType[] = [];
+    const slices = new SliceList();
     const nodeCount = tree.lengths.length;
     // emitted[node] = true once the node's slices are out: its ancestors are the same on every path.
     const emitted = new Uint8Array(nodeCount);
@@ -460,20 +572,15 @@ export class AttnMaskSpec {
         emitted[node] = 1;
         const qs = tree.offsets[node], qe = qs + tree.lengths[node];
         if (qs === qe) continue;
-        qRanges.push([qs, qe]);
-        kRanges.push([qs, qe]);
-        types.push("causal");
+        slices.push(qs, qe, qs, qe, CAUSAL);
         for (let earlier = 0; earlier < position; earlier++) {
           const ancestor = path[earlier];
           const ks = tree.offsets[ancestor], ke = ks + tree.lengths[ancestor];
-          if (ks === ke) continue;
-          qRanges.push([qs, qe]);
-          kRanges.push([ks, ke]);
-          types.push("full");
+          if (ks !== ke) slices.push(qs, qe, ks, ke, FULL);
         }
       }
     }
-    return createSpec(qRanges, kRanges, types, tree.total, tree.total);
+    return createSpec(slices, tree.total, tree.total);
   }
 
   /** Prefix-LM over `n` tokens: the first `prefixLen` see each other fully, the rest causally. */
@@ -486,18 +593,10 @@ export class AttnMaskSpec {
       total,
       `give a prefix length between 0 and n = ${total}`,
     );
-    const qRanges: Range[] = [], kRanges: Range[] = [], types: MaskType[] = [];
-    if (prefix > 0) {
-      qRanges.push([0, prefix]);
-      kRanges.push([0, prefix]);
-      types.push("full");
-    }
-    if (prefix < total) {
-      qRanges.push([prefix, total]);
-      kRanges.push([0, total]);
-      types.push("causal");
-    }
-    return createSpec(qRanges, kRanges, types, total, total);
+    const slices = new SliceList();
+    slices.pushNonEmpty(0, prefix, 0, prefix, FULL);
+    slices.pushNonEmpty(prefix, total, 0, total, CAUSAL);
+    return createSpec(slices, total, total);
   }
 
   /** Block-causal over `n` tokens: block i `[ib, (i+1)b)` sees keys `[0, (i+1)b)` fully; the last may be short. */
@@ -505,14 +604,12 @@ export class AttnMaskSpec {
     const total = checkInteger(n, "n", 0, INT32_MAX, "pass the token count as a non-negative integer");
     const block = checkInteger(blockSize, "blockSize", 1, INT32_MAX, "give a positive integer block size");
     const count = Math.ceil(total / block);
-    const qRanges = new Array<Range>(count), kRanges = new Array<Range>(count);
-    const types = new Array<MaskType>(count).fill("full");
+    const slices = new SliceList();
     for (let index = 0; index < count; index++) {
       const start = index * block, end = Math.min(total, start + block);
-      qRanges[index] = [start, end];
-      kRanges[index] = [0, end];
+      slices.push(start, end, 0, end, FULL);
     }
-    return createSpec(qRanges, kRanges, types, total, total);
+    return createSpec(slices, total, total);
   }
 
   /**
@@ -525,18 +622,14 @@ export class AttnMaskSpec {
   }
 
   /** One square slice per document of the given lengths; empty documents skipped. */
-  static #square(lengths: readonly number[], type: MaskType, total: number): AttnMaskSpec {
-    const qRanges: Range[] = [], kRanges: Range[] = [], types: MaskType[] = [];
+  static #square(lengths: readonly number[], type: number, total: number): AttnMaskSpec {
+    const slices = new SliceList();
     let offset = 0;
     for (const length of lengths) {
-      if (length > 0) {
-        qRanges.push([offset, offset + length]);
-        kRanges.push([offset, offset + length]);
-        types.push(type);
-      }
+      slices.pushNonEmpty(offset, offset + length, offset, offset + length, type);
       offset += length;
     }
-    return createSpec(qRanges, kRanges, types, total, total);
+    return createSpec(slices, total, total);
   }
 }
 
@@ -606,12 +699,13 @@ export function specFromRangesNamed(ranges: AttnMaskRanges, typesField: string):
   };
   const qRanges = copyRanges(qList, "qRanges");
   const kRanges = copyRanges(kList, "kRanges");
-  const types = new Array<MaskType>(count);
+  const types = new Array<number>(count);
   for (let index = 0; index < count; index++) {
     const value = typeList[index];
+    const field = `${typesField}[${index}]`;
     types[index] = typeof value === "number"
-      ? attnTypeToMaskType(value, `${typesField}[${index}]`)
-      : MASK_TYPES[maskTypeToAttnType(value as MaskType, `${typesField}[${index}]`)];
+      ? maskTypeToAttnType(attnTypeToMaskType(value, field), field)
+      : maskTypeToAttnType(value as MaskType, field);
   }
   const checkTotal = (value: unknown, field: string, list: Range[], rangeField: string): number => {
     let maxEnd = 0;
@@ -630,7 +724,11 @@ export function specFromRangesNamed(ranges: AttnMaskRanges, typesField: string):
   };
   const totalQ = checkTotal(ranges.totalSeqlenQ, "totalSeqlenQ", qRanges, "qRanges");
   const totalK = checkTotal(ranges.totalSeqlenK, "totalSeqlenK", kRanges, "kRanges");
-  return createSpec(qRanges, kRanges, types, totalQ, totalK);
+  const slices = new SliceList();
+  for (let index = 0; index < count; index++) {
+    slices.push(qRanges[index][0], qRanges[index][1], kRanges[index][0], kRanges[index][1], types[index]);
+  }
+  return createSpec(slices, totalQ, totalK);
 }
 
 interface CheckedPrefixTree {

@@ -7,7 +7,13 @@
 import assert from "node:assert/strict";
 import { MagiAttnInputError } from "../lib/errors.ts";
 import { compileFlexKey, denseMask } from "../lib/flex_key.ts";
-import { AttnMaskSpec, attnTypeToMaskType, maskTypeToAttnType, prefixTreeLayout } from "../lib/spec.ts";
+import {
+  AttnMaskSpec,
+  attnTypeToMaskType,
+  maskTypeToAttnType,
+  prefixTreeLayout,
+  specSliceArrays,
+} from "../lib/spec.ts";
 import { seededRandom } from "../lib/tensor.ts";
 import type { FlexKey, MaskType } from "../lib/types.ts";
 
@@ -696,6 +702,25 @@ Deno.test("specs are frozen and do not alias their inputs", () => {
   assert.equal(varlen.totalSeqlenQ, 7);
   // deno-lint-ignore no-explicit-any
   assert.throws(() => new (AttnMaskSpec as any)(Symbol("x"), [], [], [], 0, 0), MagiAttnInputError);
+  // Flat copies belong to the caller: writing to them leaves the spec (and its fingerprint) alone.
+  const window = AttnMaskSpec.slidingWindow(10, { left: 2, right: 3 });
+  const fingerprint = window.fingerprint();
+  const flat = specSliceArrays(window);
+  assert.deepEqual(Array.from(flat.qRanges), [0, 2, 2, 7, 7, 10]);
+  assert.deepEqual(Array.from(flat.kRanges), [0, 5, 0, 10, 5, 10]);
+  assert.deepEqual(Array.from(flat.attnTypes), [1, 3, 2]);
+  flat.qRanges[0] = 5;
+  flat.attnTypes.fill(0);
+  assert.deepEqual(specSliceArrays(window).qRanges[0], 0);
+  assert.equal(window.maskTypes[0], "causal");
+  assert.equal(AttnMaskSpec.slidingWindow(10, { left: 2, right: 3 }).fingerprint(), fingerprint);
+  assert.deepEqual(JSON.parse(JSON.stringify(window)), {
+    qRanges: [[0, 2], [2, 7], [7, 10]],
+    kRanges: [[0, 5], [0, 10], [5, 10]],
+    maskTypes: ["causal", "bi_causal", "inv_causal"],
+    totalSeqlenQ: 10,
+    totalSeqlenK: 10,
+  });
 });
 
 Deno.test("fingerprints: stable literals, equal for equal specs, distinct for distinct specs", () => {
