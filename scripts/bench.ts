@@ -554,12 +554,15 @@ export function formatNotes(report: BenchReport): string[] {
   const lines: string[] = [];
   const ceiling = matmulCeiling(report);
   const copy = report.ceilings?.["copy_gbps"];
-  lines.push(
-    `ceilings (measured by torch): bf16 matmul 8192^3 ${
-      ceiling !== undefined ? ceiling.toFixed(0) : "?"
-    } TFLOP/s` +
-      `, device copy ${typeof copy === "number" ? copy.toFixed(0) : "?"} GB/s (read+write)`,
-  );
+  if (report.ceilings === null) lines.push("ceilings: not measured (they come from the peers script)");
+  else {
+    lines.push(
+      `ceilings (measured by torch): bf16 matmul 8192^3 ${
+        ceiling !== undefined ? ceiling.toFixed(0) : "?"
+      } TFLOP/s` +
+        `, device copy ${typeof copy === "number" ? copy.toFixed(0) : "?"} GB/s (read+write)`,
+    );
+  }
   const host = report.hostOverhead;
   if (host?.error) lines.push(`host overhead: FAILED ${host.error}`);
   else if (host) {
