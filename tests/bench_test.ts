@@ -634,6 +634,7 @@ nn = types.ModuleType("torch.nn"); functional = types.ModuleType("torch.nn.funct
 torch.nn, nn.functional = nn, functional
 sys.modules.update({"torch": torch, "torch.nn": nn, "torch.nn.functional": functional})
 sys.path.insert(0, sys.argv[1])
+sys.dont_write_bytecode = True  # leave no __pycache__ in the repository
 import peers
 assert peers.torch is torch
 spec = json.load(open(sys.argv[2]))
