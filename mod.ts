@@ -35,7 +35,14 @@ export {
 } from "./lib/tensor.ts";
 export { AttnType, type AttnTypeValue, type FlexKey, type MaskType, type PlainFlexKey } from "./lib/types.ts";
 export { AttnMaskSpec, prefixTreeLayout } from "./lib/spec.ts";
-export { clearFlexKeyCache, compileFlexKey, denseMask, isFlexKey, sliceArea, toFlexKey } from "./lib/flex_key.ts";
+export {
+  clearFlexKeyCache,
+  compileFlexKey,
+  denseMask,
+  isFlexKey,
+  sliceArea,
+  toFlexKey,
+} from "./lib/flex_key.ts";
 export {
   type AnyTensor,
   type Backend,
@@ -56,9 +63,9 @@ export {
 export { ALL_ATTENTION_FUNCTIONS, AttentionInterface, sdpaAttentionForward } from "./lib/registry.ts";
 export {
   getActiveAttnSpec,
+  magiAttentionForward,
   type MagiAttnCallOptions,
   type MagiAttnFunc,
-  magiAttentionForward,
   makeMagiAttnFunc,
   setActiveAttnSpec,
 } from "./lib/magi.ts";

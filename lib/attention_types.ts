@@ -87,4 +87,3 @@ export function checkAttentionOptions(options: AttentionOptions): void {
     throw new MagiAttnInputError("opts.isCausal", `is ${String(options.isCausal)}`, "pass true or false");
   }
 }
-

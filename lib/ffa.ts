@@ -95,7 +95,11 @@ function checkOptions(options: FlexAttnOptions): Backend {
     );
   }
   if (options.deterministic !== undefined && typeof options.deterministic !== "boolean") {
-    throw new MagiAttnInputError("opts.deterministic", `is ${String(options.deterministic)}`, "pass true or false");
+    throw new MagiAttnInputError(
+      "opts.deterministic",
+      `is ${String(options.deterministic)}`,
+      "pass true or false",
+    );
   }
   return backend;
 }

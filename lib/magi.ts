@@ -4,11 +4,7 @@
  * @module
  */
 
-import {
-  type AttentionMask,
-  type AttentionOptions,
-  checkAttentionOptions,
-} from "./attention_types.ts";
+import { type AttentionMask, type AttentionOptions, checkAttentionOptions } from "./attention_types.ts";
 import { MagiAttnInputError } from "./errors.ts";
 import { flexFlashAttnForward } from "./ffa.ts";
 import { compileFlexKey } from "./flex_key.ts";
@@ -209,7 +205,11 @@ export function makeMagiAttnFunc(factoryOptions: { softmaxScale?: number } = {})
     let spec: AttnMaskSpec;
     if (options.magiAttnSpec !== undefined) {
       if (!(options.magiAttnSpec instanceof AttnMaskSpec)) {
-        throw new MagiAttnInputError("options.magiAttnSpec", "is not an AttnMaskSpec", "build it with AttnMaskSpec");
+        throw new MagiAttnInputError(
+          "options.magiAttnSpec",
+          "is not an AttnMaskSpec",
+          "build it with AttnMaskSpec",
+        );
       }
       if (window) rejectWindow("an explicit magiAttnSpec");
       spec = options.magiAttnSpec;
@@ -226,7 +226,8 @@ export function makeMagiAttnFunc(factoryOptions: { softmaxScale?: number } = {})
       if (activeSpec) rejectWindow("the active spec");
       spec = AttnMaskSpec.slidingWindow(totalQ, { left: window[0], right: window[1] });
     } else {
-      spec = (options.module ? stampedSpecOf(options.module) : null) ?? activeSpec ?? AttnMaskSpec.causal(totalQ);
+      spec = (options.module ? stampedSpecOf(options.module) : null) ?? activeSpec ??
+        AttnMaskSpec.causal(totalQ);
     }
     checkSpecAgainstInput(spec, totalQ, totalK, "spec");
     const flexKey = compileFlexKey(spec);
@@ -235,4 +236,3 @@ export function makeMagiAttnFunc(factoryOptions: { softmaxScale?: number } = {})
     return reshape(out as HostTensor, q.shape);
   };
 }
-

@@ -77,7 +77,8 @@ export class AttentionInterface {
 function maskIndexer(mask: AttentionMask, batch: number, heads: number, seqQ: number, seqK: number) {
   const shape = mask.shape;
   const full = shape.length === 2 ? [1, 1, shape[0], shape[1]] : shape.length === 4 ? [...shape] : null;
-  const fits = full !== null && full[2] === seqQ && full[3] === seqK && (full[0] === 1 || full[0] === batch) &&
+  const fits = full !== null && full[2] === seqQ && full[3] === seqK &&
+    (full[0] === 1 || full[0] === batch) &&
     (full[1] === 1 || full[1] === heads);
   if (!fits) {
     throw new MagiAttnInputError(
@@ -115,7 +116,9 @@ export function sdpaAttentionForward(
   if (batchK !== batch || headDimK !== headDim || value.shape.join() !== key.shape.join()) {
     throw new MagiAttnInputError(
       "key.shape",
-      `is [${key.shape.join(", ")}] (value [${value.shape.join(", ")}]) for query [${query.shape.join(", ")}]`,
+      `is [${key.shape.join(", ")}] (value [${value.shape.join(", ")}]) for query [${
+        query.shape.join(", ")
+      }]`,
       "give key and value the shape [B, Hkv, Sk, D] with query's B and D",
     );
   }
@@ -153,12 +156,16 @@ export function sdpaAttentionForward(
         let rowMax = -Infinity;
         for (let j = 0; j < seqK; j++) {
           let visible = !(isCausal && j > i + diagonal);
-          if (window !== undefined && (j <= i + diagonal - window || (!isCausal && j >= i + diagonal + window))) {
+          if (
+            window !== undefined && (j <= i + diagonal - window || (!isCausal && j >= i + diagonal + window))
+          ) {
             visible = false;
           }
           let logit = 0;
           if (visible) {
-            for (let d = 0; d < headDim; d++) logit += q[qBase + i * headDim + d] * k[kBase + j * headDim + d];
+            for (let d = 0; d < headDim; d++) {
+              logit += q[qBase + i * headDim + d] * k[kBase + j * headDim + d];
+            }
             logit *= scale;
             if (softcap > 0) logit = softcap * Math.tanh(logit / softcap);
             if (maskValues) {

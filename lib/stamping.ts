@@ -66,7 +66,10 @@ function isAttentionModule(value: object): boolean {
 /** The language backbone: `languageModel` or `model.languageModel` when present, else the model. */
 function languageBackbone(model: ModelLike): object {
   if (isTraversable(model.languageModel)) return model.languageModel;
-  if (isTraversable(model.model) && isTraversable(model.model.languageModel)) return model.model.languageModel;
+  const inner = model.model;
+  if (isTraversable(inner) && isTraversable((inner as ModelLike).languageModel)) {
+    return (inner as ModelLike).languageModel;
+  }
   return model;
 }
 
@@ -77,8 +80,10 @@ function languageBackbone(model: ModelLike): object {
  */
 export function findAttentionModules(model: ModelLike): object[] {
   const found: object[] = [];
-  const seen = new Set<object>();
-  const stack: object[] = [languageBackbone(model)];
+  const backbone = languageBackbone(model);
+  // A back-reference from the backbone to the model root must not lead the walk into other towers.
+  const seen = new Set<object>(backbone === model ? [] : [model]);
+  const stack: object[] = [backbone];
   while (stack.length > 0) {
     const node = stack.pop()!;
     if (seen.has(node)) continue;
@@ -103,15 +108,26 @@ export function findAttentionModules(model: ModelLike): object[] {
   return found;
 }
 
+function describe(value: unknown): string {
+  if (value === null || typeof value !== "object") return String(value);
+  return `a ${value.constructor?.name ?? "plain object"}`;
+}
+
 function checkModel(model: unknown): asserts model is ModelLike {
   if (model === null || typeof model !== "object") {
-    throw new MagiAttnInputError("model", `is ${model === null ? "null" : typeof model}`, "pass the model object");
+    throw new MagiAttnInputError(
+      "model",
+      `is ${model === null ? "null" : typeof model}`,
+      "pass the model object",
+    );
   }
 }
 
 function throwIfUnconsumed(model: ModelLike): void {
   const token = armedSteps.get(model);
-  if (token && token.consumedCount === 0) throw new AttnSpecNotConsumedError(model, token.spec, token.moduleCount);
+  if (token && token.consumedCount === 0) {
+    throw new AttnSpecNotConsumedError(model, token.spec, token.moduleCount);
+  }
 }
 
 /**
@@ -125,7 +141,7 @@ export function setAttnSpecOnAttention(model: ModelLike, spec: AttnMaskSpec | nu
   if (spec !== null && !(spec instanceof AttnMaskSpec)) {
     throw new MagiAttnInputError(
       "spec",
-      `is ${typeof spec === "object" ? spec?.constructor?.name ?? "an object" : typeof spec}, not an AttnMaskSpec`,
+      `is ${describe(spec)}, not an AttnMaskSpec`,
       "build it with AttnMaskSpec.varlen / .prefixTree / .fromRanges ..., or pass null to clear",
     );
   }
@@ -138,7 +154,9 @@ export function setAttnSpecOnAttention(model: ModelLike, spec: AttnMaskSpec | nu
       'name attention classes with "Attention" or set `isAttentionModule = true` on them',
     );
   }
-  const token: StepToken | null = spec === null ? null : { spec, moduleCount: modules.length, consumedCount: 0 };
+  const token: StepToken | null = spec === null
+    ? null
+    : { spec, moduleCount: modules.length, consumedCount: 0 };
   for (const module of modules) {
     (module as ModelLike)[STAMPED_SPEC_PROPERTY] = spec;
     if (token) moduleTokens.set(module, token);

@@ -42,7 +42,13 @@ function randomMatrix(rows: number, cols: number, next: () => number): Float32Ar
 }
 
 /** `x [tokens, inDim] · w [inDim, outDim]`. */
-function matmul(x: Float32Array, tokens: number, w: Float32Array, inDim: number, outDim: number): Float32Array {
+function matmul(
+  x: Float32Array,
+  tokens: number,
+  w: Float32Array,
+  inDim: number,
+  outDim: number,
+): Float32Array {
   const out = new Float32Array(tokens * outDim);
   for (let t = 0; t < tokens; t++) {
     for (let i = 0; i < inDim; i++) {
@@ -68,7 +74,14 @@ function rmsNorm(x: Float32Array, tokens: number, dim: number): Float32Array {
 }
 
 /** Rotates pairs (d, d + D/2) of each head by position-dependent angles (RoPE), in place. */
-function applyRope(x: Float32Array, tokens: number, heads: number, headDim: number, positions: Int32Array, theta: number) {
+function applyRope(
+  x: Float32Array,
+  tokens: number,
+  heads: number,
+  headDim: number,
+  positions: Int32Array,
+  theta: number,
+) {
   const half = headDim / 2;
   for (let t = 0; t < tokens; t++) {
     for (let d = 0; d < half; d++) {
@@ -89,7 +102,10 @@ function toBhsd(x: Float32Array, tokens: number, heads: number, headDim: number,
   const out = new Float32Array(x.length);
   for (let t = 0; t < tokens; t++) {
     for (let h = 0; h < heads; h++) {
-      out.set(x.subarray((t * heads + h) * headDim, (t * heads + h + 1) * headDim), (h * tokens + t) * headDim);
+      out.set(
+        x.subarray((t * heads + h) * headDim, (t * heads + h + 1) * headDim),
+        (h * tokens + t) * headDim,
+      );
     }
   }
   return fromFloat32(out, [1, heads, tokens, headDim], dtype);
@@ -174,7 +190,7 @@ export class TinyForCausalLM {
     const tokens = tokenIds.length;
     const hidden = this.config.numHeads * this.config.headDim;
     const positions = positionIds ?? Int32Array.from({ length: tokens }, (_, index) => index);
-    let x = new Float32Array(tokens * hidden);
+    let x: Float32Array = new Float32Array(tokens * hidden);
     for (let t = 0; t < tokens; t++) {
       x.set(this.embedding.subarray(tokenIds[t] * hidden, (tokenIds[t] + 1) * hidden), t * hidden);
     }

@@ -7,8 +7,8 @@ import {
   closeAttnSpecStep,
   getActiveAttnSpec,
   type HostTensor,
-  MagiAttnInputError,
   magiAttentionForward,
+  MagiAttnInputError,
   makeMagiAttnFunc,
   randomTensor,
   sdpaAttentionForward,
@@ -30,7 +30,8 @@ function thdValues(input: HostTensor): Float64Array {
     for (let h = 0; h < heads; h++) {
       for (let s = 0; s < seqLen; s++) {
         for (let d = 0; d < headDim; d++) {
-          out[((b * seqLen + s) * heads + h) * headDim + d] = values[((b * heads + h) * seqLen + s) * headDim + d];
+          out[((b * seqLen + s) * heads + h) * headDim + d] =
+            values[((b * heads + h) * seqLen + s) * headDim + d];
         }
       }
     }
@@ -98,7 +99,10 @@ Deno.test("sdpa matches the dense float64 oracle (GQA, boolean and additive mask
   const bool = new Uint8Array(81).map((_, index) => (index % 9 <= Math.floor(index / 9) ? 1 : 0));
   const additive = tensor(Float32Array.from(bool, (bit) => (bit ? 0 : -Infinity)), [9, 9]);
   const [causalOut] = await sdpaAttentionForward(new TestAttention(), q, k, v, null, { isCausal: true });
-  const [boolOut] = await sdpaAttentionForward(new TestAttention(), q, k, v, { data: bool, shape: [1, 1, 9, 9] }, {});
+  const [boolOut] = await sdpaAttentionForward(new TestAttention(), q, k, v, {
+    data: bool,
+    shape: [1, 1, 9, 9],
+  }, {});
   const [addOut] = await sdpaAttentionForward(new TestAttention(), q, k, v, additive, {});
   assert.deepEqual(toFloat32(boolOut), toFloat32(causalOut));
   assert.deepEqual(toFloat32(addOut), toFloat32(causalOut));
@@ -106,7 +110,10 @@ Deno.test("sdpa matches the dense float64 oracle (GQA, boolean and additive mask
 
 Deno.test("magi equals sdpa on causal, full and sliding-window batches", async () => {
   const { q, k, v } = qkv(2, 4, 1, 12, 16, 5);
-  const cases: AttentionOptions[] = [{}, { isCausal: false }, { slidingWindow: 4 }, { scaling: 0.3, softcap: 2 }];
+  const cases: AttentionOptions[] = [{}, { isCausal: false }, { slidingWindow: 4 }, {
+    scaling: 0.3,
+    softcap: 2,
+  }];
   for (const options of cases) {
     const [magiOut] = await magiAttentionForward(new TestAttention(), q, k, v, null, options);
     const [sdpaOut] = await sdpaAttentionForward(new TestAttention(), q, k, v, null, options);
@@ -171,15 +178,31 @@ Deno.test("magi bad-input table: each case names the field and changes nothing",
   const attn = makeMagiAttnFunc();
   const thd = tensor(new Float32Array(8 * 2 * 4), [8, 2, 4]);
   const cases: [string, () => Promise<unknown>, string][] = [
-    ["dropout", () => magiAttentionForward(new TestAttention(), q, k, v, null, { dropout: 0.1 }), "opts.dropout"],
+    [
+      "dropout",
+      () => magiAttentionForward(new TestAttention(), q, k, v, null, { dropout: 0.1 }),
+      "opts.dropout",
+    ],
     [
       "mask with spec",
       () => magiAttentionForward(stampedModule(), q, k, v, { data: new Uint8Array(64), shape: [8, 8] }, {}),
       "attentionMask",
     ],
-    ["unknown option", () => magiAttentionForward(new TestAttention(), q, k, v, null, { foo: 1 } as never), "opts.foo"],
-    ["bad scaling", () => magiAttentionForward(new TestAttention(), q, k, v, null, { scaling: -1 }), "opts.scaling"],
-    ["bad softcap", () => magiAttentionForward(new TestAttention(), q, k, v, null, { softcap: NaN }), "opts.softcap"],
+    [
+      "unknown option",
+      () => magiAttentionForward(new TestAttention(), q, k, v, null, { foo: 1 } as never),
+      "opts.foo",
+    ],
+    [
+      "bad scaling",
+      () => magiAttentionForward(new TestAttention(), q, k, v, null, { scaling: -1 }),
+      "opts.scaling",
+    ],
+    [
+      "bad softcap",
+      () => magiAttentionForward(new TestAttention(), q, k, v, null, { softcap: NaN }),
+      "opts.softcap",
+    ],
     [
       "window with spec",
       () => magiAttentionForward(stampedModule(), q, k, v, null, { slidingWindow: 2 }),
@@ -187,7 +210,8 @@ Deno.test("magi bad-input table: each case names the field and changes nothing",
     ],
     [
       "cp group",
-      () => magiAttentionForward(Object.assign(new TestAttention(), { cpGroup: { size: 2 } }), q, k, v, null, {}),
+      () =>
+        magiAttentionForward(Object.assign(new TestAttention(), { cpGroup: { size: 2 } }), q, k, v, null, {}),
       "module.cpGroup",
     ],
     [
@@ -201,7 +225,14 @@ Deno.test("magi bad-input table: each case names the field and changes nothing",
     [
       "spec of another length",
       () =>
-        magiAttentionForward(Object.assign(new TestAttention(), { _magiAttnSpec: AttnMaskSpec.causal(9) }), q, k, v, null, {}),
+        magiAttentionForward(
+          Object.assign(new TestAttention(), { _magiAttnSpec: AttnMaskSpec.causal(9) }),
+          q,
+          k,
+          v,
+          null,
+          {},
+        ),
       "module._magiAttnSpec",
     ],
     ["rank 3 query", () => magiAttentionForward(new TestAttention(), thd, k, v, null, {}), "query.shape"],
@@ -211,7 +242,11 @@ Deno.test("magi bad-input table: each case names the field and changes nothing",
       () => attn(thd, thd, thd, { magiAttnSpec: spec, windowSize: [2, 0] }),
       "options.windowSize",
     ],
-    ["factory: wrong spec length", () => attn(thd, thd, thd, { magiAttnSpec: AttnMaskSpec.causal(5) }), "spec"],
+    [
+      "factory: wrong spec length",
+      () => attn(thd, thd, thd, { magiAttnSpec: AttnMaskSpec.causal(5) }),
+      "spec",
+    ],
     ["factory: batch 2", () => attn(qkv(2, 2, 2, 8, 4).q, thd, thd), "q.shape"],
   ];
   for (const [label, call, field] of cases) {

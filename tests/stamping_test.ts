@@ -4,8 +4,8 @@ import {
   AttnSpecNotConsumedError,
   closeAttnSpecStep,
   findAttentionModules,
-  MagiAttnInputError,
   magiAttentionForward,
+  MagiAttnInputError,
   randomTensor,
   resetAttnSpecGuard,
   sdpaAttentionForward,
@@ -22,10 +22,17 @@ class VisionAttention {}
 
 /** A model shaped like a multimodal HF model: a vision tower beside the language backbone. */
 function makeModel(attnImplementation: string) {
-  const layers = [{ selfAttn: new LlamaAttention() }, { selfAttn: new LlamaAttention(), mixer: new CustomMixer() }];
+  const layers = [{ selfAttn: new LlamaAttention() }, {
+    selfAttn: new LlamaAttention(),
+    mixer: new CustomMixer(),
+  }];
   const languageModel = { layers, weights: new Float32Array(1 << 16) };
   // deno-lint-ignore no-explicit-any
-  const model: any = { config: { attnImplementation }, languageModel, visionTower: { attn: new VisionAttention() } };
+  const model: any = {
+    config: { attnImplementation },
+    languageModel,
+    visionTower: { attn: new VisionAttention() },
+  };
   languageModel.layers.push({ selfAttn: layers[0].selfAttn } as never); // shared module: cycle-safe, found once
   model.languageModel.parent = model; // a cycle back to the root
   return { model, attention: [layers[0].selfAttn, layers[1].selfAttn], mixer: layers[1].mixer };
@@ -44,7 +51,7 @@ Deno.test("findAttentionModules walks the language backbone only, cycle-safe", (
   const { model, attention, mixer } = makeModel("magi");
   const found = findAttentionModules(model);
   assert.equal(found.length, 3);
-  for (const module of [...attention, mixer]) assert.ok(found.includes(module));
+  for (const module of [...attention, mixer]) assert.ok(found.includes(module as object));
   assert.ok(!found.some((module) => module instanceof VisionAttention));
   // Without a languageModel the whole model is walked, including `model.model.languageModel` lookups.
   const nested = { model: { languageModel: { attn: new LlamaAttention() } }, vision: new VisionAttention() };
@@ -130,7 +137,10 @@ Deno.test("guard truth table", async (t) => {
     const { model, attention } = makeModel("magi");
     setAttnSpecOnAttention(model, spec);
     const q = randomTensor([1, 2, 8, 4], { seed: 1 });
-    await assert.rejects(magiAttentionForward(attention[0], q, q, q, null, { dropout: 0.1 }), MagiAttnInputError);
+    await assert.rejects(
+      magiAttentionForward(attention[0], q, q, q, null, { dropout: 0.1 }),
+      MagiAttnInputError,
+    );
     assert.throws(() => closeAttnSpecStep(model), AttnSpecNotConsumedError);
   });
 });
