@@ -93,7 +93,7 @@ template <typename T, int D>
 struct DkvTraits {
   static constexpr int kBlockN = kDkvBlockN;  // keys per CTA, 16 per warp
   static constexpr int kBlockM = kDkvBlockM;  // query rows per inner iteration (one pipeline stage)
-  static constexpr int kSubM = D >= 128 ? 32 : kBlockM;  // rows per compute step within a stage
+  static constexpr int kSubM = dkv_sub_m(D);  // rows per compute step within a stage
   static_assert(kBlockM % kSubM == 0 && kSubM % 16 == 0, "sub-blocks of whole k16 steps");
   static constexpr int kWarps = kDkvWarps;
   static constexpr int kThreads = kWarps * 32;

@@ -21,7 +21,10 @@ constexpr int kDqWarps = 4;
 constexpr int kDqBlockN = 64;    // keys per dQ inner iteration
 constexpr int kDkvBlockN = 64;   // keys per dK/dV CTA (16 per warp)
 constexpr int kDkvWarps = 4;
-constexpr int kDkvBlockM = 64;   // query rows per dK/dV inner iteration
+constexpr int kDkvBlockM = 64;   // query rows per dK/dV inner iteration (one pipeline stage)
+
+// Query rows the dK/dV kernel computes at a time within a stage (fewer live registers at D=128).
+constexpr int dkv_sub_m(int head_dim) { return head_dim >= 128 ? 32 : kDkvBlockM; }
 
 // A list of tiles, each with the slices that touch it (CSR), and the launch order (costliest first).
 struct TileLists {

@@ -1,7 +1,8 @@
 // ffa_walkers.cuh: the tile schedulers of the kernels. A walker enumerates, for the tile a CTA owns,
 // the (slice, inner tile) pairs it must visit, in a fixed order (so results are deterministic). All
 // threads of a CTA run the same walker on the same data, so its decisions are CTA-uniform. This is
-// independent of how the inner product is computed (mma.sync here, wgmma later).
+// independent of how the inner product is computed (mma.sync here, wgmma later). Host-callable so the
+// self-test can replay the schedule on the CPU.
 #pragma once
 
 #include "ffa_mask.cuh"
@@ -22,7 +23,7 @@ struct QueryTileWalker {
   int n0;       // first key of the current key tile
   int k_hi;     // end of the keys the tile's rows can see in the current slice
 
-  __device__ __forceinline__ bool next_slice() {
+  MAGI_HD bool next_slice() {
     while (pos < end) {
       slice = slices[list[pos++]];
       const int r0 = imax(m0, slice.qs);
@@ -38,7 +39,7 @@ struct QueryTileWalker {
     return false;
   }
 
-  __device__ __forceinline__ bool advance() {
+  MAGI_HD bool advance() {
     n0 += BN;
     if (n0 < k_hi) return true;
     return next_slice();
@@ -61,7 +62,7 @@ struct KeyTileWalker {
   int head_in_group;
   int m0;
 
-  __device__ __forceinline__ bool next_slice() {
+  MAGI_HD bool next_slice() {
     while (pos < end) {
       slice = slices[list[pos++]];
       const int c0 = imax(n0, slice.ks);
@@ -79,7 +80,7 @@ struct KeyTileWalker {
     return false;
   }
 
-  __device__ __forceinline__ bool advance() {
+  MAGI_HD bool advance() {
     m0 += BM;
     if (m0 < q_hi) return true;
     if (++head_in_group < group) {
@@ -92,7 +93,7 @@ struct KeyTileWalker {
 
 // Whether a warp's rows [w0, w0 + 16) can see any key of [n0, n0 + bn) in the slice (else the warp skips
 // the tile: it would contribute exactly nothing).
-__device__ __forceinline__ bool warp_rows_see_keys(const Slice& s, int w0, int n0, int bn) {
+MAGI_HD bool warp_rows_see_keys(const Slice& s, int w0, int n0, int bn) {
   const int r0 = imax(w0, s.qs);
   const int r1 = imin(w0 + 16, s.qe);
   if (r0 >= r1) return false;
@@ -102,7 +103,7 @@ __device__ __forceinline__ bool warp_rows_see_keys(const Slice& s, int w0, int n
 }
 
 // Whether a warp's keys [w0, w0 + 16) are seen by any row of [m0, m0 + bm) in the slice.
-__device__ __forceinline__ bool warp_keys_seen_by_rows(const Slice& s, int w0, int m0, int bm) {
+MAGI_HD bool warp_keys_seen_by_rows(const Slice& s, int w0, int m0, int bm) {
   const int c0 = imax(w0, s.ks);
   const int c1 = imin(w0 + 16, s.ke);
   if (c0 >= c1) return false;

@@ -6,8 +6,11 @@
 // of lse, exact -inf / 0 for rows that see nothing, no NaN anywhere. Deterministic cases run twice and
 // compare bytes.
 //
-// Usage: magi_ffa_selftest [--quick] [--filter SUBSTRING] [--list]
-//   --quick   only the small cases (for compute-sanitizer runs)
+// Usage: magi_ffa_selftest [--quick] [--filter SUBSTRING] [--list] [--cpu-replay]
+//   --quick       only the small cases (for compute-sanitizer runs)
+//   --cpu-replay  no GPU: replays the kernels' schedule on the CPU (the same plan tile lists, walkers,
+//                 per-warp skip and mask decisions, tile sizes) with float64 math, and compares it with
+//                 the reference. Catches scheduling / masking mistakes on a machine without a GPU.
 // Prints one line per case and "N passed, M failed"; exits 1 on any failure.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -22,6 +25,9 @@
 #include <thread>
 #include <vector>
 
+#include "ffa_internal.cuh"
+#include "ffa_plan.cuh"
+#include "ffa_walkers.cuh"
 #include "magi_ffa.h"
 
 namespace {
@@ -329,6 +335,263 @@ double rel_l2(const std::vector<uint16_t>& got, const std::vector<double>& want,
 }
 
 // ---------------------------------------------------------------------------------------------------
+// CPU replay of the kernels' schedule (see --cpu-replay). Mirrors ffa_fwd.cu / ffa_bwd.cu decision by
+// decision; the arithmetic is plain float64, so any difference from the reference is a schedule bug
+// (a visible cell skipped, an invisible one let through, a cell visited twice).
+struct Replay {
+  std::vector<double> out, lse, dq, dk, dv;
+};
+
+std::vector<magi_ffa::Slice> to_slices(const Case& c) {
+  std::vector<magi_ffa::Slice> slices;
+  for (const SliceSpec& s : c.slices) slices.push_back({s.qs, s.qe, s.ks, s.ke, s.type});
+  return slices;
+}
+
+bool is_permutation_of_tiles(const std::vector<int32_t>& order) {
+  std::vector<int32_t> sorted = order;
+  std::sort(sorted.begin(), sorted.end());
+  for (size_t i = 0; i < sorted.size(); ++i) {
+    if (sorted[i] != static_cast<int32_t>(i)) return false;
+  }
+  return true;
+}
+
+void replay(const Case& c, const std::vector<double>& q, const std::vector<double>& k, const std::vector<double>& v,
+            const std::vector<double>& dout, const Reference& ref, Replay* out, std::string* problem) {
+  using namespace magi_ffa;
+  const int D = c.head_dim;
+  const int group = c.hq / c.hkv;
+  const double scale = c.scale > 0.f ? c.scale : 1.0 / std::sqrt(static_cast<double>(D));
+  const double cap = c.softcap;
+  const std::vector<Slice> slices = to_slices(c);
+  const HostTileLists fwd = build_query_tiles(slices, c.total_q, kFwdBlockM);
+  const HostTileLists dql = build_query_tiles(slices, c.total_q, kDqBlockM);
+  const HostTileLists dkv = build_key_tiles(slices, c.total_k, kDkvBlockN);
+  if (!is_permutation_of_tiles(fwd.order) || !is_permutation_of_tiles(dql.order) ||
+      !is_permutation_of_tiles(dkv.order)) {
+    *problem += " tile order is not a permutation;";
+  }
+  // Out-of-range rows / keys are zero-filled by the kernels' loads.
+  auto q_row = [&](int i, int h, int d) { return i < c.total_q ? q[(static_cast<size_t>(i) * c.hq + h) * D + d] : 0.0; };
+  auto do_row = [&](int i, int h, int d) {
+    return i < c.total_q ? dout[(static_cast<size_t>(i) * c.hq + h) * D + d] : 0.0;
+  };
+  auto k_row = [&](int j, int hk, int d) {
+    return j < c.total_k ? k[(static_cast<size_t>(j) * c.hkv + hk) * D + d] : 0.0;
+  };
+  auto v_row = [&](int j, int hk, int d) {
+    return j < c.total_k ? v[(static_cast<size_t>(j) * c.hkv + hk) * D + d] : 0.0;
+  };
+  // Capped, scaled logit and its tanh derivative.
+  auto logit = [&](int i, int h, int j, double* dtanh) {
+    const int hk = h / group;
+    double dot = 0;
+    for (int d = 0; d < D; ++d) dot += q_row(i, h, d) * k_row(j, hk, d);
+    double s = dot * scale;
+    *dtanh = 1.0;
+    if (cap > 0) {
+      const double t = std::tanh(s / cap);
+      s = cap * t;
+      *dtanh = 1.0 - t * t;
+    }
+    return s;
+  };
+  // Rows past total_q read lse = 0 and Delta = 0 in the kernels (zero-filled); -inf lse gives P = 0.
+  auto lse_of = [&](int i, int h) { return i < c.total_q ? ref.lse[static_cast<size_t>(i) * c.hq + h] : 0.0; };
+  std::vector<double> delta(static_cast<size_t>(c.total_q) * c.hq, 0.0);
+  for (int i = 0; i < c.total_q; ++i) {
+    for (int h = 0; h < c.hq; ++h) {
+      double sum = 0;
+      for (int d = 0; d < D; ++d) sum += do_row(i, h, d) * ref.out[(static_cast<size_t>(i) * c.hq + h) * D + d];
+      delta[static_cast<size_t>(i) * c.hq + h] = sum;
+    }
+  }
+  auto delta_of = [&](int i, int h) { return i < c.total_q ? delta[static_cast<size_t>(i) * c.hq + h] : 0.0; };
+
+  out->out.assign(static_cast<size_t>(c.total_q) * c.hq * D, 0.0);
+  out->lse.assign(static_cast<size_t>(c.total_q) * c.hq, -INFINITY);
+  out->dq.assign(static_cast<size_t>(c.total_q) * c.hq * D, 0.0);
+  out->dk.assign(static_cast<size_t>(c.total_k) * c.hkv * D, 0.0);
+  out->dv.assign(static_cast<size_t>(c.total_k) * c.hkv * D, 0.0);
+
+  // Forward: one CTA per (q tile, head), warps of 16 rows.
+  for (int tile = 0; tile < static_cast<int>(fwd.order.size()); ++tile) {
+    for (int h = 0; h < c.hq; ++h) {
+      const int hk = h / group;
+      const int m0 = tile * kFwdBlockM;
+      std::vector<double> row_max(kFwdBlockM, -INFINITY), row_sum(kFwdBlockM, 0.0);
+      std::vector<double> acc(static_cast<size_t>(kFwdBlockM) * D, 0.0);
+      QueryTileWalker<kFwdBlockM, kFwdBlockN> it{};
+      it.slices = slices.data();
+      it.list = fwd.slices.data();
+      it.pos = fwd.offsets[tile];
+      it.end = fwd.offsets[tile + 1];
+      it.m0 = m0;
+      for (bool valid = it.next_slice(); valid; valid = it.advance()) {
+        for (int w = 0; w < kFwdWarps; ++w) {
+          const int w0 = m0 + 16 * w;
+          if (!warp_rows_see_keys(it.slice, w0, it.n0, kFwdBlockN)) continue;
+          const bool masked = tile_needs_mask(it.slice, w0, 16, it.n0, kFwdBlockN);
+          for (int i = w0; i < w0 + 16; ++i) {
+            const int r = i - m0;
+            for (int j = it.n0; j < it.n0 + kFwdBlockN; ++j) {
+              if (masked && !cell_visible(it.slice, i, j)) continue;
+              double dt;
+              const double s = logit(i, h, j, &dt);
+              const double new_max = std::max(row_max[r], s);
+              const double rescale = std::exp(row_max[r] - new_max);
+              const double prob = std::exp(s - new_max);
+              row_sum[r] = row_sum[r] * rescale + prob;
+              for (int d = 0; d < D; ++d) {
+                acc[static_cast<size_t>(r) * D + d] = acc[static_cast<size_t>(r) * D + d] * rescale + prob * v_row(j, hk, d);
+              }
+              row_max[r] = new_max;
+            }
+          }
+        }
+      }
+      for (int r = 0; r < kFwdBlockM && m0 + r < c.total_q; ++r) {
+        const size_t row = static_cast<size_t>(m0 + r) * c.hq + h;
+        if (row_sum[r] > 0) {
+          out->lse[row] = row_max[r] + std::log(row_sum[r]);
+          for (int d = 0; d < D; ++d) out->out[row * D + d] = acc[static_cast<size_t>(r) * D + d] / row_sum[r];
+        }
+      }
+    }
+  }
+
+  // dK / dV: one CTA per (k tile, kv head), warps of 16 keys, stages of kDkvBlockM rows in sub-blocks.
+  for (int sub_d : {D}) {
+    const int SUB = dkv_sub_m(sub_d);
+    for (int tile = 0; tile < static_cast<int>(dkv.order.size()); ++tile) {
+      for (int hk = 0; hk < c.hkv; ++hk) {
+        const int n0 = tile * kDkvBlockN;
+        KeyTileWalker<kDkvBlockN, kDkvBlockM> it{};
+        it.slices = slices.data();
+        it.list = dkv.slices.data();
+        it.pos = dkv.offsets[tile];
+        it.end = dkv.offsets[tile + 1];
+        it.n0 = n0;
+        it.group = group;
+        for (bool valid = it.next_slice(); valid; valid = it.advance()) {
+          const int h = hk * group + it.head_in_group;
+          for (int sub0 = 0; sub0 < kDkvBlockM; sub0 += SUB) {
+            const int m0 = it.m0 + sub0;
+            for (int w = 0; w < kDkvWarps; ++w) {
+              const int w0 = n0 + 16 * w;
+              if (!warp_keys_seen_by_rows(it.slice, w0, m0, SUB)) continue;
+              const bool masked = tile_needs_mask(it.slice, m0, SUB, w0, 16);
+              for (int j = w0; j < w0 + 16; ++j) {
+                for (int i = m0; i < m0 + SUB; ++i) {
+                  if (masked && !cell_visible(it.slice, i, j)) continue;
+                  double dt;
+                  const double s = logit(i, h, j, &dt);
+                  const double lse = lse_of(i, h);
+                  const double prob = std::isinf(lse) ? 0.0 : std::exp(s - lse);
+                  double dp = 0;
+                  for (int d = 0; d < D; ++d) dp += do_row(i, h, d) * v_row(j, hk, d);
+                  const double ds = prob * (dp - delta_of(i, h)) * dt;
+                  if (j >= c.total_k) continue;  // not stored
+                  for (int d = 0; d < D; ++d) {
+                    out->dk[(static_cast<size_t>(j) * c.hkv + hk) * D + d] += scale * ds * q_row(i, h, d);
+                    out->dv[(static_cast<size_t>(j) * c.hkv + hk) * D + d] += prob * do_row(i, h, d);
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+
+  // dQ: one CTA per (q tile, head), warps of 16 rows.
+  for (int tile = 0; tile < static_cast<int>(dql.order.size()); ++tile) {
+    for (int h = 0; h < c.hq; ++h) {
+      const int hk = h / group;
+      const int m0 = tile * kDqBlockM;
+      QueryTileWalker<kDqBlockM, kDqBlockN> it{};
+      it.slices = slices.data();
+      it.list = dql.slices.data();
+      it.pos = dql.offsets[tile];
+      it.end = dql.offsets[tile + 1];
+      it.m0 = m0;
+      for (bool valid = it.next_slice(); valid; valid = it.advance()) {
+        for (int w = 0; w < kDqWarps; ++w) {
+          const int w0 = m0 + 16 * w;
+          if (!warp_rows_see_keys(it.slice, w0, it.n0, kDqBlockN)) continue;
+          const bool masked = tile_needs_mask(it.slice, w0, 16, it.n0, kDqBlockN);
+          for (int i = w0; i < w0 + 16; ++i) {
+            for (int j = it.n0; j < it.n0 + kDqBlockN; ++j) {
+              if (masked && !cell_visible(it.slice, i, j)) continue;
+              double dt;
+              const double s = logit(i, h, j, &dt);
+              const double lse = lse_of(i, h);
+              const double prob = std::isinf(lse) ? 0.0 : std::exp(s - lse);
+              double dp = 0;
+              for (int d = 0; d < D; ++d) dp += do_row(i, h, d) * v_row(j, hk, d);
+              const double ds = prob * (dp - delta_of(i, h)) * dt;
+              if (i >= c.total_q) continue;  // not stored
+              for (int d = 0; d < D; ++d) {
+                out->dq[(static_cast<size_t>(i) * c.hq + h) * D + d] += scale * ds * k_row(j, hk, d);
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+double rel_l2_double(const std::vector<double>& got, const std::vector<double>& want) {
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(got[i])) return NAN;
+    diff += (got[i] - want[i]) * (got[i] - want[i]);
+    norm += want[i] * want[i];
+  }
+  if (norm == 0) return diff == 0 ? 0 : INFINITY;
+  return std::sqrt(diff / norm);
+}
+
+bool run_replay_case(const Case& c) {
+  const size_t q_count = static_cast<size_t>(c.total_q) * c.hq * c.head_dim;
+  const size_t kv_count = static_cast<size_t>(c.total_k) * c.hkv * c.head_dim;
+  Rng rng(99);
+  std::vector<uint16_t> bits;
+  std::vector<double> qd, kd, vd, dod;
+  random_tensor(rng, q_count, c.input_scale, c.dtype, &bits, &qd);
+  random_tensor(rng, kv_count, c.input_scale, c.dtype, &bits, &kd);
+  random_tensor(rng, kv_count, 1.0, c.dtype, &bits, &vd);
+  random_tensor(rng, q_count, 1.0, c.dtype, &bits, &dod);
+  Reference ref;
+  reference(c, qd, kd, vd, dod, &ref);
+  Replay rep;
+  std::string problem;
+  replay(c, qd, kd, vd, dod, ref, &rep, &problem);
+  // The reference's Delta is sum_j P dP exactly; the replay's is dO . out: equal up to rounding.
+  const double e_out = rel_l2_double(rep.out, ref.out);
+  const double e_dq = rel_l2_double(rep.dq, ref.dq);
+  const double e_dk = rel_l2_double(rep.dk, ref.dk);
+  const double e_dv = rel_l2_double(rep.dv, ref.dv);
+  double e_lse = 0;
+  for (size_t i = 0; i < rep.lse.size(); ++i) {
+    if (std::isinf(ref.lse[i]) != std::isinf(rep.lse[i])) {
+      e_lse = INFINITY;
+    } else if (!std::isinf(ref.lse[i])) {
+      e_lse = std::max(e_lse, std::fabs(rep.lse[i] - ref.lse[i]));
+    }
+  }
+  const double tol = 1e-9;
+  const bool ok = problem.empty() && e_out <= tol && e_dq <= tol && e_dk <= tol && e_dv <= tol && e_lse <= tol;
+  std::printf("%s replay %-45s out %.1e lse %.1e dq %.1e dk %.1e dv %.1e%s\n", ok ? "PASS" : "FAIL", c.name.c_str(),
+              e_out, e_lse, e_dq, e_dk, e_dv, problem.c_str());
+  std::fflush(stdout);
+  return ok;
+}
+
+// ---------------------------------------------------------------------------------------------------
 std::vector<Case> make_cases() {
   std::vector<Case> cases;
   auto add = [&](Case c) { cases.push_back(std::move(c)); };
@@ -613,6 +876,72 @@ std::vector<Case> make_cases() {
     c.dtype = FP;
     add(c);
   }
+  {
+    // Many slices of every type at every alignment relative to the tiles (q and k positions advance by
+    // unrelated amounts), so each tile-boundary / diagonal case of the mask decisions occurs.
+    Case c;
+    c.name = "offset_sweep_all_types_d64_bf16";
+    int q = 0, k = 0;
+    for (int n = 0; n < 120; ++n) {
+      const int lq = 1 + (n * 37) % 83;
+      const int lk = 1 + (n * 53) % 97;
+      c.slices.push_back({q, q + lq, k, k + lk, n % 4});
+      q += lq;
+      k += lk;
+    }
+    c.total_q = q + 5;
+    c.total_k = k + 3;
+    c.hq = c.hkv = 1;
+    add(c);
+  }
+  {
+    Case c;
+    c.name = "offset_sweep_all_types_d128_fp16_gqa";
+    int q = 0, k = 0;
+    for (int n = 0; n < 90; ++n) {
+      const int lq = 1 + (n * 41) % 131;
+      const int lk = 1 + (n * 29) % 151;
+      c.slices.push_back({q, q + lq, k, k + lk, (n / 2) % 4});
+      q += lq;
+      k += lk;
+    }
+    c.total_q = q;
+    c.total_k = k;
+    c.hq = 2;
+    c.hkv = 1;
+    c.head_dim = 128;
+    c.dtype = FP;
+    add(c);
+  }
+  {
+    Case c;
+    c.name = "random_sweep_all_types_d64_fp16";
+    Rng rng(4242);
+    int q = 0, k = 0;
+    for (int n = 0; n < 200; ++n) {
+      const int lq = 1 + rng.below(100);
+      const int lk = 1 + rng.below(100);
+      c.slices.push_back({q, q + lq, k, k + lk, rng.below(4)});
+      q += lq;
+      k += lk;
+    }
+    c.total_q = q;
+    c.total_k = k;
+    c.hq = c.hkv = 1;
+    c.dtype = FP;
+    add(c);
+  }
+  {
+    // Query ranges starting one row past a tile boundary: a warp whose only visible key in a key tile is
+    // the tile's last column.
+    Case c;
+    c.name = "inv_causal_unaligned_rows_d64_bf16";
+    c.slices = {{129, 329, 0, 300, IC}, {1, 129, 300, 400, BC}};
+    c.total_q = 340;
+    c.total_k = 400;
+    c.hq = c.hkv = 1;
+    add(c);
+  }
   return cases;
 }
 
@@ -748,20 +1077,32 @@ bool run_api_checks() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, list = false;
+  bool quick = false, list = false, cpu_replay = false;
   std::string filter;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--quick") {
       quick = true;
+    } else if (arg == "--cpu-replay") {
+      cpu_replay = true;
     } else if (arg == "--list") {
       list = true;
     } else if (arg == "--filter" && i + 1 < argc) {
       filter = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: %s [--quick] [--filter SUBSTRING] [--list]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--quick] [--filter SUBSTRING] [--list] [--cpu-replay]\n", argv[0]);
       return 2;
     }
+  }
+  if (cpu_replay) {
+    int passed = 0, failed = 0;
+    for (const Case& c : make_cases()) {
+      if (quick && !c.quick) continue;
+      if (!filter.empty() && c.name.find(filter) == std::string::npos) continue;
+      if (run_replay_case(c)) ++passed; else ++failed;
+    }
+    std::printf("%d passed, %d failed\n", passed, failed);
+    return failed == 0 ? 0 : 1;
   }
   int32_t count = 0;
   const int32_t status = magi_ffa_device_count(&count);
