@@ -489,14 +489,17 @@ def main():
     compiled_flex = None
     if "flex" in peers:
         try:
-            import torch._dynamo
+            import importlib
+
+            # A plain `import torch._dynamo` here would make `torch` local to main() (UnboundLocalError).
+            dynamo = importlib.import_module("torch._dynamo")
             from torch.nn.attention.flex_attention import flex_attention
 
             # One compilation per case (each mask_mod is new code to trace): raise the recompile limit so
             # Dynamo never falls back to eager flex_attention, which would time a different (slow) path.
             for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit"):
-                if hasattr(torch._dynamo.config, name):
-                    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 256))
+                if hasattr(dynamo.config, name):
+                    setattr(dynamo.config, name, max(getattr(dynamo.config, name), 256))
             compiled_flex = torch.compile(flex_attention, dynamic=False)
         except Exception as error:
             report["flex_setup_error"] = error_text(error)
