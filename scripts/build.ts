@@ -2,6 +2,7 @@
  * Builds the CUDA FFA library (`libmagi_ffa.so`) from `ffi/cuda/*.cu` with nvcc.
  *
  * CLI: `deno task build [--out-dir DIR] [--selftest] [--cache] [--ptxas-verbose] [--no-sm80]`.
+ * Env: NVCC (the compiler), MAGI_FFA_NVCC_FLAGS (extra nvcc flags for the library, for tuning).
  * Without nvcc it prints why and exits 0 (the CPU reference stays in use); a compile failure exits 1.
  *
  * @module
@@ -225,6 +226,8 @@ export async function buildLibrary(options: BuildOptions = {}): Promise<string> 
     "all-warnings",
     ...gencode,
     ...(options.ptxasVerbose ? ["-Xptxas", "-v"] : []),
+    // Tuning experiments, e.g. MAGI_FFA_NVCC_FLAGS="-DMAGI_FFA_DKV_SUB_M_D128=16".
+    ...(Deno.env.get("MAGI_FFA_NVCC_FLAGS") ?? "").split(/\s+/).filter((flag) => flag.length > 0),
   ];
 
   const workDir = await Deno.makeTempDir({ prefix: "magi-ffa-build-" });

@@ -72,7 +72,8 @@ struct BwdPointwise {
     }
     const float prob = visible ? fast_exp2(s2 - lse2) : 0.f;
     *p_out = prob;
-    *ds_out = prob * (dp - delta) * dtanh;
+    // A select, not a product: dp of an invisible cell may be NaN (uncovered padding rows).
+    *ds_out = visible ? prob * (dp - delta) * dtanh : 0.f;
   }
 };
 
@@ -131,7 +132,6 @@ __global__ void __launch_bounds__(DkvTraits<T, D>::kThreads, 1) ffa_bwd_dkdv_ker
   const int hk = work % p.hkv;
   const int tile = p.plan.dkv.order[work / p.hkv];
   const int n0 = tile * BN;
-  const int total_q = p.plan.total_q;
   const int total_k = p.plan.total_k;
   const int64_t q_stride = static_cast<int64_t>(p.hq) * D;
   const int64_t kv_stride = static_cast<int64_t>(p.hkv) * D;
@@ -150,14 +150,16 @@ __global__ void __launch_bounds__(DkvTraits<T, D>::kThreads, 1) ffa_bwd_dkdv_ker
   // Loads the query-side operands of one walker step into a stage.
   auto load_stage = [&](int st, const KeyTileWalker<BN, BM>& w) {
     const int h = hk * p.group + w.head_in_group;
+    // Rows past the last one that can see the key tile (w.q_hi <= total_q) are zero-filled, not loaded:
+    // they may be uncovered padding holding NaN, and 0 * NaN would leak into dV / dK.
     load_tile_async<BM, D, THREADS>(sQ + st * Tr::kTileQ, q_base + static_cast<int64_t>(h) * D, q_stride, w.m0,
-                                    total_q, tid);
+                                    w.q_hi, tid);
     load_tile_async<BM, D, THREADS>(sdO + st * Tr::kTileQ, do_base + static_cast<int64_t>(h) * D, q_stride,
-                                    w.m0, total_q, tid);
+                                    w.m0, w.q_hi, tid);
     if (tid < 2 * BM) {
       const int row_in_tile = tid % BM;
       const int row = w.m0 + row_in_tile;
-      const bool ok = row < total_q;
+      const bool ok = row < w.q_hi;
       const int64_t idx = static_cast<int64_t>(ok ? row : 0) * p.hq + h;
       if (tid < BM) {
         cp_async4(sLse + st * BM + row_in_tile, p.lse + idx, ok);
@@ -187,10 +189,12 @@ __global__ void __launch_bounds__(DkvTraits<T, D>::kThreads, 1) ffa_bwd_dkdv_ker
 
   int stage = 0;
   while (valid) {
-    KeyTileWalker<BN, BM> next = it;
-    const bool has_next = next.advance();
+    // Only what the compute needs of the current step is kept; the walker moves on to the next one.
+    const Slice slice = it.slice;
+    const int step_m0 = it.m0;
+    const bool has_next = it.advance();
     if (has_next) {
-      load_stage(stage ^ 1, next);
+      load_stage(stage ^ 1, it);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -205,8 +209,8 @@ __global__ void __launch_bounds__(DkvTraits<T, D>::kThreads, 1) ffa_bwd_dkdv_ker
     // The stage's BM query rows are processed in sub-blocks of SUB rows (fewer live registers at D=128).
 #pragma unroll 1
     for (int sub0 = 0; sub0 < BM; sub0 += SUB) {
-      const int m0 = it.m0 + sub0;
-      if (!warp_keys_seen_by_rows(it.slice, warp_key0, m0, SUB)) continue;
+      const int m0 = step_m0 + sub0;
+      if (!warp_keys_seen_by_rows(slice, warp_key0, m0, SUB)) continue;
       // S^T (this warp's 16 keys x SUB queries) and dP^T = V dO^T.
       float st_acc[SUB / 8][4];
       float dpt_acc[SUB / 8][4];
@@ -215,7 +219,7 @@ __global__ void __launch_bounds__(DkvTraits<T, D>::kThreads, 1) ffa_bwd_dkdv_ker
       gemm_abt_smema<D, SUB, T>(st_acc, sK, warp * 16, sQs, sub0, lane);
       gemm_abt_smema<D, SUB, T>(dpt_acc, sV, warp * 16, sdOs, sub0, lane);
 
-      const bool masked = tile_needs_mask(it.slice, m0, SUB, warp_key0, 16);
+      const bool masked = tile_needs_mask(slice, m0, SUB, warp_key0, 16);
 #pragma unroll
       for (int nb = 0; nb < SUB / 8; ++nb) {
 #pragma unroll
@@ -226,7 +230,7 @@ __global__ void __launch_bounds__(DkvTraits<T, D>::kThreads, 1) ffa_bwd_dkdv_ker
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
             const int e = 2 * r + c;
-            const bool visible = !masked || cell_visible(it.slice, m0 + col, key_of[r]);
+            const bool visible = !masked || cell_visible(slice, m0 + col, key_of[r]);
             float prob, ds;
             pointwise(st_acc[nb][e], dpt_acc[nb][e], lse2, delta, visible, &prob, &ds);
             st_acc[nb][e] = prob;
@@ -244,7 +248,6 @@ __global__ void __launch_bounds__(DkvTraits<T, D>::kThreads, 1) ffa_bwd_dkdv_ker
     }
     __syncthreads();
 
-    it = next;
     valid = has_next;
     stage ^= 1;
   }
@@ -300,7 +303,6 @@ __global__ void __launch_bounds__(DqTraits<T, D>::kThreads, 1) ffa_bwd_dq_kernel
   const int m0 = tile * BM;
   const int hk = h / p.group;
   const int total_q = p.plan.total_q;
-  const int total_k = p.plan.total_k;
   const int64_t q_stride = static_cast<int64_t>(p.hq) * D;
   const int64_t kv_stride = static_cast<int64_t>(p.hkv) * D;
   const T* k = static_cast<const T*>(p.k) + static_cast<int64_t>(hk) * D;
@@ -320,8 +322,8 @@ __global__ void __launch_bounds__(DqTraits<T, D>::kThreads, 1) ffa_bwd_dq_kernel
                                   m0, total_q, tid);
   cp_async_commit();
   if (valid) {
-    load_tile_async<BN, D, THREADS>(sK, k, kv_stride, it.n0, total_k, tid);
-    load_tile_async<BN, D, THREADS>(sV, v, kv_stride, it.n0, total_k, tid);
+    load_tile_async<BN, D, THREADS>(sK, k, kv_stride, it.n0, it.k_hi, tid);
+    load_tile_async<BN, D, THREADS>(sV, v, kv_stride, it.n0, it.k_hi, tid);
     cp_async_commit();
   }
 
@@ -343,11 +345,13 @@ __global__ void __launch_bounds__(DqTraits<T, D>::kThreads, 1) ffa_bwd_dq_kernel
 
   int stage = 0;
   while (valid) {
-    QueryTileWalker<BM, BN> next = it;
-    const bool has_next = next.advance();
+    // Only what the compute needs of the current step is kept; the walker moves on to the next one.
+    const Slice slice = it.slice;
+    const int n0 = it.n0;
+    const bool has_next = it.advance();
     if (has_next) {
-      load_tile_async<BN, D, THREADS>(sK + (stage ^ 1) * Tr::kTileKV, k, kv_stride, next.n0, total_k, tid);
-      load_tile_async<BN, D, THREADS>(sV + (stage ^ 1) * Tr::kTileKV, v, kv_stride, next.n0, total_k, tid);
+      load_tile_async<BN, D, THREADS>(sK + (stage ^ 1) * Tr::kTileKV, k, kv_stride, it.n0, it.k_hi, tid);
+      load_tile_async<BN, D, THREADS>(sV + (stage ^ 1) * Tr::kTileKV, v, kv_stride, it.n0, it.k_hi, tid);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -357,8 +361,7 @@ __global__ void __launch_bounds__(DqTraits<T, D>::kThreads, 1) ffa_bwd_dq_kernel
 
     const T* sKs = sK + stage * Tr::kTileKV;
     const T* sVs = sV + stage * Tr::kTileKV;
-    const int n0 = it.n0;
-    if (warp_rows_see_keys(it.slice, warp_row0, n0, BN)) {
+    if (warp_rows_see_keys(slice, warp_row0, n0, BN)) {
       float s_acc[BN / 8][4];
       float dp_acc[BN / 8][4];
       zero_acc(s_acc);
@@ -366,14 +369,14 @@ __global__ void __launch_bounds__(DqTraits<T, D>::kThreads, 1) ffa_bwd_dq_kernel
       gemm_abt_smema<D, BN, T>(s_acc, sQ, warp * 16, sKs, 0, lane);
       gemm_abt_smema<D, BN, T>(dp_acc, sdO, warp * 16, sVs, 0, lane);
 
-      const bool masked = tile_needs_mask(it.slice, warp_row0, 16, n0, BN);
+      const bool masked = tile_needs_mask(slice, warp_row0, 16, n0, BN);
 #pragma unroll
       for (int nb = 0; nb < BN / 8; ++nb) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int r = e >> 1;
           const int j = n0 + nb * 8 + 2 * t + (e & 1);
-          const bool visible = !masked || cell_visible(it.slice, row_of[r], j);
+          const bool visible = !masked || cell_visible(slice, row_of[r], j);
           float prob, ds;
           pointwise(s_acc[nb][e], dp_acc[nb][e], lse2_of[r], delta_of[r], visible, &prob, &ds);
           dp_acc[nb][e] = ds;
@@ -385,7 +388,6 @@ __global__ void __launch_bounds__(DqTraits<T, D>::kThreads, 1) ffa_bwd_dq_kernel
     }
     __syncthreads();
 
-    it = next;
     valid = has_next;
     stage ^= 1;
   }

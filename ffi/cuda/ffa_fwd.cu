@@ -4,6 +4,8 @@
 // those rows can see, keeping one online softmax per row over the union of all of them: rows shared by
 // several slices are merged exactly, with no atomics, so the forward is deterministic. Rows that see no
 // key end with out = 0 and lse = -inf (tiles without any slice are launched too, so every row is written).
+// Key rows past the last key the tile's rows can see are zero-filled instead of loaded: tokens no slice
+// covers (padding) may hold anything, even NaN, and 0 * NaN would leak into P.V.
 #include "ffa_common.cuh"
 #include "ffa_internal.cuh"
 #include "ffa_launch.cuh"
@@ -49,7 +51,6 @@ __global__ void __launch_bounds__(FwdTraits<T, D>::kThreads, 1) ffa_forward_kern
   const int m0 = tile * BM;
   const int hk = h / p.group;
   const int total_q = p.plan.total_q;
-  const int total_k = p.plan.total_k;
   const int64_t q_stride = static_cast<int64_t>(p.hq) * D;
   const int64_t kv_stride = static_cast<int64_t>(p.hkv) * D;
   const T* q = static_cast<const T*>(p.q) + static_cast<int64_t>(h) * D;
@@ -67,8 +68,8 @@ __global__ void __launch_bounds__(FwdTraits<T, D>::kThreads, 1) ffa_forward_kern
   load_tile_async<BM, D, THREADS>(sQ, q, q_stride, m0, total_q, tid);
   cp_async_commit();
   if (valid) {
-    load_tile_async<BN, D, THREADS>(sK, k, kv_stride, it.n0, total_k, tid);
-    load_tile_async<BN, D, THREADS>(sV, v, kv_stride, it.n0, total_k, tid);
+    load_tile_async<BN, D, THREADS>(sK, k, kv_stride, it.n0, it.k_hi, tid);
+    load_tile_async<BN, D, THREADS>(sV, v, kv_stride, it.n0, it.k_hi, tid);
     cp_async_commit();
   }
   cp_async_wait<0>();
@@ -89,11 +90,13 @@ __global__ void __launch_bounds__(FwdTraits<T, D>::kThreads, 1) ffa_forward_kern
 
   int stage = 0;
   while (valid) {
-    QueryTileWalker<BM, BN> next = it;
-    const bool has_next = next.advance();
+    // Only what the compute needs of the current step is kept; the walker moves on to the next one.
+    const Slice slice = it.slice;
+    const int n0 = it.n0;
+    const bool has_next = it.advance();
     if (has_next) {
-      load_tile_async<BN, D, THREADS>(sK + (stage ^ 1) * Tr::kTileKV, k, kv_stride, next.n0, total_k, tid);
-      load_tile_async<BN, D, THREADS>(sV + (stage ^ 1) * Tr::kTileKV, v, kv_stride, next.n0, total_k, tid);
+      load_tile_async<BN, D, THREADS>(sK + (stage ^ 1) * Tr::kTileKV, k, kv_stride, it.n0, it.k_hi, tid);
+      load_tile_async<BN, D, THREADS>(sV + (stage ^ 1) * Tr::kTileKV, v, kv_stride, it.n0, it.k_hi, tid);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -103,8 +106,7 @@ __global__ void __launch_bounds__(FwdTraits<T, D>::kThreads, 1) ffa_forward_kern
 
     const T* sKs = sK + stage * Tr::kTileKV;
     const T* sVs = sV + stage * Tr::kTileKV;
-    const int n0 = it.n0;
-    if (warp_rows_see_keys(it.slice, warp_row0, n0, BN)) {
+    if (warp_rows_see_keys(slice, warp_row0, n0, BN)) {
       float s_acc[BN / 8][4];
       zero_acc(s_acc);
       gemm_abt_rega<D, BN, T>(s_acc, q_frags, sKs, 0, lane);
@@ -118,14 +120,14 @@ __global__ void __launch_bounds__(FwdTraits<T, D>::kThreads, 1) ffa_forward_kern
           s_acc[nb][e] = softcap_on ? tanhf(x * cap_in) * cap_out : x * p.scale_log2;
         }
       }
-      if (tile_needs_mask(it.slice, warp_row0, 16, n0, BN)) {
+      if (tile_needs_mask(slice, warp_row0, 16, n0, BN)) {
 #pragma unroll
         for (int nb = 0; nb < BN / 8; ++nb) {
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int i = row_of[e >> 1];
             const int j = n0 + nb * 8 + 2 * t + (e & 1);
-            if (!cell_visible(it.slice, i, j)) s_acc[nb][e] = -INFINITY;
+            if (!cell_visible(slice, i, j)) s_acc[nb][e] = -INFINITY;
           }
         }
       }
@@ -167,7 +169,6 @@ __global__ void __launch_bounds__(FwdTraits<T, D>::kThreads, 1) ffa_forward_kern
     }
     __syncthreads();  // the next iteration's prefetch overwrites this stage
 
-    it = next;
     valid = has_next;
     stage ^= 1;
   }

@@ -23,8 +23,12 @@ constexpr int kDkvBlockN = 64;   // keys per dK/dV CTA (16 per warp)
 constexpr int kDkvWarps = 4;
 constexpr int kDkvBlockM = 64;   // query rows per dK/dV inner iteration (one pipeline stage)
 
-// Query rows the dK/dV kernel computes at a time within a stage (fewer live registers at D=128).
-constexpr int dkv_sub_m(int head_dim) { return head_dim >= 128 ? 32 : kDkvBlockM; }
+// Query rows the dK/dV kernel computes at a time within a stage (fewer live registers at D=128: with 32,
+// ptxas reports a 16-byte spill at D=128; 16 removes it at the cost of ~20% more ldmatrix traffic).
+#ifndef MAGI_FFA_DKV_SUB_M_D128
+#define MAGI_FFA_DKV_SUB_M_D128 32
+#endif
+constexpr int dkv_sub_m(int head_dim) { return head_dim >= 128 ? MAGI_FFA_DKV_SUB_M_D128 : kDkvBlockM; }
 
 // A list of tiles, each with the slices that touch it (CSR), and the launch order (costliest first).
 struct TileLists {

@@ -51,6 +51,7 @@ struct Case {
   float input_scale = 1.f;   // standard deviation of q and k
   bool quick = false;        // part of --quick
   bool check_determinism = false;
+  bool nan_uncovered = true;  // fill q / dout rows that see nothing and k / v rows nobody sees with NaN
 };
 
 // Deterministic normal samples (splitmix64 + Box-Muller).
@@ -967,6 +968,33 @@ bool run_case(const Case& c) {
   random_tensor(rng, kv_count, c.input_scale, c.dtype, &k, &kd);
   random_tensor(rng, kv_count, 1.0, c.dtype, &v, &vd);
   random_tensor(rng, q_count, 1.0, c.dtype, &dout, &dod);
+  if (c.nan_uncovered) {
+    // Padding tokens may hold anything: the kernels must neither read them into a visible result nor let
+    // 0 * NaN leak through a matrix product.
+    std::vector<char> row_seen(c.total_q, 0), key_seen(c.total_k, 0);
+    for (const SliceSpec& s : c.slices) {
+      for (int i = s.qs; i < s.qe; ++i) {
+        for (int j = s.ks; j < s.ke; ++j) {
+          if (cell_visible_ref(s, i, j)) row_seen[i] = key_seen[j] = 1;
+        }
+      }
+    }
+    const size_t q_row = static_cast<size_t>(c.hq) * c.head_dim, kv_row = static_cast<size_t>(c.hkv) * c.head_dim;
+    for (int i = 0; i < c.total_q; ++i) {
+      if (row_seen[i]) continue;
+      for (size_t e = i * q_row; e < (i + 1) * q_row; ++e) {
+        q[e] = dout[e] = 0xFFFF;
+        qd[e] = dod[e] = NAN;
+      }
+    }
+    for (int j = 0; j < c.total_k; ++j) {
+      if (key_seen[j]) continue;
+      for (size_t e = j * kv_row; e < (j + 1) * kv_row; ++e) {
+        k[e] = v[e] = 0xFFFF;
+        kd[e] = vd[e] = NAN;
+      }
+    }
+  }
 
   GpuResult gpu;
   if (!run_gpu(c, q, k, v, dout, &gpu)) {
