@@ -24,6 +24,7 @@ export const LIBRARY_HEADERS: readonly string[] = Object.freeze([
   "ffa_internal.cuh",
   "ffa_launch.cuh",
   "ffa_mask.cuh",
+  "ffa_plan.cuh",
   "ffa_walkers.cuh",
 ]);
 
