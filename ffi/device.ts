@@ -44,7 +44,10 @@ export class DeviceTensor {
   readonly dtype: DType;
   /** Size of the allocation in bytes. */
   readonly byteLength: number;
-  /** The library that allocated it (and frees it). */
+  /**
+   * The library that allocated it (and frees it).
+   * @internal
+   */
   readonly library: CudaLibrary;
   #pointer: Deno.PointerValue;
   #disposed = false;

@@ -341,7 +341,8 @@ function queryDevices(library: CudaLibrary): CudaProbe {
   const count = new Int32Array(1);
   const status = symbols.magi_ffa_device_count(count);
   if (status !== 0) {
-    const detail = new MagiFfaError(status, "magi_ffa_device_count", library.lastError()).message;
+    const text = library.lastError();
+    const detail = `magi_ffa_device_count returned ${status}${text ? `: ${text}` : ""}`;
     const reason = NO_GPU_STATUSES.includes(status) ? `no CUDA driver/GPU (${detail})` : detail;
     return { available: false, reason, libraryPath: library.path };
   }
