@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # gpu_selftest.sh: runs the CUDA FFA self-test on a GPU machine. Builds nothing: it expects build/ (from
 # `deno task build --selftest`) next to it. Runs every case, then a few small cases under
-# compute-sanitizer memcheck and racecheck (when compute-sanitizer is installed).
+# compute-sanitizer memcheck and racecheck (when compute-sanitizer is installed), then the timings.
 #
 # Usage: scripts/gpu_selftest.sh [BUILD_DIR]   (default: <repo>/build)
 # Exit status: non-zero if any step failed.
@@ -35,6 +35,9 @@ else
   echo "== compute-sanitizer --tool memcheck (all --quick cases)"
   "$sanitizer" --tool memcheck --error-exitcode 99 "$selftest" --quick || status=1
 fi
+
+echo "== timings (bf16)"
+"$selftest" --bench || status=1
 
 if [[ $status -eq 0 ]]; then echo "gpu_selftest: ALL OK"; else echo "gpu_selftest: FAILURES"; fi
 exit $status

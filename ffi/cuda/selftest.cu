@@ -6,7 +6,8 @@
 // of lse, exact -inf / 0 for rows that see nothing, no NaN anywhere. Deterministic cases run twice and
 // compare bytes.
 //
-// Usage: magi_ffa_selftest [--quick] [--filter SUBSTRING] [--list] [--cpu-replay]
+// Usage: magi_ffa_selftest [--quick] [--filter SUBSTRING] [--list] [--cpu-replay] [--bench]
+//   --bench       time forward / backward on a few large shapes (bf16), print ms and TFLOP/s
 //   --quick       only the small cases (for compute-sanitizer runs)
 //   --cpu-replay  no GPU: replays the kernels' schedule on the CPU (the same plan tile lists, walkers,
 //                 per-warp skip and mask decisions, tile sizes) with float64 math, and compares it with
@@ -16,6 +17,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -593,6 +595,126 @@ bool run_replay_case(const Case& c) {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// --bench: forward / backward times (host clock around stream-synchronized batches; median of batches)
+// and TFLOP/s from the visible area (forward 4 * area * hq * D, backward 2.5x).
+struct BenchCase {
+  std::string name;
+  std::vector<SliceSpec> slices;
+  int total = 0;
+  int hq = 16;
+  int hkv = 16;
+  int head_dim = 128;
+};
+
+double slice_area(const SliceSpec& s) {
+  const double lq = s.qe - s.qs, lk = s.ke - s.ks;
+  if (lq <= 0 || lk <= 0) return 0;
+  switch (s.type) {
+    case MAGI_FFA_ATTN_FULL:
+      return lq * lk;
+    case MAGI_FFA_ATTN_CAUSAL:
+    case MAGI_FFA_ATTN_INVCAUSAL:
+      return lk > lq ? (2 * lk - lq + 1) * lq / 2 : lk * (lk + 1) / 2;
+    default:
+      return std::max(0.0, (lk - lq + 1) * lq);
+  }
+}
+
+bool run_bench_case(const BenchCase& b, int batches, int per_batch) {
+  const int dtype = MAGI_FFA_DTYPE_BFLOAT16;
+  const size_t q_count = static_cast<size_t>(b.total) * b.hq * b.head_dim;
+  const size_t kv_count = static_cast<size_t>(b.total) * b.hkv * b.head_dim;
+  std::vector<uint16_t> host(std::max(q_count, kv_count));
+  Rng rng(5);
+  for (auto& x : host) x = to_bits(static_cast<float>(rng.uniform() * 2 - 1), dtype);
+  DeviceBuffer q, k, v, o, lse, dout, dq, dk, dv;
+  CHECK(magi_ffa_malloc(&q.pointer, q_count * 2));
+  CHECK(magi_ffa_malloc(&k.pointer, kv_count * 2));
+  CHECK(magi_ffa_malloc(&v.pointer, kv_count * 2));
+  CHECK(magi_ffa_malloc(&o.pointer, q_count * 2));
+  CHECK(magi_ffa_malloc(&lse.pointer, static_cast<size_t>(b.total) * b.hq * 4));
+  CHECK(magi_ffa_malloc(&dout.pointer, q_count * 2));
+  CHECK(magi_ffa_malloc(&dq.pointer, q_count * 2));
+  CHECK(magi_ffa_malloc(&dk.pointer, kv_count * 2));
+  CHECK(magi_ffa_malloc(&dv.pointer, kv_count * 2));
+  CHECK(magi_ffa_memcpy_h2d(q.pointer, host.data(), q_count * 2, nullptr));
+  CHECK(magi_ffa_memcpy_h2d(k.pointer, host.data(), kv_count * 2, nullptr));
+  CHECK(magi_ffa_memcpy_h2d(v.pointer, host.data() + 1, kv_count * 2 - 2, nullptr));
+  CHECK(magi_ffa_memcpy_h2d(dout.pointer, host.data() + 2, q_count * 2 - 4, nullptr));
+  std::vector<int32_t> q_ranges, k_ranges, types;
+  double area = 0;
+  for (const SliceSpec& s : b.slices) {
+    q_ranges.insert(q_ranges.end(), {s.qs, s.qe});
+    k_ranges.insert(k_ranges.end(), {s.ks, s.ke});
+    types.push_back(s.type);
+    area += slice_area(s);
+  }
+  void* plan = nullptr;
+  CHECK(magi_ffa_plan_create(&plan, q_ranges.data(), k_ranges.data(), types.data(),
+                             static_cast<int32_t>(b.slices.size()), b.total, b.total));
+  struct PlanGuard {
+    void* plan;
+    ~PlanGuard() { magi_ffa_plan_destroy(plan); }
+  } plan_guard{plan};
+  const float scale = 1.f / std::sqrt(static_cast<float>(b.head_dim));
+  auto forward = [&]() {
+    return magi_ffa_forward(q.pointer, k.pointer, v.pointer, o.pointer, static_cast<float*>(lse.pointer), plan, b.hq,
+                            b.hkv, b.head_dim, dtype, scale, 0.f, 0, nullptr);
+  };
+  auto backward = [&]() {
+    return magi_ffa_backward(dout.pointer, q.pointer, k.pointer, v.pointer, o.pointer,
+                             static_cast<const float*>(lse.pointer), dq.pointer, dk.pointer, dv.pointer, plan, b.hq,
+                             b.hkv, b.head_dim, dtype, scale, 0.f, 0, nullptr);
+  };
+  auto time_ms = [&](const std::function<int32_t()>& fn, double* median_ms) -> bool {
+    for (int i = 0; i < 3; ++i) CHECK(fn());  // warm-up
+    CHECK(magi_ffa_stream_synchronize(nullptr));
+    std::vector<double> samples;
+    for (int batch = 0; batch < batches; ++batch) {
+      const auto start = std::chrono::steady_clock::now();
+      for (int i = 0; i < per_batch; ++i) CHECK(fn());
+      CHECK(magi_ffa_stream_synchronize(nullptr));
+      const auto stop = std::chrono::steady_clock::now();
+      samples.push_back(std::chrono::duration<double, std::milli>(stop - start).count() / per_batch);
+    }
+    std::sort(samples.begin(), samples.end());
+    *median_ms = samples[samples.size() / 2];
+    return true;
+  };
+  double fwd_ms = 0, bwd_ms = 0;
+  if (!time_ms(forward, &fwd_ms) || !time_ms(backward, &bwd_ms)) return false;
+  const double fwd_flops = 4.0 * area * b.hq * b.head_dim;
+  std::printf("bench %-40s fwd %8.3f ms %6.1f TFLOP/s   bwd %8.3f ms %6.1f TFLOP/s   (tokens %d, h %d/%d, d %d)\n",
+              b.name.c_str(), fwd_ms, fwd_flops / fwd_ms * 1e-9, bwd_ms, 2.5 * fwd_flops / bwd_ms * 1e-9, b.total,
+              b.hq, b.hkv, b.head_dim);
+  std::fflush(stdout);
+  return true;
+}
+
+std::vector<BenchCase> make_bench_cases() {
+  std::vector<BenchCase> cases;
+  for (int d : {128, 64}) {
+    const std::string ds = "_d" + std::to_string(d);
+    cases.push_back({"full_8k" + ds, {{0, 8192, 0, 8192, 0}}, 8192, 16, 16, d});
+    cases.push_back({"causal_8k" + ds, {{0, 8192, 0, 8192, 1}}, 8192, 16, 16, d});
+  }
+  cases.push_back({"causal_8k_gqa32_8_d128", {{0, 8192, 0, 8192, 1}}, 8192, 32, 8, 128});
+  cases.push_back({"causal_16k_d128", {{0, 16384, 0, 16384, 1}}, 16384, 16, 16, 128});
+  {
+    BenchCase b{"varlen_causal_16x1k_d128", {}, 16384, 16, 16, 128};
+    for (int n = 0; n < 16; ++n) b.slices.push_back({n * 1024, n * 1024 + 1024, n * 1024, n * 1024 + 1024, 1});
+    cases.push_back(b);
+  }
+  {
+    // Sliding window (1024, 0) over 16k tokens.
+    BenchCase b{"sliding_window_1k_16k_d128", {{0, 1024, 0, 1024, 1}, {1024, 16384, 0, 16384, 3}}, 16384, 16, 16,
+                128};
+    cases.push_back(b);
+  }
+  return cases;
+}
+
+// ---------------------------------------------------------------------------------------------------
 std::vector<Case> make_cases() {
   std::vector<Case> cases;
   auto add = [&](Case c) { cases.push_back(std::move(c)); };
@@ -1105,12 +1227,14 @@ bool run_api_checks() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, list = false, cpu_replay = false;
+  bool quick = false, list = false, cpu_replay = false, bench = false;
   std::string filter;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--quick") {
       quick = true;
+    } else if (arg == "--bench") {
+      bench = true;
     } else if (arg == "--cpu-replay") {
       cpu_replay = true;
     } else if (arg == "--list") {
@@ -1118,7 +1242,7 @@ int main(int argc, char** argv) {
     } else if (arg == "--filter" && i + 1 < argc) {
       filter = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: %s [--quick] [--filter SUBSTRING] [--list] [--cpu-replay]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--quick] [--filter SUBSTRING] [--list] [--cpu-replay] [--bench]\n", argv[0]);
       return 2;
     }
   }
@@ -1144,6 +1268,17 @@ int main(int argc, char** argv) {
   magi_ffa_device_capability(0, &major, &minor);
   std::printf("device 0: %s (sm_%d%d), magi_ffa ABI %d\n", name, major, minor, magi_ffa_abi_version());
 
+  if (bench) {
+    bool ok = true;
+    for (const BenchCase& b : make_bench_cases()) {
+      if (!filter.empty() && b.name.find(filter) == std::string::npos) continue;
+      if (!run_bench_case(b, 5, 5)) {
+        std::printf("bench %s failed: %s\n", b.name.c_str(), error);
+        ok = false;
+      }
+    }
+    return ok ? 0 : 1;
+  }
   int passed = 0, failed = 0;
   if (!list && filter.empty()) {
     if (run_api_checks()) ++passed; else ++failed;
