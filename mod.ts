@@ -34,11 +34,23 @@ export {
   toFloat64,
 } from "./lib/tensor.ts";
 export { AttnType, type AttnTypeValue, type FlexKey, type MaskType, type PlainFlexKey } from "./lib/types.ts";
-export { AttnMaskSpec, prefixTreeLayout } from "./lib/spec.ts";
+export {
+  type AttnMaskRanges,
+  AttnMaskSpec,
+  attnTypeToMaskType,
+  maskTypeToAttnType,
+  type PrefixTreeLayout,
+  prefixTreeLayout,
+  type Range,
+  type SlidingWindowOptions,
+  type VarlenOptions,
+} from "./lib/spec.ts";
 export {
   clearFlexKeyCache,
   compileFlexKey,
   denseMask,
+  FLEX_KEY_CACHE_CAPACITY,
+  flexKeyCacheSize,
   isFlexKey,
   sliceArea,
   toFlexKey,
@@ -77,4 +89,20 @@ export {
   resetAttnSpecGuard,
   setAttnSpecOnAttention,
 } from "./lib/stamping.ts";
-export { DeviceTensor, emptyDevice, isDeviceTensor, toDevice, toHost } from "./ffi/device.ts";
+export {
+  deviceMemoryInfo,
+  type DeviceOptions,
+  DeviceTensor,
+  emptyDevice,
+  isDeviceTensor,
+  synchronize,
+  toDevice,
+  toHost,
+} from "./ffi/device.ts";
+export {
+  type CudaDeviceInfo,
+  type CudaProbe,
+  type LibraryOptions,
+  MagiFfaError,
+  probeCudaBackend,
+} from "./ffi/library.ts";

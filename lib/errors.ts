@@ -9,6 +9,7 @@ export class MagiAttnInputError extends Error {
   readonly field: string;
 
   /**
+   * Builds the message "`field` problem. Fix: fix.".
    * @param field the argument or field that is wrong
    * @param problem what is wrong with it (completes "`field` ...")
    * @param fix how to fix it
@@ -22,7 +23,11 @@ export class MagiAttnInputError extends Error {
 
 /** Thrown when a requested backend (the CUDA library, a device) cannot be used; `cause` holds why. */
 export class BackendUnavailableError extends Error {
-  /** @param message what is unavailable and what was tried */
+  /**
+   * Wraps the reason a backend cannot be used.
+   * @param message what is unavailable and what was tried
+   * @param options `cause`: the underlying error(s)
+   */
   constructor(message: string, options?: ErrorOptions) {
     super(message, options);
     this.name = "BackendUnavailableError";

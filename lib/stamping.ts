@@ -32,7 +32,12 @@ export class AttnSpecNotConsumedError extends Error {
   /** Fingerprint of the spec that was stamped and not consumed. */
   readonly specFingerprint: string;
 
-  /** @param model the model whose step was not consumed @param spec the unconsumed spec */
+  /**
+   * Explains which model did not consume which spec, and how to fix it.
+   * @param model the model whose step was not consumed
+   * @param spec the unconsumed spec
+   * @param moduleCount how many attention modules the spec was stamped on
+   */
   constructor(model: ModelLike, spec: AttnMaskSpec, moduleCount: number) {
     const implementation = model?.config?.attnImplementation;
     const modelName = model?.constructor?.name ?? "model";

@@ -56,7 +56,11 @@ export function tensor(data: TensorData, shape: readonly number[], dtype?: DType
     })();
   const resolved = dtype ?? inferred;
   if (!DTYPES.includes(resolved)) {
-    throw new MagiAttnInputError("dtype", `is ${JSON.stringify(resolved)}`, `use one of ${DTYPES.join(", ")}`);
+    throw new MagiAttnInputError(
+      "dtype",
+      `is ${JSON.stringify(resolved)}`,
+      `use one of ${DTYPES.join(", ")}`,
+    );
   }
   if (resolved !== inferred) {
     throw new MagiAttnInputError(
@@ -130,7 +134,11 @@ export function toFloat64(t: HostTensor): Float64Array {
 }
 
 /** Builds a tensor of `dtype` from float values, rounding to the dtype (nearest even). */
-export function fromFloat32(values: ArrayLike<number>, shape: readonly number[], dtype: DType = "float32"): HostTensor {
+export function fromFloat32(
+  values: ArrayLike<number>,
+  shape: readonly number[],
+  dtype: DType = "float32",
+): HostTensor {
   if (dtype === "float32") return tensor(Float32Array.from(values), shape, dtype);
   if (dtype === "float16") return tensor(Float16Array.from(values), shape, dtype);
   return tensor(float32ToBf16(values), shape, dtype);

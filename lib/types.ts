@@ -4,7 +4,9 @@
  */
 
 /** Numeric attention types of a slice, as the kernels take them. */
-export const AttnType = Object.freeze({ FULL: 0, CAUSAL: 1, INVCAUSAL: 2, BICAUSAL: 3 } as const);
+export const AttnType: Readonly<{ FULL: 0; CAUSAL: 1; INVCAUSAL: 2; BICAUSAL: 3 }> = Object.freeze(
+  { FULL: 0, CAUSAL: 1, INVCAUSAL: 2, BICAUSAL: 3 } as const,
+);
 
 /** One of the values of {@linkcode AttnType}. */
 export type AttnTypeValue = (typeof AttnType)[keyof typeof AttnType];
