@@ -274,7 +274,9 @@ export function maskToSvg(specOrKey: AttnMaskSpec | FlexKey, options: MaskSvgOpt
   const plotWidth = columns.blocks * cellSize, plotHeight = rows.blocks * cellSize;
   const left = 64, titleHeight = title ? 28 : 0;
   const top = titleHeight + 44;
-  const width = Math.max(left + plotWidth + 24, 460);
+  // Text widths are estimated (about 0.6 em per character) so long headings are not cut off.
+  const titleWidth = title ? title.length * 9 : 0;
+  const width = Math.max(left + plotWidth + 24, 460, left + titleWidth + 16);
   const legendTop = top + plotHeight + 20;
   const height = legendTop + 56;
   const sliceCount = key.attnTypeMap.length;
