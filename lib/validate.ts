@@ -117,8 +117,15 @@ function checkRangeArray(key: FlexKey, field: "qRanges" | "kRanges", count: numb
   }
 }
 
-/** Checks the key's arrays are well formed and in bounds, so no backend reads outside its tensors. */
+/** Keys already checked: a key's arrays must not be mutated (documented), so one check per key is enough. */
+const checkedKeys = new WeakSet<FlexKey>();
+
+/**
+ * Checks the key's arrays are well formed and in bounds, so no backend reads outside its tensors. Done
+ * once per key object: a hot loop over one cached key pays nothing after the first call.
+ */
 function checkKeyStructure(key: FlexKey): void {
+  if (checkedKeys.has(key)) return;
   if (!key || typeof key !== "object" || !(key.attnTypeMap instanceof Int32Array)) {
     throw new MagiAttnInputError(
       "key",
@@ -148,6 +155,7 @@ function checkKeyStructure(key: FlexKey): void {
       );
     }
   }
+  checkedKeys.add(key);
 }
 
 function resolveSoftmaxScale(value: unknown, headDim: number): number {

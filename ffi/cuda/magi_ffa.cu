@@ -230,14 +230,17 @@ int32_t magi_ffa_malloc(void** pointer, size_t bytes) {
   if (pointer == nullptr) return invalid("magi_ffa_malloc", "pointer is NULL");
   *pointer = nullptr;
   if (bytes == 0) return 0;
-  MAGI_CUDA_CHECK("magi_ffa_malloc", cudaMalloc(pointer, bytes));
+  // Stream-ordered allocation on the legacy default stream: about a microsecond from the pool instead of
+  // a cudaMalloc per tensor, and ordered after work queued on the library's (blocking) streams.
+  MAGI_CUDA_CHECK("magi_ffa_malloc", cudaMallocAsync(pointer, bytes, cudaStreamLegacy));
   return 0;
 }
 
 int32_t magi_ffa_free(void* pointer) {
   clear_error();
   if (pointer == nullptr) return 0;
-  MAGI_CUDA_CHECK("magi_ffa_free", cudaFree(pointer));
+  // cudaFree would wait for the whole device; the stream-ordered free runs after queued work instead.
+  MAGI_CUDA_CHECK("magi_ffa_free", cudaFreeAsync(pointer, cudaStreamLegacy));
   return 0;
 }
 

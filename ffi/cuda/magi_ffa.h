@@ -47,8 +47,10 @@ int32_t magi_ffa_device_capability(int32_t device, int32_t* major, int32_t* mino
 int32_t magi_ffa_set_device(int32_t device);
 int32_t magi_ffa_mem_info(size_t* free_bytes, size_t* total_bytes);
 
-// Device memory. Copies on a stream are asynchronous with respect to the host only for pinned memory;
-// the binding synchronizes the stream before it reads a device-to-host result.
+// Device memory. Allocation and free are stream-ordered on the legacy default stream (cudaMallocAsync /
+// cudaFreeAsync), so a free waits for work already queued instead of for the whole device. Copies on a
+// stream are asynchronous with respect to the host only for pinned memory; the binding synchronizes the
+// stream before it reads a device-to-host result.
 int32_t magi_ffa_malloc(void** pointer, size_t bytes);
 int32_t magi_ffa_free(void* pointer);
 int32_t magi_ffa_memset(void* pointer, int32_t byte_value, size_t bytes, void* stream);
