@@ -72,6 +72,7 @@ export {
   type AttentionOptions,
   type BoolAttentionMask,
 } from "./lib/attention_types.ts";
+export { type MaskSvgOptions, maskToSvg } from "./lib/svg.ts";
 export { ALL_ATTENTION_FUNCTIONS, AttentionInterface, sdpaAttentionForward } from "./lib/registry.ts";
 export {
   getActiveAttnSpec,

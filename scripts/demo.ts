@@ -13,6 +13,7 @@ import {
   AttnSpecNotConsumedError,
   backendInfo,
   closeAttnSpecStep,
+  maskToSvg,
   prefixTreeLayout,
   resetAttnSpecGuard,
   seededRandom,
@@ -47,6 +48,15 @@ const samplePaths = COMPLETION_LENGTHS.map((_, index) => [0, index + 1]);
 const spec = AttnMaskSpec.prefixTree(nodeLengths, samplePaths);
 const layout = prefixTreeLayout(nodeLengths, samplePaths);
 const packedTokens = [prompt, ...completions].flat();
+
+const picturePath = new URL("../bench/demo-prefix-tree.svg", import.meta.url);
+await Deno.writeTextFile(
+  picturePath,
+  maskToSvg(spec, {
+    title: `prefix tree: prompt ${PROMPT_LENGTH}, completions ${COMPLETION_LENGTHS.join(", ")}`,
+  }),
+);
+console.log(`mask picture: ${picturePath.pathname}`);
 
 const model = new TinyForCausalLM({ ...config, attnImplementation: "magi" });
 const stamped = setAttnSpecOnAttention(model, spec);
