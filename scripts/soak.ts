@@ -801,7 +801,9 @@ export function summarise(report: SoakReport, path: string): string {
   for (const [name, tally] of Object.entries(report.checks)) {
     const worst = "worst" in tally && Object.keys(tally.worst).length > 0
       ? ` (worst rel. errors ${
-        Object.entries(tally.worst).map(([key, value]) => `${key} ${value.toExponential(2)}`).join(", ")
+        Object.entries(tally.worst).map(([key, value]) => `${key} ${Number(value).toExponential(2)}`).join(
+          ", ",
+        )
       })`
       : "";
     lines.push(
