@@ -312,8 +312,10 @@ export async function main(argv: readonly string[]): Promise<number> {
   Deno.writeTextFileSync(args.out, lines.join("\n"));
   // deno fmt owns Markdown layout (table padding); the repository's check runs `deno fmt --check`.
   try {
+    const root = new URL("../", import.meta.url).pathname;
     await new Deno.Command(Deno.execPath(), {
-      args: ["fmt", "--quiet", args.out],
+      args: ["fmt", "--quiet", "--config", `${root}deno.json`, args.out],
+      cwd: root,
       stdout: "null",
       stderr: "piped",
     })

@@ -427,10 +427,10 @@ export async function runSoak(args: SoakArgs): Promise<SoakReport> {
         await check(checks.finiteOutputs, `${at} finite`, async () => {
           const host = async (item: AnyTensor) =>
             toFloat32(dryRun ? item as HostTensor : await toHost(item as DeviceTensor));
-          if (!allFinite(await host(out))) throw new Error(`${at}: out has non-finite values`);
-          if (!isFiniteOrNegInf(await host(lse))) throw new Error(`${at}: lse has NaN or +inf`);
+          if (!allFinite(await host(out))) throw new Error("out has non-finite values");
+          if (!isFiniteOrNegInf(await host(lse))) throw new Error("lse has NaN or +inf");
           for (const name of ["dq", "dk", "dv"] as const) {
-            if (!allFinite(await host(grads[name]))) throw new Error(`${at}: ${name} has non-finite values`);
+            if (!allFinite(await host(grads[name]))) throw new Error(`${name} has non-finite values`);
           }
         });
       }
@@ -549,7 +549,7 @@ export async function runSoak(args: SoakArgs): Promise<SoakReport> {
           !sameBytes(result.out as HostTensor, serial[index][0]) ||
           !sameBytes(result.lse as HostTensor, serial[index][1])
         ) {
-          throw new Error(`${at}: problem ${index} differs between Promise.all and serial forward`);
+          throw new Error(`problem ${index} differs between Promise.all and serial forward`);
         }
       });
     });
@@ -611,7 +611,7 @@ export async function runSoak(args: SoakArgs): Promise<SoakReport> {
           const names = ["out", "lse", "dq", "dk", "dv"];
           tensors.forEach((item, which) => {
             if (!sameBytes(item, serial[index][which])) {
-              throw new Error(`${at}: problem ${index} ${names[which]} differs between 4 streams and serial`);
+              throw new Error(`problem ${index} ${names[which]} differs between 4 streams and serial`);
             }
           });
         });
@@ -671,7 +671,7 @@ export async function runSoak(args: SoakArgs): Promise<SoakReport> {
       }
       if (problemsFound.length > 0) {
         throw new Error(
-          `${at}: ${shape.builder} ${shape.tokens} tokens ${shape.dtype} Hq ${shape.headsQ} Hkv ${shape.headsKV} ` +
+          `${shape.builder} ${shape.tokens} tokens ${shape.dtype} Hq ${shape.headsQ} Hkv ${shape.headsKV} ` +
             `D ${shape.headDim} softcap ${shape.softcap}: ${problemsFound.join(", ")}`,
         );
       }
