@@ -86,6 +86,9 @@ export function backendInfo(options: { libraryPath?: string } = {}): BackendInfo
 }
 
 function checkOptions(options: FlexAttnOptions): Backend {
+  if (options === null || typeof options !== "object") {
+    throw new MagiAttnInputError("opts", `is ${String(options)}`, "pass an options object, or omit it");
+  }
   const backend = options.backend ?? "auto";
   if (!BACKENDS.includes(backend)) {
     throw new MagiAttnInputError(
@@ -122,7 +125,9 @@ function resolveBackend(
     }
     return "cpu";
   }
-  if (requested === "cuda" || onDevice) {
+  // Device tensors exist, so their library loaded and a device is there: they run on that library.
+  if (onDevice) return "cuda";
+  if (requested === "cuda") {
     const probe = probeCudaBackend({ libraryPath: options.libraryPath });
     if (!probe.available) {
       throw new BackendUnavailableError(
@@ -140,6 +145,15 @@ function resolveBackend(
 
 function resolveKey(key: FlexKey | PlainFlexKey, q: AnyTensor, k: AnyTensor): FlexKey {
   if (isFlexKey(key)) return key;
+  for (const [field, item] of [["q", q], ["k", k]] as const) {
+    if (!Array.isArray(item?.shape)) {
+      throw new MagiAttnInputError(
+        `${field}.shape`,
+        "is missing",
+        `pass ${field} as a HostTensor or DeviceTensor`,
+      );
+    }
+  }
   return toFlexKey(key, { totalQ: q.shape[0], totalK: k.shape[0] });
 }
 

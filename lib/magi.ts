@@ -214,13 +214,14 @@ export function makeMagiAttnFunc(factoryOptions: { softmaxScale?: number } = {})
       if (window) rejectWindow("an explicit magiAttnSpec");
       spec = options.magiAttnSpec;
     } else if (options.cuSeqlens !== undefined) {
-      const cu = Array.from(options.cuSeqlens);
+      // fromCuSeqlens validates the boundaries (and names `cuSeqlens` in its errors) in both cases.
+      const documents = AttnMaskSpec.fromCuSeqlens(Array.from(options.cuSeqlens));
       spec = window
-        ? AttnMaskSpec.slidingWindow(cu.slice(1).map((end, index) => end - cu[index]), {
+        ? AttnMaskSpec.slidingWindow(documents.qRanges.map(([start, end]) => end - start), {
           left: window[0],
           right: window[1],
         })
-        : AttnMaskSpec.fromCuSeqlens(cu);
+        : documents;
     } else if (window) {
       if (options.module && stampedSpecOf(options.module)) rejectWindow("the module's stamped spec");
       if (activeSpec) rejectWindow("the active spec");

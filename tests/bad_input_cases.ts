@@ -947,10 +947,6 @@ export const BAD_INPUT_CASES: readonly BadInputCase[] = [
   ),
   {
     ...forwardRow("options.null", "options null", "opts", () => ({ opts: null })),
-    bug:
-      "BUG: lib/ffa.ts checkOptions reads options.backend of null: flexFlashAttnForward(q, k, v, key, null) " +
-      "(and the backward) throws TypeError \"Cannot read properties of null (reading 'backend')\" instead of " +
-      "MagiAttnInputError naming `opts`",
   },
   {
     ...forwardRow(
@@ -962,9 +958,6 @@ export const BAD_INPUT_CASES: readonly BadInputCase[] = [
         key: { qRanges: [[0, 6]], kRanges: [[0, 6]], attnTypeMap: [1] } as never,
       }),
     ),
-    bug: "BUG: lib/ffa.ts resolveKey reads q.shape[0] before validation: flexFlashAttnForward(null, k, v, " +
-      "plainKey) throws TypeError \"Cannot read properties of null (reading 'shape')\" instead of " +
-      "MagiAttnInputError naming `q.shape` (a compiled key gets the right error)",
   },
 
   // Backends.
@@ -1348,10 +1341,6 @@ export const BAD_INPUT_CASES: readonly BadInputCase[] = [
     title: "cuSeqlens starting at 1 together with windowSize",
     errorClass: "MagiAttnInputError",
     field: "cuSeqlens[0]",
-    bug: "BUG: lib/magi.ts makeMagiAttnFunc: with windowSize, cuSeqlens is turned into lengths without the " +
-      "checks of fromCuSeqlens: cuSeqlens [1, 9] with windowSize [2, 0] on 8 tokens is silently accepted as one " +
-      "8-token document (expected: `cuSeqlens[0]` is 1, not 0), and a decreasing [0, 5, 3] reports the " +
-      "internal field `seqlensOrN[1]` instead of `cuSeqlens[2]`",
     setup: () => {
       const inputs = {
         q: randomTensor([8, 2, 4]),

@@ -498,14 +498,9 @@ Deno.test("int32 limits: 2^31 − 1 elements pass validation, 2^31 are refused (
 });
 
 Deno.test({
-  // BUG: lib/ffa.ts resolveBackend probes the *default* library (probeCudaBackend({ libraryPath:
-  // options.libraryPath })) for DeviceTensor inputs instead of the library that allocated them
-  // (tensor.library). Tensors made with toDevice(x, { libraryPath }) therefore fail in
-  // flexFlashAttnForward(q, k, v, key) without repeating libraryPath: BackendUnavailableError "the CUDA
-  // backend is not available: no CUDA driver/GPU ..." on a machine whose default library cannot run,
-  // although cudaForward on the same tensors works (it uses tensor.library). Expected: the call runs.
-  name: "BUG: device tensors of a libraryPath library work without repeating libraryPath",
-  ignore: true,
+  // Device tensors run on the library that allocated them, even when it is not the default one.
+  name: "device tensors of a libraryPath library work without repeating libraryPath",
+  ignore: env.fakeLibrary === undefined,
   async fn() {
     const libraryPath = env.fakeLibrary!;
     const q = randomTensor([4, 2, 64], { seed: 51, dtype: "bfloat16" });
