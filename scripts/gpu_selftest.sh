@@ -15,8 +15,8 @@ if [[ ! -x "$selftest" ]]; then
 fi
 
 status=0
-echo "== full self-test"
-"$selftest" || status=1
+echo "== full self-test (backward in both modes: fast = fused dQ atomics, deterministic = atomic-free)"
+"$selftest" --bwd-mode both || status=1
 
 sanitizer="$(command -v compute-sanitizer || true)"
 if [[ -z "$sanitizer" && -x /usr/local/cuda/bin/compute-sanitizer ]]; then
@@ -32,12 +32,19 @@ else
       "$sanitizer" --tool "$tool" --error-exitcode 99 "$selftest" --filter "$filter" || status=1
     done
   done
+  # The fast backward's fp32 dQ atomics and shared dS^T staging, alone (the loop above runs both modes).
+  for tool in memcheck racecheck; do
+    for filter in prefix_tree_overlapping uncovered_rows; do
+      echo "== compute-sanitizer --tool $tool ($filter, --bwd-mode fast)"
+      "$sanitizer" --tool "$tool" --error-exitcode 99 "$selftest" --filter "$filter" --bwd-mode fast || status=1
+    done
+  done
   echo "== compute-sanitizer --tool memcheck (all --quick cases)"
   "$sanitizer" --tool memcheck --error-exitcode 99 "$selftest" --quick || status=1
 fi
 
-echo "== timings (bf16)"
-"$selftest" --bench || status=1
+echo "== timings (bf16; backward in both modes)"
+"$selftest" --bench --bwd-mode both || status=1
 
 if [[ $status -eq 0 ]]; then echo "gpu_selftest: ALL OK"; else echo "gpu_selftest: FAILURES"; fi
 exit $status

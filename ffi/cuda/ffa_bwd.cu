@@ -1,7 +1,7 @@
 // ffa_bwd.cu: the FFA backward kernels (FA2-style mma.sync, like the forward).
 //
-// Three launches, no atomics anywhere, so the backward is deterministic by construction (the
-// `deterministic` flag costs nothing):
+// Two modes.
+// Deterministic (deterministic = 1): three launches, no atomics, bitwise reproducible:
 //   1. delta:  Delta[i, h] = sum_d dO[i, h, d] * O[i, h, d] (fp32).
 //   2. dK/dV:  one CTA per (key tile, kv head). It walks every slice touching its keys, every query head of
 //              the GQA group and every query tile that can see the keys; recomputes S^T = K Q^T and
@@ -9,6 +9,11 @@
 //              dK, dV once. Keys that no slice shows are written as 0.
 //   3. dQ:     one CTA per (query tile, query head), walking slices and key tiles like the forward;
 //              dQ += dS K in registers, written once. Rows that see nothing are written as 0.
+// Fast (deterministic = 0, the default): the dQ kernel's recomputation of S, P and dP (3 of 7 GEMMs) goes
+// away. The delta launch also zeroes an fp32 dQ accumulator [total_q, hq, D]; the dK/dV kernel stages dS^T
+// of each query step in shared memory and adds dS K to the accumulator with fp32 atomics (5 GEMMs per
+// tile pair); a last launch writes dq = accumulator * scale in the output dtype (rows that no slice covers
+// stay 0). Atomic order varies between runs, so dq may differ in the last bits; dk and dv do not.
 // With softcap c > 0 the logit is s = c * tanh(scale * x / c), so ds/dx = scale * (1 - (s / c)^2).
 #include "ffa_common.cuh"
 #include "ffa_internal.cuh"
@@ -20,10 +25,12 @@ namespace magi_ffa {
 namespace {
 
 // ---------------------------------------------------------------------------------------------------
-// 1. Delta = rowsum(dO * O), one group of D/8 lanes per (row, head), 16-byte loads.
+// 1. Delta = rowsum(dO * O), one group of D/8 lanes per (row, head), 16-byte loads. In fast mode it also
+// zeroes the (row, head)'s D floats of the dQ accumulator (saves a memset launch).
 template <typename T, int D>
 __global__ void __launch_bounds__(256) ffa_bwd_delta_kernel(const T* __restrict__ dout, const T* __restrict__ out,
-                                                            float* __restrict__ delta, int64_t num_items) {
+                                                            float* __restrict__ delta, float* __restrict__ dq_accum,
+                                                            int64_t num_items) {
   constexpr int kLanesPerItem = D / 8;
   constexpr int kItemsPerBlock = 256 / kLanesPerItem;
   const int64_t item = static_cast<int64_t>(blockIdx.x) * kItemsPerBlock + threadIdx.x / kLanesPerItem;
@@ -40,6 +47,11 @@ __global__ void __launch_bounds__(256) ffa_bwd_delta_kernel(const T* __restrict_
       const float2 fb = Elem<T>::unpack(bv[i]);
       acc = fmaf(fa.x, fb.x, acc);
       acc = fmaf(fa.y, fb.y, acc);
+    }
+    if (dq_accum != nullptr) {
+      float4* zero_at = reinterpret_cast<float4*>(dq_accum + item * D + sub * 8);
+      zero_at[0] = make_float4(0.f, 0.f, 0.f, 0.f);
+      zero_at[1] = make_float4(0.f, 0.f, 0.f, 0.f);
     }
   }
 #pragma unroll
@@ -89,8 +101,8 @@ __device__ __forceinline__ BwdPointwise make_pointwise(const BwdParams& p) {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// 2. dK / dV.
-template <typename T, int D>
+// 2. dK / dV (and, in fast mode, dQ through atomics).
+template <typename T, int D, bool kFusedDq>
 struct DkvTraits {
   static constexpr int kBlockN = kDkvBlockN;  // keys per CTA, 16 per warp
   static constexpr int kBlockM = kDkvBlockM;  // query rows per inner iteration (one pipeline stage)
@@ -100,15 +112,92 @@ struct DkvTraits {
   static constexpr int kThreads = kWarps * 32;
   static_assert(kBlockN == 16 * kWarps, "one warp per 16 keys");
   static_assert(2 * kBlockM <= kThreads, "lse and Delta are loaded by one thread per row each");
+  static_assert(kBlockM == 16 * kWarps, "fused dQ: one warp per 16 query rows of a stage");
+  static_assert(kBlockN <= 64, "the seen-key mask is one 64-bit word");
   static constexpr int kTileKV = kBlockN * D;
   static constexpr int kTileQ = kBlockM * D;
+  // dS^T of one stage, [kBlockN keys][kBlockM rows] swizzled (fast mode only).
+  static constexpr int kTileDs = kFusedDq ? kBlockN * kBlockM : 0;
   static constexpr size_t kSmemBytes =
-      static_cast<size_t>(2 * kTileKV + 4 * kTileQ) * sizeof(T) + 4 * kBlockM * sizeof(float);
+      static_cast<size_t>(2 * kTileKV + 4 * kTileQ + kTileDs) * sizeof(T) + 4 * kBlockM * sizeof(float);
 };
 
-template <typename T, int D>
-__global__ void __launch_bounds__(DkvTraits<T, D>::kThreads, 1) ffa_bwd_dkdv_kernel(const BwdParams p) {
-  using Tr = DkvTraits<T, D>;
+// Fused dQ: columns accumulated per pass (bounds the live fp32 registers next to dK and dV at D = 128).
+constexpr int fused_dq_cols(int head_dim) { return head_dim > 64 ? 64 : head_dim; }
+
+// Keys of [n0, n0 + 64) that some slice of the tile's list shows (bit r = key n0 + r). Every key of a
+// non-empty slice's range is seen by some row of it, and the list holds only slices with visible cells in
+// the tile, so this is the union of the listed key ranges.
+__device__ __forceinline__ uint64_t seen_keys_of_tile(const Slice* slices, const int32_t* list, int pos, int end,
+                                                      int n0) {
+  uint64_t mask = 0;
+  for (; pos < end; ++pos) {
+    const Slice s = slices[list[pos]];
+    if (slice_is_empty(s)) continue;
+    const int c0 = imax(n0, s.ks) - n0;
+    const int c1 = imin(n0 + 64, s.ke) - n0;
+    if (c0 >= c1) continue;
+    const uint64_t below_c1 = c1 >= 64 ? ~uint64_t{0} : ((uint64_t{1} << c1) - 1);
+    const uint64_t below_c0 = (uint64_t{1} << c0) - 1;
+    mask |= below_c1 & ~below_c0;
+  }
+  return mask;
+}
+
+// load_tile_async for a key tile where only rows whose bit is set in `seen` are read; the others are
+// zero-filled (keys nobody sees may hold NaN padding, and the fused dQ product sums over all the tile's keys:
+// 0 * NaN would leak).
+template <int ROWS, int D, int THREADS, typename T>
+__device__ __forceinline__ void load_key_tile_async(T* smem, const T* base, int64_t stride, int row0, int limit,
+                                                    uint64_t seen, int tid) {
+  constexpr int kChunksPerRow = D / 8;
+  constexpr int kChunks = ROWS * kChunksPerRow;
+  static_assert(kChunks % THREADS == 0, "tile chunks must divide evenly among threads");
+#pragma unroll
+  for (int it = 0; it < kChunks / THREADS; ++it) {
+    const int idx = it * THREADS + tid;
+    const int row = idx / kChunksPerRow;
+    const int chunk = idx % kChunksPerRow;
+    const int grow = row0 + row;
+    const bool valid = grow < limit && ((seen >> row) & 1u) != 0;
+    const T* src = valid ? base + static_cast<int64_t>(grow) * stride + chunk * 8 : base;
+    cp_async16(smem + swizzle<D>(row, chunk), src, valid);
+  }
+}
+
+// acc[16 x NCOLS] += A[16 x KN] * B[KN x (col_chunk0*8 ...)], the NCOLS columns from chunk col_chunk0 of a
+// swizzled row-major [*][ND] tile (gemm_pb restricted to a column window).
+template <int KN, int ND, int NCOLS, typename T>
+__device__ __forceinline__ void gemm_pb_cols(float (&acc)[NCOLS / 8][4], const uint32_t (&a)[KN / 16][4],
+                                             const T* sB, int col_chunk0, int lane) {
+#pragma unroll
+  for (int kc = 0; kc < KN / 16; ++kc) {
+#pragma unroll
+    for (int db = 0; db < NCOLS / 16; ++db) {
+      uint32_t b[4];
+      const int row = kc * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
+      const int chunk = col_chunk0 + db * 2 + (lane >> 4);
+      ldsm_x4_trans(b, sB + swizzle<ND>(row, chunk));
+      Elem<T>::mma(acc[2 * db], a[kc], b[0], b[1]);
+      Elem<T>::mma(acc[2 * db + 1], a[kc], b[2], b[3]);
+    }
+  }
+}
+
+// Two fp32 atomic adds: one vector reduction (no return value) on sm_90, two scalar ones before.
+__device__ __forceinline__ void atomic_add2(float* at, float x, float y) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(at), "f"(x), "f"(y) : "memory");
+#else
+  atomicAdd(at, x);
+  atomicAdd(at + 1, y);
+#endif
+}
+
+template <typename T, int D, bool kFusedDq>
+__global__ void __launch_bounds__(DkvTraits<T, D, kFusedDq>::kThreads, 1)
+    ffa_bwd_dkdv_kernel(const BwdParams p, float* __restrict__ dq_accum) {
+  using Tr = DkvTraits<T, D, kFusedDq>;
   constexpr int BN = Tr::kBlockN;
   constexpr int BM = Tr::kBlockM;
   constexpr int SUB = Tr::kSubM;
@@ -119,8 +208,9 @@ __global__ void __launch_bounds__(DkvTraits<T, D>::kThreads, 1) ffa_bwd_dkdv_ker
   T* sV = sK + Tr::kTileKV;
   T* sQ = sV + Tr::kTileKV;       // [2][BM][D]
   T* sdO = sQ + 2 * Tr::kTileQ;   // [2][BM][D]
-  float* sLse = reinterpret_cast<float*>(sdO + 2 * Tr::kTileQ);  // [2][BM], raw lse
-  float* sDelta = sLse + 2 * BM;                                  // [2][BM]
+  T* sdS = sdO + 2 * Tr::kTileQ;  // [BN][BM], fast mode only
+  float* sLse = reinterpret_cast<float*>(sdS + Tr::kTileDs);  // [2][BM], raw lse
+  float* sDelta = sLse + 2 * BM;                               // [2][BM]
 
   const int tid = threadIdx.x;
   const int warp = tid >> 5;
@@ -169,8 +259,14 @@ __global__ void __launch_bounds__(DkvTraits<T, D>::kThreads, 1) ffa_bwd_dkdv_ker
     }
   };
 
-  load_tile_async<BN, D, THREADS>(sK, static_cast<const T*>(p.k) + static_cast<int64_t>(hk) * D, kv_stride, n0,
-                                  total_k, tid);
+  const T* k_base = static_cast<const T*>(p.k) + static_cast<int64_t>(hk) * D;
+  if constexpr (kFusedDq) {
+    const uint64_t seen =
+        seen_keys_of_tile(p.plan.slices, p.plan.dkv.slices, p.plan.dkv.offsets[tile], p.plan.dkv.offsets[tile + 1], n0);
+    load_key_tile_async<BN, D, THREADS>(sK, k_base, kv_stride, n0, total_k, seen, tid);
+  } else {
+    load_tile_async<BN, D, THREADS>(sK, k_base, kv_stride, n0, total_k, tid);
+  }
   load_tile_async<BN, D, THREADS>(sV, static_cast<const T*>(p.v) + static_cast<int64_t>(hk) * D, kv_stride, n0,
                                   total_k, tid);
   cp_async_commit();
@@ -192,6 +288,8 @@ __global__ void __launch_bounds__(DkvTraits<T, D>::kThreads, 1) ffa_bwd_dkdv_ker
     // Only what the compute needs of the current step is kept; the walker moves on to the next one.
     const Slice slice = it.slice;
     const int step_m0 = it.m0;
+    const int step_q_hi = it.q_hi;
+    const int step_head = hk * p.group + it.head_in_group;
     const bool has_next = it.advance();
     if (has_next) {
       load_stage(stage ^ 1, it);
@@ -210,7 +308,18 @@ __global__ void __launch_bounds__(DkvTraits<T, D>::kThreads, 1) ffa_bwd_dkdv_ker
 #pragma unroll 1
     for (int sub0 = 0; sub0 < BM; sub0 += SUB) {
       const int m0 = step_m0 + sub0;
-      if (!warp_keys_seen_by_rows(slice, warp_key0, m0, SUB)) continue;
+      if (!warp_keys_seen_by_rows(slice, warp_key0, m0, SUB)) {
+        if constexpr (kFusedDq) {
+          // dS^T of this warp's keys is zero here; the staged tile must say so (it holds the last stage).
+#pragma unroll
+          for (int nb = 0; nb < SUB / 8; ++nb) {
+            const int chunk = (sub0 >> 3) + nb;
+            *reinterpret_cast<uint32_t*>(sdS + swizzle<BM>(warp * 16 + g, chunk) + 2 * t) = 0u;
+            *reinterpret_cast<uint32_t*>(sdS + swizzle<BM>(warp * 16 + g + 8, chunk) + 2 * t) = 0u;
+          }
+        }
+        continue;
+      }
       // S^T (this warp's 16 keys x SUB queries) and dP^T = V dO^T.
       float st_acc[SUB / 8][4];
       float dpt_acc[SUB / 8][4];
@@ -244,7 +353,54 @@ __global__ void __launch_bounds__(DkvTraits<T, D>::kThreads, 1) ffa_bwd_dkdv_ker
       gemm_pb<SUB, D, T>(dv_acc, pt_frags, sdOs, sub0, lane);
       uint32_t dst_frags[SUB / 16][4];
       acc_to_a_frags<SUB, T>(dst_frags, dpt_acc);
+      if constexpr (kFusedDq) {
+        // Stage dS^T (keys x rows) for the dQ product; fragment kc covers row chunks 2kc and 2kc + 1 of the
+        // sub-block, [0] / [2] for key g and [1] / [3] for key g + 8. Conflict-free: bank = (chunk ^ g) * 4 + t.
+#pragma unroll
+        for (int kc = 0; kc < SUB / 16; ++kc) {
+          const int chunk = (sub0 >> 3) + 2 * kc;
+          *reinterpret_cast<uint32_t*>(sdS + swizzle<BM>(warp * 16 + g, chunk) + 2 * t) = dst_frags[kc][0];
+          *reinterpret_cast<uint32_t*>(sdS + swizzle<BM>(warp * 16 + g + 8, chunk) + 2 * t) = dst_frags[kc][1];
+          *reinterpret_cast<uint32_t*>(sdS + swizzle<BM>(warp * 16 + g, chunk + 1) + 2 * t) = dst_frags[kc][2];
+          *reinterpret_cast<uint32_t*>(sdS + swizzle<BM>(warp * 16 + g + 8, chunk + 1) + 2 * t) = dst_frags[kc][3];
+        }
+      }
       gemm_pb<SUB, D, T>(dk_acc, dst_frags, sQs, sub0, lane);
+    }
+
+    if constexpr (kFusedDq) {
+      __syncthreads();  // the stage's dS^T is complete
+      // dQ[rows, :] += dS[rows, keys] K[keys, :]; warp w owns the stage's rows [16w, 16w + 16).
+      const int row0 = step_m0 + warp * 16;
+      if (warp_rows_see_keys(slice, row0, n0, BN)) {
+        // A fragments of dS (rows x keys) from the keys x rows tile: transposing ldmatrix; matrix L/8 of
+        // the x4 is (keys +0 / +8) x (rows +0 / +8) in fragment order.
+        uint32_t ds_frags[BN / 16][4];
+#pragma unroll
+        for (int kc = 0; kc < BN / 16; ++kc) {
+          const int key = kc * 16 + (lane & 7) + ((lane >> 4) << 3);
+          const int chunk = warp * 2 + ((lane >> 3) & 1);
+          ldsm_x4_trans(ds_frags[kc], sdS + swizzle<BM>(key, chunk));
+        }
+        const int row_lo = row0 + g;
+        const int row_hi = row0 + g + 8;
+        float* dq_lo = dq_accum + (static_cast<int64_t>(row_lo) * p.hq + step_head) * D;
+        float* dq_hi = dq_accum + (static_cast<int64_t>(row_hi) * p.hq + step_head) * D;
+        constexpr int kDqCols = fused_dq_cols(D);
+#pragma unroll
+        for (int c0 = 0; c0 < D; c0 += kDqCols) {
+          float dq_acc[kDqCols / 8][4];
+          zero_acc(dq_acc);
+          gemm_pb_cols<BN, D, kDqCols, T>(dq_acc, ds_frags, sK, c0 / 8, lane);
+          // Rows at or past step_q_hi see none of the tile's keys (dS = 0) and may lie past total_q.
+#pragma unroll
+          for (int nb = 0; nb < kDqCols / 8; ++nb) {
+            const int col = c0 + nb * 8 + 2 * t;
+            if (row_lo < step_q_hi) atomic_add2(dq_lo + col, dq_acc[nb][0], dq_acc[nb][1]);
+            if (row_hi < step_q_hi) atomic_add2(dq_hi + col, dq_acc[nb][2], dq_acc[nb][3]);
+          }
+        }
+      }
     }
     __syncthreads();
 
@@ -400,37 +556,74 @@ __global__ void __launch_bounds__(DqTraits<T, D>::kThreads, 1) ffa_bwd_dq_kernel
 }
 
 // ---------------------------------------------------------------------------------------------------
+// 4. Fast mode: dq = dq_accum * scale in the output dtype, 8 elements per thread (D is a multiple of 8).
+template <typename T>
+__global__ void __launch_bounds__(256) ffa_bwd_dq_convert_kernel(const float* __restrict__ dq_accum,
+                                                                 T* __restrict__ dq, float scale,
+                                                                 int64_t num_groups) {
+  const int64_t group = static_cast<int64_t>(blockIdx.x) * 256 + threadIdx.x;
+  if (group >= num_groups) return;
+  const float4 a = reinterpret_cast<const float4*>(dq_accum)[2 * group];
+  const float4 b = reinterpret_cast<const float4*>(dq_accum)[2 * group + 1];
+  uint4 packed;
+  packed.x = Elem<T>::pack(a.x * scale, a.y * scale);
+  packed.y = Elem<T>::pack(a.z * scale, a.w * scale);
+  packed.z = Elem<T>::pack(b.x * scale, b.y * scale);
+  packed.w = Elem<T>::pack(b.z * scale, b.w * scale);
+  reinterpret_cast<uint4*>(dq)[group] = packed;
+}
+
+// ---------------------------------------------------------------------------------------------------
+template <typename T, int D, bool kFusedDq>
+cudaError_t launch_dkdv(const BwdParams& params, float* dq_accum, cudaStream_t stream) {
+  using Tr = DkvTraits<T, D, kFusedDq>;
+  const int64_t blocks = static_cast<int64_t>(params.plan.dkv.num_tiles) * params.hkv;
+  if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  if (blocks == 0) return cudaSuccess;
+  cudaError_t err = ensure_dynamic_smem<ffa_bwd_dkdv_kernel<T, D, kFusedDq>>(Tr::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  ffa_bwd_dkdv_kernel<T, D, kFusedDq>
+      <<<static_cast<unsigned>(blocks), Tr::kThreads, Tr::kSmemBytes, stream>>>(params, dq_accum);
+  return cudaGetLastError();
+}
+
+// dq_accum: NULL for the deterministic path, else an fp32 [total_q, hq, D] workspace (zeroed here).
 template <typename T, int D>
-cudaError_t launch_backward_typed(const BwdParams& params, cudaStream_t stream) {
+cudaError_t launch_backward_typed(const BwdParams& params, float* dq_accum, cudaStream_t stream) {
   const int64_t items = static_cast<int64_t>(params.plan.total_q) * params.hq;
   if (items > 0) {
     constexpr int kItemsPerBlock = 256 / (D / 8);
     const int64_t blocks = (items + kItemsPerBlock - 1) / kItemsPerBlock;
     if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
     ffa_bwd_delta_kernel<T, D><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
-        static_cast<const T*>(params.dout), static_cast<const T*>(params.out), params.delta, items);
+        static_cast<const T*>(params.dout), static_cast<const T*>(params.out), params.delta, dq_accum, items);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
 
-  {
-    using Tr = DkvTraits<T, D>;
-    const int64_t blocks = static_cast<int64_t>(params.plan.dkv.num_tiles) * params.hkv;
-    if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
-    if (blocks > 0) {
-      cudaError_t err = ensure_dynamic_smem<ffa_bwd_dkdv_kernel<T, D>>(Tr::kSmemBytes);
-      if (err != cudaSuccess) return err;
-      ffa_bwd_dkdv_kernel<T, D><<<static_cast<unsigned>(blocks), Tr::kThreads, Tr::kSmemBytes, stream>>>(params);
+  if (dq_accum != nullptr) {
+    cudaError_t err = launch_dkdv<T, D, true>(params, dq_accum, stream);
+    if (err != cudaSuccess) return err;
+    const int64_t groups = items * (D / 8);
+    if (groups > 0) {
+      const int64_t blocks = (groups + 255) / 256;
+      if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
+      ffa_bwd_dq_convert_kernel<T><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
+          dq_accum, static_cast<T*>(params.dq), params.scale, groups);
       err = cudaGetLastError();
       if (err != cudaSuccess) return err;
     }
+    return cudaSuccess;
   }
+
+  cudaError_t err = launch_dkdv<T, D, false>(params, nullptr, stream);
+  if (err != cudaSuccess) return err;
   {
     using Tr = DqTraits<T, D>;
     const int64_t blocks = static_cast<int64_t>(params.plan.dq.num_tiles) * params.hq;
     if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
     if (blocks > 0) {
-      cudaError_t err = ensure_dynamic_smem<ffa_bwd_dq_kernel<T, D>>(Tr::kSmemBytes);
+      err = ensure_dynamic_smem<ffa_bwd_dq_kernel<T, D>>(Tr::kSmemBytes);
       if (err != cudaSuccess) return err;
       ffa_bwd_dq_kernel<T, D><<<static_cast<unsigned>(blocks), Tr::kThreads, Tr::kSmemBytes, stream>>>(params);
       err = cudaGetLastError();
@@ -440,17 +633,37 @@ cudaError_t launch_backward_typed(const BwdParams& params, cudaStream_t stream) 
   return cudaSuccess;
 }
 
+cudaError_t launch_backward_dispatch(const BwdParams& params, int head_dim, int dtype, float* dq_accum,
+                                     cudaStream_t stream) {
+  if (dtype == MAGI_FFA_DTYPE_BFLOAT16) {
+    if (head_dim == 64) return launch_backward_typed<__nv_bfloat16, 64>(params, dq_accum, stream);
+    if (head_dim == 128) return launch_backward_typed<__nv_bfloat16, 128>(params, dq_accum, stream);
+  } else if (dtype == MAGI_FFA_DTYPE_FLOAT16) {
+    if (head_dim == 64) return launch_backward_typed<__half, 64>(params, dq_accum, stream);
+    if (head_dim == 128) return launch_backward_typed<__half, 128>(params, dq_accum, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
 }  // namespace
 
 cudaError_t launch_backward(const BwdParams& params, int head_dim, int dtype, cudaStream_t stream) {
-  if (dtype == MAGI_FFA_DTYPE_BFLOAT16) {
-    if (head_dim == 64) return launch_backward_typed<__nv_bfloat16, 64>(params, stream);
-    if (head_dim == 128) return launch_backward_typed<__nv_bfloat16, 128>(params, stream);
-  } else if (dtype == MAGI_FFA_DTYPE_FLOAT16) {
-    if (head_dim == 64) return launch_backward_typed<__half, 64>(params, stream);
-    if (head_dim == 128) return launch_backward_typed<__half, 128>(params, stream);
-  }
-  return cudaErrorInvalidValue;
+  return launch_backward_dispatch(params, head_dim, dtype, nullptr, stream);
+}
+
+// Declared in magi_ffa.cu (the backward entry point): deterministic = false takes the fused fast path with
+// its stream-ordered fp32 dQ workspace.
+cudaError_t launch_backward_mode(const BwdParams& params, int head_dim, int dtype, bool deterministic,
+                                 cudaStream_t stream) {
+  if (deterministic || params.plan.total_q == 0) return launch_backward_dispatch(params, head_dim, dtype, nullptr, stream);
+  float* dq_accum = nullptr;
+  const size_t bytes = static_cast<size_t>(params.plan.total_q) * static_cast<size_t>(params.hq) *
+                       static_cast<size_t>(head_dim) * sizeof(float);
+  cudaError_t err = cudaMallocAsync(reinterpret_cast<void**>(&dq_accum), bytes, stream);
+  if (err != cudaSuccess) return err;
+  err = launch_backward_dispatch(params, head_dim, dtype, dq_accum, stream);
+  const cudaError_t free_err = cudaFreeAsync(dq_accum, stream);
+  return err != cudaSuccess ? err : free_err;
 }
 
 bool head_dim_supported(int head_dim) { return head_dim == 64 || head_dim == 128; }

@@ -23,6 +23,13 @@ using magi_ffa::DevicePlan;
 using magi_ffa::HostTileLists;
 using magi_ffa::Slice;
 
+namespace magi_ffa {
+// The backward with its mode (ffa_bwd.cu): deterministic = false is the fused fast path (fp32 atomics
+// into a dQ workspace it allocates on the stream); true is the atomic-free, bitwise-reproducible path.
+cudaError_t launch_backward_mode(const BwdParams& params, int head_dim, int dtype, bool deterministic,
+                                 cudaStream_t stream);
+}  // namespace magi_ffa
+
 namespace {
 
 // ---------------------------------------------------------------------------------------------------
@@ -441,7 +448,6 @@ int32_t magi_ffa_backward(const void* dout, const void* q, const void* k, const 
                           int32_t head_dim, int32_t dtype, float softmax_scale, float softcap,
                           int32_t deterministic, void* stream) {
   static const char* kFn = "magi_ffa_backward";
-  (void)deterministic;  // no atomics: the backward is deterministic in every mode
   clear_error();
   const HostPlan* host_plan = nullptr;
   int32_t status = check_plan(kFn, plan, &host_plan);
@@ -486,7 +492,8 @@ int32_t magi_ffa_backward(const void* dout, const void* q, const void* k, const 
   params.scale_log2 = softmax_scale * magi_ffa::kLog2eHost;
   params.softcap = softcap;
   params.plan = host_plan->device_plan;
-  const cudaError_t err = magi_ffa::launch_backward(params, head_dim, dtype, cuda_stream);
+  const cudaError_t err =
+      magi_ffa::launch_backward_mode(params, head_dim, dtype, deterministic != 0, cuda_stream);
   if (delta != nullptr) {
     const cudaError_t free_err = cudaFreeAsync(delta, cuda_stream);
     if (err == cudaSuccess && free_err != cudaSuccess) return cuda_fail(kFn, "cudaFreeAsync(delta)", free_err);

@@ -3,10 +3,13 @@
 // Every case draws fresh random inputs, poisons the outputs (0xFF bytes = NaN in bf16, fp16 and fp32),
 // runs forward and backward on the GPU and compares with a dense float64 CPU reference written from the
 // semantics table (per-cell visibility, no tiling): relative L2 error of out, dq, dk, dv, max abs error
-// of lse, exact -inf / 0 for rows that see nothing, no NaN anywhere. Deterministic cases run twice and
-// compare bytes.
+// of lse, exact -inf / 0 for rows that see nothing, no NaN anywhere. The backward runs in each mode of
+// --bwd-mode (one result line per mode); in deterministic mode the cases marked for it run twice and
+// compare bytes (the fast mode's dq uses fp32 atomics, so only its accuracy is checked).
 //
 // Usage: magi_ffa_selftest [--quick] [--filter SUBSTRING] [--list] [--cpu-replay] [--bench]
+//                          [--bwd-mode fast|deterministic|both]
+//   --bwd-mode    backward mode(s) to check / time (default both; fast = deterministic 0, the API default)
 //   --bench       time forward / backward on a few large shapes (bf16), print ms and TFLOP/s
 //   --quick       only the small cases (for compute-sanitizer runs)
 //   --cpu-replay  no GPU: replays the kernels' schedule on the CPU (the same plan tile lists, walkers,
@@ -254,7 +257,8 @@ struct GpuResult {
 char error[2048];
 
 bool run_gpu(const Case& c, const std::vector<uint16_t>& q, const std::vector<uint16_t>& k,
-             const std::vector<uint16_t>& v, const std::vector<uint16_t>& dout, GpuResult* result) {
+             const std::vector<uint16_t>& v, const std::vector<uint16_t>& dout, int32_t bwd_deterministic,
+             GpuResult* result) {
   const size_t q_bytes = q.size() * 2, kv_bytes = k.size() * 2;
   const size_t lse_bytes = static_cast<size_t>(c.total_q) * c.hq * sizeof(float);
   DeviceBuffer dq_in, dk_in, dv_in, ddo, dout_buf, dlse, ddq, ddk, ddv;
@@ -307,7 +311,7 @@ bool run_gpu(const Case& c, const std::vector<uint16_t>& q, const std::vector<ui
                          c.softcap, 1, stream));
   CHECK(magi_ffa_backward(ddo.pointer, dq_in.pointer, dk_in.pointer, dv_in.pointer, dout_buf.pointer,
                           static_cast<const float*>(dlse.pointer), ddq.pointer, ddk.pointer, ddv.pointer, plan,
-                          c.hq, c.hkv, c.head_dim, c.dtype, scale, c.softcap, 1, stream));
+                          c.hq, c.hkv, c.head_dim, c.dtype, scale, c.softcap, bwd_deterministic, stream));
   CHECK(magi_ffa_stream_synchronize(stream));
 
   result->out.resize(q.size());
@@ -363,8 +367,11 @@ bool is_permutation_of_tiles(const std::vector<int32_t>& order) {
   return true;
 }
 
+// fused_dq: replay the fast backward (dQ added from the dK/dV walk, ffa_bwd.cu's fused kernel) instead of
+// the deterministic one's separate dQ kernel.
 void replay(const Case& c, const std::vector<double>& q, const std::vector<double>& k, const std::vector<double>& v,
-            const std::vector<double>& dout, const Reference& ref, Replay* out, std::string* problem) {
+            const std::vector<double>& dout, const Reference& ref, bool fused_dq, Replay* out,
+            std::string* problem) {
   using namespace magi_ffa;
   const int D = c.head_dim;
   const int group = c.hq / c.hkv;
@@ -498,6 +505,16 @@ void replay(const Case& c, const std::vector<double>& q, const std::vector<doubl
                   double dp = 0;
                   for (int d = 0; d < D; ++d) dp += do_row(i, h, d) * v_row(j, hk, d);
                   const double ds = prob * (dp - delta_of(i, h)) * dt;
+                  if (fused_dq) {
+                    // The fused dQ phase: the warp owning row i's 16-row band of the stage skips the step when
+                    // its rows see none of the tile's keys; rows at or past q_hi are not added.
+                    const int band0 = it.m0 + 16 * ((i - it.m0) / 16);
+                    if (i < it.q_hi && warp_rows_see_keys(it.slice, band0, n0, kDkvBlockN)) {
+                      for (int d = 0; d < D; ++d) {
+                        out->dq[(static_cast<size_t>(i) * c.hq + h) * D + d] += scale * ds * k_row(j, hk, d);
+                      }
+                    }
+                  }
                   if (j >= c.total_k) continue;  // not stored
                   for (int d = 0; d < D; ++d) {
                     out->dk[(static_cast<size_t>(j) * c.hkv + hk) * D + d] += scale * ds * q_row(i, h, d);
@@ -512,8 +529,8 @@ void replay(const Case& c, const std::vector<double>& q, const std::vector<doubl
     }
   }
 
-  // dQ: one CTA per (q tile, head), warps of 16 rows.
-  for (int tile = 0; tile < static_cast<int>(dql.order.size()); ++tile) {
+  // dQ: one CTA per (q tile, head), warps of 16 rows (deterministic mode only).
+  for (int tile = 0; !fused_dq && tile < static_cast<int>(dql.order.size()); ++tile) {
     for (int h = 0; h < c.hq; ++h) {
       const int hk = h / group;
       const int m0 = tile * kDqBlockM;
@@ -561,7 +578,7 @@ double rel_l2_double(const std::vector<double>& got, const std::vector<double>& 
   return std::sqrt(diff / norm);
 }
 
-bool run_replay_case(const Case& c) {
+bool run_replay_case(const Case& c, const std::vector<int32_t>& bwd_modes) {
   const size_t q_count = static_cast<size_t>(c.total_q) * c.hq * c.head_dim;
   const size_t kv_count = static_cast<size_t>(c.total_k) * c.hkv * c.head_dim;
   Rng rng(99);
@@ -573,28 +590,33 @@ bool run_replay_case(const Case& c) {
   random_tensor(rng, q_count, 1.0, c.dtype, &bits, &dod);
   Reference ref;
   reference(c, qd, kd, vd, dod, &ref);
-  Replay rep;
-  std::string problem;
-  replay(c, qd, kd, vd, dod, ref, &rep, &problem);
-  // The reference's Delta is sum_j P dP exactly; the replay's is dO . out: equal up to rounding.
-  const double e_out = rel_l2_double(rep.out, ref.out);
-  const double e_dq = rel_l2_double(rep.dq, ref.dq);
-  const double e_dk = rel_l2_double(rep.dk, ref.dk);
-  const double e_dv = rel_l2_double(rep.dv, ref.dv);
-  double e_lse = 0;
-  for (size_t i = 0; i < rep.lse.size(); ++i) {
-    if (std::isinf(ref.lse[i]) != std::isinf(rep.lse[i])) {
-      e_lse = INFINITY;
-    } else if (!std::isinf(ref.lse[i])) {
-      e_lse = std::max(e_lse, std::fabs(rep.lse[i] - ref.lse[i]));
+  bool all_ok = true;
+  for (const int32_t deterministic : bwd_modes) {
+    Replay rep;
+    std::string problem;
+    replay(c, qd, kd, vd, dod, ref, deterministic == 0, &rep, &problem);
+    // The reference's Delta is sum_j P dP exactly; the replay's is dO . out: equal up to rounding.
+    const double e_out = rel_l2_double(rep.out, ref.out);
+    const double e_dq = rel_l2_double(rep.dq, ref.dq);
+    const double e_dk = rel_l2_double(rep.dk, ref.dk);
+    const double e_dv = rel_l2_double(rep.dv, ref.dv);
+    double e_lse = 0;
+    for (size_t i = 0; i < rep.lse.size(); ++i) {
+      if (std::isinf(ref.lse[i]) != std::isinf(rep.lse[i])) {
+        e_lse = INFINITY;
+      } else if (!std::isinf(ref.lse[i])) {
+        e_lse = std::max(e_lse, std::fabs(rep.lse[i] - ref.lse[i]));
+      }
     }
+    const double tol = 1e-9;
+    const bool ok = problem.empty() && e_out <= tol && e_dq <= tol && e_dk <= tol && e_dv <= tol && e_lse <= tol;
+    const std::string label = c.name + (deterministic ? " [det]" : " [fast]");
+    std::printf("%s replay %-52s out %.1e lse %.1e dq %.1e dk %.1e dv %.1e%s\n", ok ? "PASS" : "FAIL",
+                label.c_str(), e_out, e_lse, e_dq, e_dk, e_dv, problem.c_str());
+    std::fflush(stdout);
+    all_ok = all_ok && ok;
   }
-  const double tol = 1e-9;
-  const bool ok = problem.empty() && e_out <= tol && e_dq <= tol && e_dk <= tol && e_dv <= tol && e_lse <= tol;
-  std::printf("%s replay %-45s out %.1e lse %.1e dq %.1e dk %.1e dv %.1e%s\n", ok ? "PASS" : "FAIL", c.name.c_str(),
-              e_out, e_lse, e_dq, e_dk, e_dv, problem.c_str());
-  std::fflush(stdout);
-  return ok;
+  return all_ok;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -623,7 +645,7 @@ double slice_area(const SliceSpec& s) {
   }
 }
 
-bool run_bench_case(const BenchCase& b, int batches, int per_batch) {
+bool run_bench_case(const BenchCase& b, int batches, int per_batch, const std::vector<int32_t>& bwd_modes) {
   const int dtype = MAGI_FFA_DTYPE_BFLOAT16;
   const size_t q_count = static_cast<size_t>(b.total) * b.hq * b.head_dim;
   const size_t kv_count = static_cast<size_t>(b.total) * b.hkv * b.head_dim;
@@ -664,10 +686,11 @@ bool run_bench_case(const BenchCase& b, int batches, int per_batch) {
     return magi_ffa_forward(q.pointer, k.pointer, v.pointer, o.pointer, static_cast<float*>(lse.pointer), plan, b.hq,
                             b.hkv, b.head_dim, dtype, scale, 0.f, 0, nullptr);
   };
+  int32_t bwd_deterministic = 0;
   auto backward = [&]() {
     return magi_ffa_backward(dout.pointer, q.pointer, k.pointer, v.pointer, o.pointer,
                              static_cast<const float*>(lse.pointer), dq.pointer, dk.pointer, dv.pointer, plan, b.hq,
-                             b.hkv, b.head_dim, dtype, scale, 0.f, 0, nullptr);
+                             b.hkv, b.head_dim, dtype, scale, 0.f, bwd_deterministic, nullptr);
   };
   auto time_ms = [&](const std::function<int32_t()>& fn, double* median_ms) -> bool {
     for (int i = 0; i < 3; ++i) CHECK(fn());  // warm-up
@@ -684,12 +707,21 @@ bool run_bench_case(const BenchCase& b, int batches, int per_batch) {
     *median_ms = samples[samples.size() / 2];
     return true;
   };
-  double fwd_ms = 0, bwd_ms = 0;
-  if (!time_ms(forward, &fwd_ms) || !time_ms(backward, &bwd_ms)) return false;
+  double fwd_ms = 0;
+  if (!time_ms(forward, &fwd_ms)) return false;
   const double fwd_flops = 4.0 * area * b.hq * b.head_dim;
-  std::printf("bench %-40s fwd %8.3f ms %6.1f TFLOP/s   bwd %8.3f ms %6.1f TFLOP/s   (tokens %d, h %d/%d, d %d)\n",
-              b.name.c_str(), fwd_ms, fwd_flops / fwd_ms * 1e-9, bwd_ms, 2.5 * fwd_flops / bwd_ms * 1e-9, b.total,
-              b.hq, b.hkv, b.head_dim);
+  std::string bwd_text;
+  for (const int32_t mode : bwd_modes) {
+    bwd_deterministic = mode;
+    double bwd_ms = 0;
+    if (!time_ms(backward, &bwd_ms)) return false;
+    char part[128];
+    std::snprintf(part, sizeof(part), "   bwd[%s] %8.3f ms %6.1f TFLOP/s", mode ? "det" : "fast", bwd_ms,
+                  2.5 * fwd_flops / bwd_ms * 1e-9);
+    bwd_text += part;
+  }
+  std::printf("bench %-40s fwd %8.3f ms %6.1f TFLOP/s%s   (tokens %d, h %d/%d, d %d)\n", b.name.c_str(), fwd_ms,
+              fwd_flops / fwd_ms * 1e-9, bwd_text.c_str(), b.total, b.hq, b.hkv, b.head_dim);
   std::fflush(stdout);
   return true;
 }
@@ -1081,7 +1113,7 @@ Tolerance tolerance_for(int dtype) {
   return {3e-3, 5e-3, 2e-3};
 }
 
-bool run_case(const Case& c) {
+bool run_case(const Case& c, const std::vector<int32_t>& bwd_modes) {
   const size_t q_count = static_cast<size_t>(c.total_q) * c.hq * c.head_dim;
   const size_t kv_count = static_cast<size_t>(c.total_k) * c.hkv * c.head_dim;
   uint64_t seed = 0x1234;
@@ -1121,60 +1153,77 @@ bool run_case(const Case& c) {
     }
   }
 
-  GpuResult gpu;
-  if (!run_gpu(c, q, k, v, dout, &gpu)) {
-    std::printf("FAIL %-52s GPU error: %s\n", c.name.c_str(), error);
-    return false;
-  }
   Reference ref;
   reference(c, qd, kd, vd, dod, &ref);
+  bool all_ok = true;
+  for (const int32_t deterministic : bwd_modes) {
+    const std::string label = c.name + (deterministic ? " [det]" : " [fast]");
+    GpuResult gpu;
+    if (!run_gpu(c, q, k, v, dout, deterministic, &gpu)) {
+      std::printf("FAIL %-59s GPU error: %s\n", label.c_str(), error);
+      all_ok = false;
+      continue;
+    }
 
-  const double e_out = rel_l2(gpu.out, ref.out, c.dtype);
-  const double e_dq = rel_l2(gpu.dq, ref.dq, c.dtype);
-  const double e_dk = rel_l2(gpu.dk, ref.dk, c.dtype);
-  const double e_dv = rel_l2(gpu.dv, ref.dv, c.dtype);
-  double e_lse = 0;
-  int lse_mismatch = 0;       // -inf where the reference is finite, or the converse, or NaN
-  int empty_row_nonzero = 0;  // rows that see nothing must have out exactly 0
-  for (size_t i = 0; i < gpu.lse.size(); ++i) {
-    const double want = ref.lse[i];
-    const double got = gpu.lse[i];
-    if (std::isinf(want)) {
-      if (!(std::isinf(got) && got < 0)) ++lse_mismatch;
-      for (int d = 0; d < c.head_dim; ++d) {
-        if (gpu.out[i * c.head_dim + d] != 0 && gpu.out[i * c.head_dim + d] != 0x8000) ++empty_row_nonzero;
+    const double e_out = rel_l2(gpu.out, ref.out, c.dtype);
+    const double e_dq = rel_l2(gpu.dq, ref.dq, c.dtype);
+    const double e_dk = rel_l2(gpu.dk, ref.dk, c.dtype);
+    const double e_dv = rel_l2(gpu.dv, ref.dv, c.dtype);
+    double e_lse = 0;
+    int lse_mismatch = 0;       // -inf where the reference is finite, or the converse, or NaN
+    int empty_row_nonzero = 0;  // rows that see nothing must have out exactly 0
+    for (size_t i = 0; i < gpu.lse.size(); ++i) {
+      const double want = ref.lse[i];
+      const double got = gpu.lse[i];
+      if (std::isinf(want)) {
+        if (!(std::isinf(got) && got < 0)) ++lse_mismatch;
+        for (int d = 0; d < c.head_dim; ++d) {
+          if (gpu.out[i * c.head_dim + d] != 0 && gpu.out[i * c.head_dim + d] != 0x8000) ++empty_row_nonzero;
+        }
+      } else if (!std::isfinite(got)) {
+        ++lse_mismatch;
+      } else {
+        e_lse = std::max(e_lse, std::fabs(got - want));
       }
-    } else if (!std::isfinite(got)) {
-      ++lse_mismatch;
-    } else {
-      e_lse = std::max(e_lse, std::fabs(got - want));
     }
-  }
-  const Tolerance tol = tolerance_for(c.dtype);
-  bool ok = e_out <= tol.out && e_dq <= tol.grad && e_dk <= tol.grad && e_dv <= tol.grad && e_lse <= tol.lse &&
-            lse_mismatch == 0 && empty_row_nonzero == 0;
-  // (NaN comparisons are false, so a NaN error fails.)
-  std::string extra;
-  if (lse_mismatch) extra += " lse_inf_mismatch=" + std::to_string(lse_mismatch);
-  if (empty_row_nonzero) extra += " empty_row_nonzero=" + std::to_string(empty_row_nonzero);
+    const Tolerance tol = tolerance_for(c.dtype);
+    bool ok = e_out <= tol.out && e_dq <= tol.grad && e_dk <= tol.grad && e_dv <= tol.grad && e_lse <= tol.lse &&
+              lse_mismatch == 0 && empty_row_nonzero == 0;
+    // (NaN comparisons are false, so a NaN error fails.)
+    std::string extra;
+    if (lse_mismatch) extra += " lse_inf_mismatch=" + std::to_string(lse_mismatch);
+    if (empty_row_nonzero) extra += " empty_row_nonzero=" + std::to_string(empty_row_nonzero);
 
-  if (c.check_determinism) {
-    GpuResult again;
-    if (!run_gpu(c, q, k, v, dout, &again)) {
-      std::printf("FAIL %-52s GPU error (second run): %s\n", c.name.c_str(), error);
-      return false;
+    if (c.check_determinism) {
+      GpuResult again;
+      if (!run_gpu(c, q, k, v, dout, deterministic, &again)) {
+        std::printf("FAIL %-59s GPU error (second run): %s\n", label.c_str(), error);
+        all_ok = false;
+        continue;
+      }
+      // Fast mode: dk, dv, out and lse have no atomics and must still repeat bit for bit; dq may differ in
+      // its last bits (atomic order), which is reported, not failed.
+      const bool same_rest = again.out == gpu.out && again.dk == gpu.dk && again.dv == gpu.dv &&
+                             std::memcmp(again.lse.data(), gpu.lse.data(), gpu.lse.size() * sizeof(float)) == 0;
+      const bool same_dq = again.dq == gpu.dq;
+      if (deterministic) {
+        extra += same_rest && same_dq ? " deterministic" : " NOT_DETERMINISTIC";
+        ok = ok && same_rest && same_dq;
+      } else {
+        extra += same_rest ? " dk/dv repeat" : " DK_DV_NOT_REPEATABLE";
+        extra += same_dq ? ", dq repeat" : ", dq differs in last bits (atomics)";
+        ok = ok && same_rest;
+      }
     }
-    const bool same = again.out == gpu.out && again.dq == gpu.dq && again.dk == gpu.dk && again.dv == gpu.dv &&
-                      std::memcmp(again.lse.data(), gpu.lse.data(), gpu.lse.size() * sizeof(float)) == 0;
-    extra += same ? " deterministic" : " NOT_DETERMINISTIC";
-    ok = ok && same;
+    std::printf(
+        "%s %-59s out %.2e lse %.1e dq %.2e dk %.2e dv %.2e (slices %zu, q %d, k %d, h %d/%d, d %d, %s%s)%s\n",
+        ok ? "PASS" : "FAIL", label.c_str(), e_out, e_lse, e_dq, e_dk, e_dv, c.slices.size(), c.total_q, c.total_k,
+        c.hq, c.hkv, c.head_dim, c.dtype == MAGI_FFA_DTYPE_BFLOAT16 ? "bf16" : "fp16", c.softcap > 0 ? ", softcap" : "",
+        extra.c_str());
+    std::fflush(stdout);
+    all_ok = all_ok && ok;
   }
-  std::printf("%s %-52s out %.2e lse %.1e dq %.2e dk %.2e dv %.2e (slices %zu, q %d, k %d, h %d/%d, d %d, %s%s)%s\n",
-              ok ? "PASS" : "FAIL", c.name.c_str(), e_out, e_lse, e_dq, e_dk, e_dv, c.slices.size(), c.total_q,
-              c.total_k, c.hq, c.hkv, c.head_dim, c.dtype == MAGI_FFA_DTYPE_BFLOAT16 ? "bf16" : "fp16",
-              c.softcap > 0 ? ", softcap" : "", extra.c_str());
-  std::fflush(stdout);
-  return ok;
+  return all_ok;
 }
 
 // Bad arguments must come back as statuses with messages, never crash.
@@ -1232,6 +1281,7 @@ bool run_api_checks() {
 int main(int argc, char** argv) {
   bool quick = false, list = false, cpu_replay = false, bench = false;
   std::string filter;
+  std::vector<int32_t> bwd_modes = {0, 1};  // backward deterministic flag values to run
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--quick") {
@@ -1244,8 +1294,23 @@ int main(int argc, char** argv) {
       list = true;
     } else if (arg == "--filter" && i + 1 < argc) {
       filter = argv[++i];
+    } else if (arg == "--bwd-mode" && i + 1 < argc) {
+      const std::string mode = argv[++i];
+      if (mode == "fast") {
+        bwd_modes = {0};
+      } else if (mode == "deterministic") {
+        bwd_modes = {1};
+      } else if (mode == "both") {
+        bwd_modes = {0, 1};
+      } else {
+        std::fprintf(stderr, "--bwd-mode takes fast, deterministic or both (got %s)\n", mode.c_str());
+        return 2;
+      }
     } else {
-      std::fprintf(stderr, "usage: %s [--quick] [--filter SUBSTRING] [--list] [--cpu-replay] [--bench]\n", argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--quick] [--filter SUBSTRING] [--list] [--cpu-replay] [--bench] "
+                   "[--bwd-mode fast|deterministic|both]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -1254,7 +1319,7 @@ int main(int argc, char** argv) {
     for (const Case& c : make_cases()) {
       if (quick && !c.quick) continue;
       if (!filter.empty() && c.name.find(filter) == std::string::npos) continue;
-      if (run_replay_case(c)) ++passed; else ++failed;
+      if (run_replay_case(c, bwd_modes)) ++passed; else ++failed;
     }
     std::printf("%d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;
@@ -1275,7 +1340,7 @@ int main(int argc, char** argv) {
     bool ok = true;
     for (const BenchCase& b : make_bench_cases()) {
       if (!filter.empty() && b.name.find(filter) == std::string::npos) continue;
-      if (!run_bench_case(b, 5, 5)) {
+      if (!run_bench_case(b, 5, 5, bwd_modes)) {
         std::printf("bench %s failed: %s\n", b.name.c_str(), error);
         ok = false;
       }
@@ -1293,7 +1358,7 @@ int main(int argc, char** argv) {
       std::printf("%s\n", c.name.c_str());
       continue;
     }
-    if (run_case(c)) ++passed; else ++failed;
+    if (run_case(c, bwd_modes)) ++passed; else ++failed;
   }
   if (list) return 0;
   std::printf("%d passed, %d failed\n", passed, failed);
