@@ -237,6 +237,21 @@ function soakSection(soakDir: string): string[] {
     return lines;
   }
   reports.sort((a, b) => a.report.date.localeCompare(b.report.date));
+  // compute-sanitizer logs of the soak (`soak-memcheck-*.txt`, the tail of the sanitizer's output).
+  try {
+    for (const entry of Deno.readDirSync(soakDir)) {
+      if (!entry.isFile || !/^soak-memcheck-.*\.txt$/.test(entry.name)) continue;
+      const text = Deno.readTextFileSync(`${soakDir}${entry.name}`);
+      const summary = text.match(/ERROR SUMMARY: \d+ errors?/)?.[0] ?? "no ERROR SUMMARY line";
+      const counts = text.match(/^\d+ passed, \d+ failed$/m)?.[0] ?? "no pass/fail line";
+      lines.push(
+        `- compute-sanitizer memcheck over the soak's first calls (\`${entry.name}\`): ${counts}; ${summary}.`,
+      );
+    }
+  } catch {
+    // No directory: no logs.
+  }
+  lines.push("");
   for (const { file, report } of reports) {
     const { calls, timing, memory, checks } = report;
     const samples = memory.samples.map((sample) =>

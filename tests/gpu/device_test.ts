@@ -69,13 +69,16 @@ Deno.test({
   name: "device: dispose twice is safe, returns the memory, and use after dispose names the fix",
   ignore,
   async fn() {
-    const bytes = 256 * 1024 * 1024;
+    const bytes = 1024 * 1024 * 1024;
+    // Allocations come from a stream-ordered pool that reserves memory in chunks and may already hold a
+    // partly used chunk: compare with a 64 MiB slack, far below the 1 GiB allocated.
+    const slack = 64 * 1024 * 1024;
     await synchronize();
     const before = deviceMemoryInfo().freeBytes;
     const device = emptyDevice([bytes / 2], "bfloat16");
     const during = deviceMemoryInfo().freeBytes;
     assert.ok(
-      before - during >= bytes,
+      before - during >= bytes - slack,
       `allocating ${bytes} bytes lowered free memory by ${before - during}`,
     );
     device.dispose();
@@ -83,7 +86,7 @@ Deno.test({
     assert.equal(device.disposed, true);
     await synchronize(); // a stream-ordered allocator returns freed memory at synchronization
     const after = deviceMemoryInfo().freeBytes;
-    assert.ok(after - during >= bytes, `dispose() gave back ${after - during} of ${bytes} bytes`);
+    assert.ok(after - during >= bytes - slack, `dispose() gave back ${after - during} of ${bytes} bytes`);
     assert.throws(() => device.pointer, /used after dispose\(\)\. Fix: keep the tensor alive/);
     await assert.rejects(() => toHost(device), /used after dispose/);
   },
