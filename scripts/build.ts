@@ -14,6 +14,7 @@ import denoConfig from "../deno.json" with { type: "json" };
 export const LIBRARY_SOURCES: readonly string[] = Object.freeze([
   "magi_ffa.cu",
   "ffa_fwd.cu",
+  "ffa_fwd_sm90.cu",
   "ffa_bwd.cu",
 ]);
 
@@ -26,6 +27,10 @@ export const LIBRARY_HEADERS: readonly string[] = Object.freeze([
   "ffa_mask.cuh",
   "ffa_plan.cuh",
   "ffa_walkers.cuh",
+  "ffa_sm90_fwd.cuh",
+  "ffa_sm90_ptx.cuh",
+  "ffa_sm90_selftest.cuh",
+  "ffa_sm90_wgmma.cuh",
 ]);
 
 /** The standalone GPU self-test program, relative to `ffi/cuda/`. */

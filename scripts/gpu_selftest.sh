@@ -17,6 +17,22 @@ fi
 status=0
 echo "== full self-test (backward in both modes: fast = fused dQ atomics, deterministic = atomic-free)"
 "$selftest" --bwd-mode both || status=1
+# The forward kernels explicitly: sm80 (mma.sync) everywhere, sm90 (wgmma + TMA) on sm_90 devices (the
+# runs above pick sm90 by themselves there).
+echo "== full self-test --fwd-kernel sm80 (backward fast mode)"
+"$selftest" --fwd-kernel sm80 --bwd-mode fast || status=1
+cap="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' ')"
+if [[ "$cap" == "9.0" ]]; then
+  echo "== full self-test --fwd-kernel sm90 (backward fast mode)"
+  "$selftest" --fwd-kernel sm90 --bwd-mode fast || status=1
+  cuobjdump_bin="$(command -v cuobjdump || true)"
+  [[ -z "$cuobjdump_bin" && -x /usr/local/cuda/bin/cuobjdump ]] && cuobjdump_bin=/usr/local/cuda/bin/cuobjdump
+  if [[ -n "$cuobjdump_bin" ]]; then
+    echo "== HGMMA instructions in the library: $("$cuobjdump_bin" --dump-sass "$build_dir/libmagi_ffa.so" | grep -c HGMMA)"
+  fi
+else
+  echo "== compute capability '$cap' is not 9.0: no --fwd-kernel sm90 run"
+fi
 
 sanitizer="$(command -v compute-sanitizer || true)"
 if [[ -z "$sanitizer" && -x /usr/local/cuda/bin/compute-sanitizer ]]; then
@@ -41,9 +57,19 @@ else
   done
   echo "== compute-sanitizer --tool memcheck (all --quick cases)"
   "$sanitizer" --tool memcheck --error-exitcode 99 "$selftest" --quick || status=1
+  if [[ "$cap" == "9.0" ]]; then
+    # The Hopper forward (TMA, mbarriers, V tail zeroing, TMA store) on two small cases.
+    for tool in memcheck racecheck; do
+      for filter in sm90_kv_tail_over_nan_padding sm90_many_slices_one_tile; do
+        echo "== compute-sanitizer --tool $tool --fwd-kernel sm90 ($filter)"
+        "$sanitizer" --tool "$tool" --error-exitcode 99 "$selftest" --fwd-kernel sm90 --bwd-mode fast \
+          --filter "$filter" || status=1
+      done
+    done
+  fi
 fi
 
-echo "== timings (bf16; backward in both modes)"
+echo "== timings (bf16; backward in both modes; the forward once per kernel: sm80, and sm90 on sm_90 devices)"
 "$selftest" --bench --bwd-mode both || status=1
 
 if [[ $status -eq 0 ]]; then echo "gpu_selftest: ALL OK"; else echo "gpu_selftest: FAILURES"; fi

@@ -15,6 +15,7 @@
 
 #include "ffa_internal.cuh"
 #include "ffa_plan.cuh"
+#include "ffa_sm90_fwd.cuh"
 #include "magi_ffa.h"
 
 using magi_ffa::build_key_tiles;
@@ -438,7 +439,14 @@ int32_t magi_ffa_forward(const void* q, const void* k, const void* v, void* out,
   params.scale_log2 = softmax_scale * magi_ffa::kLog2eHost;
   params.softcap = softcap;
   params.plan = host_plan->device_plan;
-  const cudaError_t err = magi_ffa::launch_forward(params, head_dim, dtype, static_cast<cudaStream_t>(stream));
+  // The Hopper kernel on sm_90 devices (MAGI_FFA_FWD_KERNEL=sm80 / sm90 forces one).
+  const char* why_not = nullptr;
+  const int kernel = magi_ffa::select_forward_kernel(head_dim, dtype, &why_not);
+  if (kernel < 0) return fail(MAGI_FFA_E_UNSUPPORTED, "%s: %s", kFn, why_not);
+  const cudaError_t err =
+      kernel == magi_ffa::kForwardKernelSm90
+          ? magi_ffa::launch_forward_sm90(params, head_dim, dtype, static_cast<cudaStream_t>(stream))
+          : magi_ffa::launch_forward(params, head_dim, dtype, static_cast<cudaStream_t>(stream));
   if (err != cudaSuccess) return cuda_fail(kFn, "launching the forward kernel", err);
   return 0;
 }

@@ -32,6 +32,7 @@
 
 #include "ffa_internal.cuh"
 #include "ffa_plan.cuh"
+#include "ffa_sm90_selftest.cuh"
 #include "ffa_walkers.cuh"
 #include "magi_ffa.h"
 
@@ -753,6 +754,7 @@ std::vector<BenchCase> make_bench_cases() {
 std::vector<Case> make_cases() {
   std::vector<Case> cases;
   auto add = [&](Case c) { cases.push_back(std::move(c)); };
+  magi_ffa_selftest::add_sm90_forward_cases(&cases);  // forward-kernel edges (ffa_sm90_selftest.cuh)
   const int FP = MAGI_FFA_DTYPE_FLOAT16;
   const int F = 0, C = 1, IC = 2, BC = 3;
 
@@ -1279,6 +1281,8 @@ bool run_api_checks() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // --fwd-kernel sm80|sm90 (and --bench once per forward kernel): ffa_sm90_selftest.cuh.
+  if (const int status = magi_ffa_selftest::fwd_kernel_flag(&argc, argv); status >= 0) return status;
   bool quick = false, list = false, cpu_replay = false, bench = false;
   std::string filter;
   std::vector<int32_t> bwd_modes = {0, 1};  // backward deterministic flag values to run

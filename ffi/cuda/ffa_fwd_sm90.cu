@@ -1,0 +1,548 @@
+// ffa_fwd_sm90.cu: the Hopper (sm_90a) FFA forward: TMA loads into 128-byte-swizzled shared memory,
+// wgmma for S = Q K^T (both operands from shared memory) and O += P V (P from registers, V read
+// transposed from shared memory through the descriptor's transpose bit), warp specialization.
+//
+// One CTA per (query tile of 128 rows, query head), launched costliest tile first (the plan's order).
+// Three warpgroups: warpgroup 0 is the producer (one warp issues every TMA load; its registers are given
+// up with setmaxnreg), warpgroups 1 and 2 are consumers, each owning 64 query rows of the tile. K and V
+// tiles of 128 keys flow through a 2-stage ring guarded by mbarriers: full_k / full_v (TMA bytes landed)
+// and empty_k / empty_v (all 8 consumer warps are done reading; K is released as soon as S is computed).
+//
+// The CTA walks every slice touching its rows (the plan's forward CSR list) and every key tile those rows
+// can see (ffa_walkers.cuh: the same walker the sm80 kernel and the CPU replay use), keeping one online
+// softmax per row over the union: rows shared by several slices merge exactly, no atomics, deterministic.
+// Key tiles start at a slice's first visible key (TMA takes any coordinate); keys past the tensor end are
+// zero-filled by TMA, keys past the last visible key inside the tensor (another document, padding that
+// may hold NaN) are zeroed in the V stage by the producer before it is released (0 * NaN would leak into
+// P V); in S they are masked. Rows no slice makes visible end with out = 0, lse = -inf.
+//
+// Consumer loop (per warpgroup, per key tile j), with the softmax of tile j overlapping the P V product
+// of tile j-1 on the tensor cores:
+//   issue S_j = Q K_j^T; issue O += P_{j-1} V_{j-1}; wait S_j; release K_j; softmax(S_j) in fp32;
+//   wait P V; release V_{j-1}; rescale O; P_j = bf16(S_j).
+#include <cuda.h>  // CUtensorMap and the driver enums (types only: no libcuda link)
+#include <cudaTypedefs.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <type_traits>
+
+#include "ffa_common.cuh"
+#include "ffa_internal.cuh"
+#include "ffa_launch.cuh"
+#include "ffa_sm90_fwd.cuh"
+#include "ffa_sm90_ptx.cuh"
+#include "ffa_walkers.cuh"
+#include "magi_ffa.h"
+
+namespace magi_ffa {
+namespace {
+
+constexpr int kSm90BlockM = 128;  // query rows per CTA: two consumer warpgroups x 64
+constexpr int kSm90BlockN = 128;  // keys per pipeline stage
+constexpr int kSm90Stages = 2;
+constexpr int kSm90Threads = 384;  // producer warpgroup + 2 consumer warpgroups
+static_assert(kSm90BlockM == kFwdBlockM, "the plan's forward tile lists are built for kFwdBlockM rows");
+
+struct Sm90FwdArgs {
+  CUtensorMap tm_q;  // (D, hq, total_q), box (64, 1, 128)
+  CUtensorMap tm_k;  // (D, hkv, total_k), box (64, 1, 128)
+  CUtensorMap tm_v;
+  CUtensorMap tm_o;  // (D, hq, total_q), box (64, 1, 64): each consumer warpgroup stores its 64 rows
+  FwdParams p;
+};
+
+template <int D>
+struct Sm90Layout {
+  static constexpr int kBoxes = D / 64;                       // 64-column boxes per row (128 B each)
+  static constexpr int kQBox = kSm90BlockM * 128;             // bytes of one Q box (128 rows)
+  static constexpr int kKVBox = kSm90BlockN * 128;            // bytes of one K or V box (128 keys)
+  static constexpr int kQBytes = kBoxes * kQBox;
+  static constexpr int kKVStage = kBoxes * kKVBox;
+  static constexpr int kOffQ = 0;
+  static constexpr int kOffK = kOffQ + kQBytes;
+  static constexpr int kOffV = kOffK + kSm90Stages * kKVStage;
+  static constexpr int kOffBar = kOffV + kSm90Stages * kKVStage;
+  // barriers: q_full, vtmp, full_k[S], full_v[S], empty_k[S], empty_v[S]
+  static constexpr int kNumBars = 2 + 4 * kSm90Stages;
+  static constexpr int kBytes = kOffBar + kNumBars * 8;
+  static constexpr size_t kSmemBytes = static_cast<size_t>(kBytes) + 1024;  // + alignment slack
+};
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const __grid_constant__ Sm90FwdArgs args) {
+#if defined(MAGI_FFA_SM90_ENABLED)
+  using namespace sm90;
+  using L = Sm90Layout<D>;
+  constexpr int BM = kSm90BlockM;
+  constexpr int BN = kSm90BlockN;
+  constexpr int S = kSm90Stages;
+  constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
+  // Register split (setmaxnreg): 128 x 40 + 256 x 232 = 64512 of the SM's 65536.
+  constexpr int kProducerRegs = 40;
+  constexpr int kConsumerRegs = 232;
+  const FwdParams& p = args.p;
+
+  extern __shared__ unsigned char smem_raw[];
+  // 1024-byte alignment: the 128-byte swizzle pattern repeats every 8 rows of 128 B.
+  const uint32_t raw_addr = smem_u32(smem_raw);
+  const uint32_t base = (raw_addr + 1023u) & ~1023u;
+  unsigned char* smem = smem_raw + (base - raw_addr);
+  const uint32_t sQ = base + L::kOffQ;
+  const uint32_t sK = base + L::kOffK;
+  const uint32_t sV = base + L::kOffV;
+  const uint32_t bar0 = base + L::kOffBar;
+  const uint32_t bar_q = bar0;
+  const uint32_t bar_vtmp = bar0 + 8;
+  auto bar_full_k = [&](int s) { return bar0 + 16 + 8 * s; };
+  auto bar_full_v = [&](int s) { return bar0 + 16 + 8 * (S + s); };
+  auto bar_empty_k = [&](int s) { return bar0 + 16 + 8 * (2 * S + s); };
+  auto bar_empty_v = [&](int s) { return bar0 + 16 + 8 * (3 * S + s); };
+
+  const int work = blockIdx.x;
+  const int h = work % p.hq;
+  const int tile = p.plan.fwd.order[work / p.hq];
+  const int m0 = tile * BM;
+  const int hk = h / p.group;
+  const int total_q = p.plan.total_q;
+  const int total_k = p.plan.total_k;
+  const int warpgroup = threadIdx.x / 128;
+  const int lane = threadIdx.x & 31;
+
+  if (threadIdx.x == 0) {
+    mbar_init(bar_q, 1);
+    mbar_init(bar_vtmp, 1);
+    for (int s = 0; s < S; ++s) {
+      mbar_init(bar_full_k(s), 1);
+      mbar_init(bar_full_v(s), 1);
+      mbar_init(bar_empty_k(s), 8);  // one arrival per consumer warp
+      mbar_init(bar_empty_v(s), 8);
+    }
+    fence_mbar_init();
+  }
+  __syncthreads();
+
+  QueryTileWalker<BM, BN> it;
+  it.slices = p.plan.slices;
+  it.list = p.plan.fwd.slices;
+  it.pos = p.plan.fwd.offsets[tile];
+  it.end = p.plan.fwd.offsets[tile + 1];
+  it.m0 = m0;
+
+  if (warpgroup == 0) {
+    // ---------------------------------------------------------------- producer
+    setmaxnreg_dec<kProducerRegs>();
+    if (threadIdx.x >= 32) return;
+    if (lane == 0) {
+      prefetch_tensor_map(&args.tm_q);
+      prefetch_tensor_map(&args.tm_k);
+      prefetch_tensor_map(&args.tm_v);
+      mbar_arrive_expect_tx(bar_q, L::kQBytes);
+#pragma unroll
+      for (int b = 0; b < L::kBoxes; ++b) tma_load_3d(sQ + b * L::kQBox, &args.tm_q, b * 64, h, m0, bar_q);
+    }
+    bool valid = it.next_slice();
+    int step = 0;
+    uint32_t vtmp_phase = 0;
+    while (valid) {
+      const int n0 = it.n0;
+      const int k_hi = it.k_hi;
+      valid = it.advance();
+      const int s = step % S;
+      const uint32_t use = static_cast<uint32_t>(step / S);
+      if (lane == 0) {
+        if (step >= S) mbar_wait(bar_empty_k(s), (use - 1) & 1);
+        mbar_arrive_expect_tx(bar_full_k(s), L::kKVStage);
+#pragma unroll
+        for (int b = 0; b < L::kBoxes; ++b) {
+          tma_load_3d(sK + s * L::kKVStage + b * L::kKVBox, &args.tm_k, b * 64, hk, n0, bar_full_k(s));
+        }
+      }
+      if (step >= S) mbar_wait(bar_empty_v(s), (use - 1) & 1);
+      // Keys [k_hi, min(n0 + BN, total_k)) are in the tensor but nobody in this step may see them: zero
+      // them in V (TMA zero-fills only past the tensor end).
+      const int tail_lo = k_hi - n0;
+      const int tail_hi = imin(BN, total_k - n0);
+      const uint32_t v_dst = sV + s * L::kKVStage;
+      if (tail_lo < tail_hi) {
+        if (lane == 0) {
+          mbar_arrive_expect_tx(bar_vtmp, L::kKVStage);
+#pragma unroll
+          for (int b = 0; b < L::kBoxes; ++b) {
+            tma_load_3d(v_dst + b * L::kKVBox, &args.tm_v, b * 64, hk, n0, bar_vtmp);
+          }
+        }
+        mbar_wait(bar_vtmp, vtmp_phase);
+        vtmp_phase ^= 1;
+        // Whole 128-byte rows are zeroed, so the swizzle does not matter.
+        const int chunks = (tail_hi - tail_lo) * 8;  // 16-byte chunks per box
+        unsigned char* v_box0 = smem + (v_dst - base);
+#pragma unroll
+        for (int b = 0; b < L::kBoxes; ++b) {
+          uint4* dst = reinterpret_cast<uint4*>(v_box0 + b * L::kKVBox + tail_lo * 128);
+          for (int c = lane; c < chunks; c += 32) dst[c] = make_uint4(0, 0, 0, 0);
+        }
+        fence_proxy_async_smem();
+        __syncwarp();
+        if (lane == 0) mbar_arrive(bar_full_v(s));
+      } else if (lane == 0) {
+        mbar_arrive_expect_tx(bar_full_v(s), L::kKVStage);
+#pragma unroll
+        for (int b = 0; b < L::kBoxes; ++b) {
+          tma_load_3d(v_dst + b * L::kKVBox, &args.tm_v, b * 64, hk, n0, bar_full_v(s));
+        }
+      }
+      ++step;
+    }
+    return;
+  }
+
+  // ------------------------------------------------------------------ consumers
+  setmaxnreg_inc<kConsumerRegs>();
+  const int cw = warpgroup - 1;                   // consumer warpgroup: rows [m0 + 64 cw, + 64)
+  const int warp_in_wg = (threadIdx.x / 32) & 3;  // warp within the warpgroup
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  const int wg_row0 = m0 + 64 * cw;
+  const int row_of[2] = {wg_row0 + 16 * warp_in_wg + g, wg_row0 + 16 * warp_in_wg + g + 8};
+
+  const bool softcap_on = p.softcap > 0.f;
+  const float cap_in = softcap_on ? p.scale / p.softcap : 0.f;  // raw score -> tanh argument
+  const float cap_out = p.softcap * kLog2e;                      // tanh -> log2-domain score
+  // Scores stay raw (or capped, already log2-scaled) in S; mult brings them to the log2 domain inside
+  // the exp2's FMA.
+  const float mult = softcap_on ? 1.f : p.scale_log2;
+
+  float o[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+  float row_max[2] = {-INFINITY, -INFINITY};  // in raw score units
+  float row_sum[2] = {0.f, 0.f};              // this thread's partial sums
+  float sacc[BN / 2];
+  uint32_t pfrag[BN / 16][4];
+
+  // Q descriptor of k-chunk kk (16 head-dim columns) for this warpgroup's 64 rows.
+  auto desc_q = [&](int kk) {
+    return make_desc_sw128(sQ + (kk / 4) * L::kQBox + cw * 64 * 128 + (kk % 4) * 32, 16, 1024);
+  };
+  auto desc_k = [&](int s, int kk) {
+    return make_desc_sw128(sK + s * L::kKVStage + (kk / 4) * L::kKVBox + (kk % 4) * 32, 16, 1024);
+  };
+  // V (transposed read) for keys [16 kc, 16 kc + 16): LBO = distance between the 64-column boxes.
+  auto desc_v = [&](int s, int kc) { return make_desc_sw128(sV + s * L::kKVStage + kc * 16 * 128, L::kKVBox, 1024); };
+
+  mbar_wait(bar_q, 0);
+
+  // Scores of one key tile -> probabilities (in place, fp32), with the online-softmax state update.
+  // Returns the factor the running O rows must be multiplied by.
+  auto softmax_tile = [&](const Slice& slice, int n0, float (&rescale)[2]) {
+    if (softcap_on) {
+#pragma unroll
+      for (int i = 0; i < BN / 2; ++i) sacc[i] = tanhf(sacc[i] * cap_in) * cap_out;
+    }
+    if (tile_needs_mask(slice, wg_row0, 64, n0, BN)) {
+      // Keys [lo, hi) of each of the thread's two rows (empty for a row outside the slice's rows).
+      int lo[2], hi[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = row_of[r];
+        const bool in = row >= slice.qs && row < slice.qe;
+        int l = slice.ks, e = slice.ke;
+        if (slice.type & kTypeCausalBit) e = imin(e, row + (slice.ke - slice.qe) + 1);
+        if (slice.type & kTypeInvCausalBit) l = imax(l, row + (slice.ks - slice.qs));
+        lo[r] = in ? l - n0 : 0;
+        hi[r] = in ? e - n0 : 0;
+      }
+#pragma unroll
+      for (int i = 0; i < BN / 2; ++i) {
+        const int r = (i >> 1) & 1;
+        const int j = 8 * (i >> 2) + 2 * t + (i & 1);
+        if (j < lo[r] || j >= hi[r]) sacc[i] = -INFINITY;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float tile_max = -INFINITY;
+#pragma unroll
+      for (int nb = 0; nb < BN / 8; ++nb) {
+        tile_max = fmaxf(tile_max, fmaxf(sacc[4 * nb + 2 * r], sacc[4 * nb + 2 * r + 1]));
+      }
+      tile_max = quad_max(tile_max);
+      const float new_max = fmaxf(row_max[r], tile_max);
+      // A row that has seen nothing yet keeps max -inf; subtracting 0 then keeps every exp2 at 0.
+      const float base_scaled = new_max == -INFINITY ? 0.f : new_max * mult;
+      rescale[r] = fast_exp2(row_max[r] * mult - base_scaled);
+      row_max[r] = new_max;
+      float sum = 0.f;
+#pragma unroll
+      for (int nb = 0; nb < BN / 8; ++nb) {
+        const float p0 = fast_exp2(fmaf(sacc[4 * nb + 2 * r], mult, -base_scaled));
+        const float p1 = fast_exp2(fmaf(sacc[4 * nb + 2 * r + 1], mult, -base_scaled));
+        sacc[4 * nb + 2 * r] = p0;
+        sacc[4 * nb + 2 * r + 1] = p1;
+        sum += p0 + p1;
+      }
+      row_sum[r] = row_sum[r] * rescale[r] + sum;
+    }
+  };
+  auto issue_qk = [&](int s) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) Wgmma<BN, kBf16>::ss(sacc, desc_q(kk), desc_k(s, kk), kk > 0 ? 1 : 0);
+    wgmma_commit();
+  };
+  auto issue_pv = [&](int s) {
+#pragma unroll
+    for (int kc = 0; kc < BN / 16; ++kc) Wgmma<D, kBf16>::rs(o, pfrag[kc], desc_v(s, kc), 1);
+    wgmma_commit();
+  };
+  auto to_pfrag = [&]() {
+#pragma unroll
+    for (int kc = 0; kc < BN / 16; ++kc) {
+      pfrag[kc][0] = Elem<T>::pack(sacc[8 * kc + 0], sacc[8 * kc + 1]);
+      pfrag[kc][1] = Elem<T>::pack(sacc[8 * kc + 2], sacc[8 * kc + 3]);
+      pfrag[kc][2] = Elem<T>::pack(sacc[8 * kc + 4], sacc[8 * kc + 5]);
+      pfrag[kc][3] = Elem<T>::pack(sacc[8 * kc + 6], sacc[8 * kc + 7]);
+    }
+  };
+
+  // Every step is computed by both warpgroups (a warpgroup whose rows see none of a tile's keys gets
+  // P = 0 from the mask): keeping the wgmmas out of data-dependent branches keeps them asynchronous.
+  bool valid = it.next_slice();
+  if (valid) {
+    Slice slice = it.slice;
+    int n0 = it.n0;
+    valid = it.advance();
+    // Step 0: S = Q K_0^T, softmax, P.
+    mbar_wait(bar_full_k(0), 0);
+    wgmma_fence();
+    issue_qk(0);
+    wgmma_wait<0>();
+    fence_regs(sacc);
+    if (lane == 0) mbar_arrive(bar_empty_k(0));
+    {
+      float rescale[2];
+      softmax_tile(slice, n0, rescale);
+    }
+    to_pfrag();
+    int prev_stage = 0;
+    uint32_t prev_parity = 0;
+    int step = 1;
+    while (valid) {
+      slice = it.slice;
+      n0 = it.n0;
+      valid = it.advance();
+      const int s = step % S;
+      const uint32_t parity = static_cast<uint32_t>(step / S) & 1;
+      mbar_wait(bar_full_k(s), parity);
+      mbar_wait(bar_full_v(prev_stage), prev_parity);
+      fence_regs(o);
+      fence_regs(pfrag);
+      wgmma_fence();
+      issue_qk(s);          // S_j = Q K_j^T
+      issue_pv(prev_stage);  // O += P_{j-1} V_{j-1}, runs under the softmax below
+      wgmma_wait<1>();
+      fence_regs(sacc);
+      if (lane == 0) mbar_arrive(bar_empty_k(s));
+      float rescale[2];
+      softmax_tile(slice, n0, rescale);
+      wgmma_wait<0>();
+      fence_regs(o);
+      fence_regs(pfrag);
+      if (lane == 0) mbar_arrive(bar_empty_v(prev_stage));
+#pragma unroll
+      for (int i = 0; i < D / 2; ++i) o[i] *= rescale[(i >> 1) & 1];
+      to_pfrag();
+      prev_stage = s;
+      prev_parity = parity;
+      ++step;
+    }
+    mbar_wait(bar_full_v(prev_stage), prev_parity);
+    fence_regs(o);
+    fence_regs(pfrag);
+    wgmma_fence();
+    issue_pv(prev_stage);
+    wgmma_wait<0>();
+    fence_regs(o);
+    if (lane == 0) mbar_arrive(bar_empty_v(prev_stage));
+  }
+
+  // ------------------------------------------------------------------ epilogue
+  float inv[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float sum = quad_sum(row_sum[r]);
+    const bool seen = sum > 0.f;
+    inv[r] = seen ? 1.f / sum : 0.f;
+    const float lse = seen ? (row_max[r] * mult + __log2f(sum)) * kLn2 : -INFINITY;
+    if (t == 0 && row_of[r] < total_q) p.lse[static_cast<int64_t>(row_of[r]) * p.hq + h] = lse;
+  }
+  // O (normalized, T) into this warpgroup's own rows of the Q buffer (only it read them, and its wgmmas
+  // are complete), in the 128-byte-swizzled box layout the output tensor map expects; then one TMA store
+  // per 64-column box (rows past total_q are clipped by TMA).
+  unsigned char* q_bytes = smem + L::kOffQ;
+#pragma unroll
+  for (int i = 0; i < D / 2; i += 2) {
+    const int r = (i >> 1) & 1;
+    const int row_local = 16 * warp_in_wg + g + 8 * r;  // 0..63 within the warpgroup
+    const int col = 8 * (i >> 2) + 2 * t;
+    const int box = col / 64;
+    const int chunk = (col % 64) / 8;
+    const int offset = box * L::kQBox + (64 * cw + row_local) * 128 + ((chunk ^ (row_local & 7)) << 4) + (col % 8) * 2;
+    *reinterpret_cast<uint32_t*>(q_bytes + offset) = Elem<T>::pack(o[i] * inv[r], o[i + 1] * inv[r]);
+  }
+  fence_proxy_async_smem();
+  named_barrier_sync(1 + cw, 128);
+  if ((threadIdx.x & 127) == 0) {
+#pragma unroll
+    for (int b = 0; b < L::kBoxes; ++b) {
+      tma_store_3d(&args.tm_o, b * 64, h, wg_row0, sQ + b * L::kQBox + cw * 64 * 128);
+    }
+    tma_store_commit();
+    tma_store_wait_all();
+  }
+  (void)total_k;
+#else
+  (void)args;
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Host side: tensor maps through the driver entry point (no libcuda link).
+PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = nullptr;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    void* pointer = nullptr;
+    cudaDriverEntryPointQueryResult query = cudaDriverEntryPointSymbolNotFound;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &pointer, 12000, cudaEnableDefault, &query) ==
+            cudaSuccess &&
+        query == cudaDriverEntryPointSuccess) {
+      fn = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(pointer);
+    }
+    (void)cudaGetLastError();
+  });
+  return fn;
+}
+
+// A thd tensor [rows, heads, D] as the 3-D tensor (D, heads, rows) with boxes of (64, 1, box_rows) and the
+// 128-byte swizzle; zero fill out of bounds.
+bool encode_thd(CUtensorMap* map, const void* pointer, int rows, int heads, int head_dim, int box_rows, int dtype) {
+  PFN_cuTensorMapEncodeTiled_v12000 fn = encode_fn();
+  if (fn == nullptr) return false;
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(heads),
+                              static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(head_dim) * 2,
+                                 static_cast<cuuint64_t>(head_dim) * 2 * static_cast<cuuint64_t>(heads)};
+  const cuuint32_t box[3] = {64, 1, static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  const CUtensorMapDataType type =
+      dtype == MAGI_FFA_DTYPE_BFLOAT16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  const CUresult result = fn(map, type, 3, const_cast<void*>(pointer), dims, strides, box, element_strides,
+                             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return result == CUDA_SUCCESS;
+}
+
+template <typename T, int D>
+cudaError_t launch_sm90_typed(const FwdParams& params, int dtype, cudaStream_t stream) {
+  using L = Sm90Layout<D>;
+  const int64_t blocks = static_cast<int64_t>(params.plan.fwd.num_tiles) * params.hq;
+  if (blocks == 0) return cudaSuccess;
+  if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  // No keys at all: nothing is visible, no K / V map can be built (a zero extent); the sm80 kernel writes
+  // the zeros and -inf.
+  if (params.plan.total_k == 0) return launch_forward(params, D, dtype, stream);
+  Sm90FwdArgs args;
+  args.p = params;
+  if (!encode_thd(&args.tm_q, params.q, params.plan.total_q, params.hq, D, kSm90BlockM, dtype) ||
+      !encode_thd(&args.tm_k, params.k, params.plan.total_k, params.hkv, D, kSm90BlockN, dtype) ||
+      !encode_thd(&args.tm_v, params.v, params.plan.total_k, params.hkv, D, kSm90BlockN, dtype) ||
+      !encode_thd(&args.tm_o, params.out, params.plan.total_q, params.hq, D, 64, dtype)) {
+    return cudaErrorInvalidValue;
+  }
+  cudaError_t err = ensure_dynamic_smem<ffa_forward_sm90_kernel<T, D>>(L::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  ffa_forward_sm90_kernel<T, D><<<static_cast<unsigned>(blocks), kSm90Threads, L::kSmemBytes, stream>>>(args);
+  return cudaGetLastError();
+}
+
+// MAGI_FFA_FWD_KERNEL, read once: 0 unset / empty (auto), 1 "sm80", 2 "sm90", 3 anything else.
+int forced_kernel_from_env() {
+  static const int forced = [] {
+    const char* value = std::getenv("MAGI_FFA_FWD_KERNEL");
+    if (value == nullptr || value[0] == '\0') return 0;
+    if (std::strcmp(value, "sm80") == 0) return 1;
+    if (std::strcmp(value, "sm90") == 0) return 2;
+    return 3;
+  }();
+  return forced;
+}
+
+// Whether the device is compute capability 9.0 (cached per device; -1 = not yet known).
+bool device_is_sm90(int device) {
+  constexpr int kCachedDevices = 64;
+  static std::atomic<int> cached[kCachedDevices] = {};  // 0 unknown, 1 yes, 2 no
+  if (device >= 0 && device < kCachedDevices) {
+    const int known = cached[device].load(std::memory_order_relaxed);
+    if (known != 0) return known == 1;
+  }
+  int major = 0, minor = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  const bool yes = major == 9 && minor == 0;
+  if (device >= 0 && device < kCachedDevices) cached[device].store(yes ? 1 : 2, std::memory_order_relaxed);
+  return yes;
+}
+
+}  // namespace
+
+int select_forward_kernel(int head_dim, int dtype, const char** why_not) {
+  const int forced = forced_kernel_from_env();
+  if (forced == 1) return kForwardKernelSm80;
+  if (forced == 3) {
+    *why_not = "the environment variable MAGI_FFA_FWD_KERNEL must be sm80, sm90 or unset";
+    return -1;
+  }
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    device = -1;
+  }
+  const bool sm90_device = device >= 0 && device_is_sm90(device);
+  const bool supported = sm90_forward_supported(head_dim, dtype);
+  if (forced == 2) {
+    if (!sm90_device) {
+      *why_not = "MAGI_FFA_FWD_KERNEL=sm90 but the current device is not sm_90 (unset it or use sm80)";
+      return -1;
+    }
+    if (!supported) {
+      *why_not = "MAGI_FFA_FWD_KERNEL=sm90 but the sm90 forward supports head_dim 64 / 128 in bf16 / fp16 only";
+      return -1;
+    }
+    return kForwardKernelSm90;
+  }
+  return sm90_device && supported ? kForwardKernelSm90 : kForwardKernelSm80;
+}
+
+bool sm90_forward_supported(int head_dim, int dtype) {
+  return (head_dim == 64 || head_dim == 128) &&
+         (dtype == MAGI_FFA_DTYPE_BFLOAT16 || dtype == MAGI_FFA_DTYPE_FLOAT16);
+}
+
+cudaError_t launch_forward_sm90(const FwdParams& params, int head_dim, int dtype, cudaStream_t stream) {
+  if (dtype == MAGI_FFA_DTYPE_BFLOAT16) {
+    if (head_dim == 64) return launch_sm90_typed<__nv_bfloat16, 64>(params, dtype, stream);
+    if (head_dim == 128) return launch_sm90_typed<__nv_bfloat16, 128>(params, dtype, stream);
+  } else if (dtype == MAGI_FFA_DTYPE_FLOAT16) {
+    if (head_dim == 64) return launch_sm90_typed<__half, 64>(params, dtype, stream);
+    if (head_dim == 128) return launch_sm90_typed<__half, 128>(params, dtype, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace magi_ffa

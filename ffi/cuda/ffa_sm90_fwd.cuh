@@ -1,0 +1,32 @@
+// ffa_sm90_fwd.cuh: host interface of the Hopper forward (ffa_fwd_sm90.cu): wgmma + TMA, warp-specialized.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "ffa_internal.cuh"
+
+namespace magi_ffa {
+
+// Whether the sm90 forward handles this head dim and dtype (MAGI_FFA_DTYPE_*) at all (the device must also
+// be sm_90; the caller checks that).
+bool sm90_forward_supported(int head_dim, int dtype);
+
+// Launches the sm90 forward (same contract as launch_forward). Returns cudaErrorInvalidValue for an
+// unsupported head dim / dtype, or the driver's failure to encode a tensor map as cudaErrorInvalidValue.
+cudaError_t launch_forward_sm90(const FwdParams& params, int head_dim, int dtype, cudaStream_t stream);
+
+}  // namespace magi_ffa
+
+namespace magi_ffa {
+
+constexpr int kForwardKernelSm80 = 0;
+constexpr int kForwardKernelSm90 = 1;
+
+// Picks the forward kernel for the current device: kForwardKernelSm90 on an sm_90 device when the head dim
+// and dtype are supported, else kForwardKernelSm80. The environment variable MAGI_FFA_FWD_KERNEL (read
+// once) forces one: "sm80", or "sm90" (then an unsupported device / head dim / dtype is an error). Returns
+// -1 with *why_not set (static text) when the forced choice is impossible or the variable's value is not
+// one of those.
+int select_forward_kernel(int head_dim, int dtype, const char** why_not);
+
+}  // namespace magi_ffa
