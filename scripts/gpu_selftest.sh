@@ -17,6 +17,11 @@ fi
 status=0
 echo "== full self-test (backward in both modes: fast = fused dQ atomics, deterministic = atomic-free)"
 "$selftest" --bwd-mode both || status=1
+echo "== fast backward with 64-key tiles (MAGI_FFA_BWD_BLOCK_N=64; the default is 128)"
+MAGI_FFA_BWD_BLOCK_N=64 "$selftest" --bwd-mode fast || status=1
+echo "== CPU replay of both backward schedules (no GPU needed)"
+"$selftest" --cpu-replay --bwd-mode both || status=1
+MAGI_FFA_BWD_BLOCK_N=64 "$selftest" --cpu-replay --bwd-mode fast || status=1
 # The forward kernels explicitly: sm80 (mma.sync) everywhere, sm90 (wgmma + TMA) on sm_90 devices (the
 # runs above pick sm90 by themselves there).
 echo "== full self-test --fwd-kernel sm80 (backward fast mode)"
@@ -71,6 +76,8 @@ fi
 
 echo "== timings (bf16; backward in both modes; the forward once per kernel: sm80, and sm90 on sm_90 devices)"
 "$selftest" --bench --bwd-mode both || status=1
+echo "== timings of the fast backward with 64-key tiles (MAGI_FFA_BWD_BLOCK_N=64)"
+MAGI_FFA_BWD_BLOCK_N=64 "$selftest" --bench --bwd-mode fast || status=1
 
 if [[ $status -eq 0 ]]; then echo "gpu_selftest: ALL OK"; else echo "gpu_selftest: FAILURES"; fi
 exit $status

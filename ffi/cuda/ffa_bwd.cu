@@ -15,6 +15,7 @@
 // tile pair); a last launch writes dq = accumulator * scale in the output dtype (rows that no slice covers
 // stay 0). Atomic order varies between runs, so dq may differ in the last bits; dk and dv do not.
 // With softcap c > 0 the logit is s = c * tanh(scale * x / c), so ds/dx = scale * (1 - (s / c)^2).
+#include "ffa_bwd_fused.cuh"
 #include "ffa_common.cuh"
 #include "ffa_internal.cuh"
 #include "ffa_launch.cuh"
@@ -101,19 +102,24 @@ __device__ __forceinline__ BwdPointwise make_pointwise(const BwdParams& p) {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// 2. dK / dV (and, in fast mode, dQ through atomics).
-template <typename T, int D, bool kFusedDq>
+// 2. dK / dV (and, in fast mode, dQ through atomics). BN keys per CTA: kDkvBlockN (the plan's dkv lists) or
+// kFusedBlockNWide (the wide lists, fast mode only).
+template <typename T, int D, int BN, bool kFusedDq>
 struct DkvTraits {
-  static constexpr int kBlockN = kDkvBlockN;  // keys per CTA, 16 per warp
+  static constexpr int kBlockN = BN;          // keys per CTA, 16 per warp
   static constexpr int kBlockM = kDkvBlockM;  // query rows per inner iteration (one pipeline stage)
   static constexpr int kSubM = dkv_sub_m(D);  // rows per compute step within a stage
   static_assert(kBlockM % kSubM == 0 && kSubM % 16 == 0, "sub-blocks of whole k16 steps");
-  static constexpr int kWarps = kDkvWarps;
+  static constexpr int kWarps = BN / 16;
   static constexpr int kThreads = kWarps * 32;
   static_assert(kBlockN == 16 * kWarps, "one warp per 16 keys");
   static_assert(2 * kBlockM <= kThreads, "lse and Delta are loaded by one thread per row each");
-  static_assert(kBlockM == 16 * kWarps, "fused dQ: one warp per 16 query rows of a stage");
-  static_assert(kBlockN <= 64, "the seen-key mask is one 64-bit word");
+  // Fused dQ: the stage's rows in bands of 16 (one per warp), the columns split among kDqColGroups warps.
+  static constexpr int kDqBands = kBlockM / 16;
+  static_assert(kWarps % kDqBands == 0, "fused dQ: whole row bands per warp group");
+  static constexpr int kDqColGroups = kWarps / kDqBands;
+  static_assert(D % (16 * kDqColGroups) == 0, "fused dQ: whole n16 column blocks per warp");
+  static_assert(kBlockN % 64 == 0, "the seen-key mask is whole 64-bit words");
   static constexpr int kTileKV = kBlockN * D;
   static constexpr int kTileQ = kBlockM * D;
   // dS^T of one stage, [kBlockN keys][kBlockM rows] swizzled (fast mode only).
@@ -123,25 +129,30 @@ struct DkvTraits {
 };
 
 // Fused dQ: columns accumulated per pass (bounds the live fp32 registers next to dK and dV at D = 128).
-constexpr int fused_dq_cols(int head_dim) { return head_dim > 64 ? 64 : head_dim; }
+constexpr int fused_dq_cols(int group_cols) { return group_cols > 64 ? 64 : group_cols; }
 
-// Keys of [n0, n0 + 64) that some slice of the tile's list shows (bit r = key n0 + r). Every key of a
-// non-empty slice's range is seen by some row of it, and the list holds only slices with visible cells in
-// the tile, so this is the union of the listed key ranges.
-__device__ __forceinline__ uint64_t seen_keys_of_tile(const Slice* slices, const int32_t* list, int pos, int end,
-                                                      int n0) {
-  uint64_t mask = 0;
+// Keys of [n0, n0 + 64 * WORDS) that some slice of the tile's list shows (bit r % 64 of word r / 64 = key
+// n0 + r). Every key of a non-empty slice's range is seen by some row of it, and the list holds only slices
+// with visible cells in the tile, so this is the union of the listed key ranges.
+template <int WORDS>
+__device__ __forceinline__ void seen_keys_of_tile(uint64_t (&mask)[WORDS], const Slice* slices,
+                                                  const int32_t* list, int pos, int end, int n0) {
+#pragma unroll
+  for (int w = 0; w < WORDS; ++w) mask[w] = 0;
   for (; pos < end; ++pos) {
     const Slice s = slices[list[pos]];
     if (slice_is_empty(s)) continue;
-    const int c0 = imax(n0, s.ks) - n0;
-    const int c1 = imin(n0 + 64, s.ke) - n0;
-    if (c0 >= c1) continue;
-    const uint64_t below_c1 = c1 >= 64 ? ~uint64_t{0} : ((uint64_t{1} << c1) - 1);
-    const uint64_t below_c0 = (uint64_t{1} << c0) - 1;
-    mask |= below_c1 & ~below_c0;
+#pragma unroll
+    for (int w = 0; w < WORDS; ++w) {
+      const int base = n0 + 64 * w;
+      const int c0 = imax(base, s.ks) - base;
+      const int c1 = imin(base + 64, s.ke) - base;
+      if (c0 >= c1) continue;
+      const uint64_t below_c1 = c1 >= 64 ? ~uint64_t{0} : ((uint64_t{1} << c1) - 1);
+      const uint64_t below_c0 = (uint64_t{1} << c0) - 1;
+      mask[w] |= below_c1 & ~below_c0;
+    }
   }
-  return mask;
 }
 
 // load_tile_async for a key tile where only rows whose bit is set in `seen` are read; the others are
@@ -149,7 +160,7 @@ __device__ __forceinline__ uint64_t seen_keys_of_tile(const Slice* slices, const
 // 0 * NaN would leak).
 template <int ROWS, int D, int THREADS, typename T>
 __device__ __forceinline__ void load_key_tile_async(T* smem, const T* base, int64_t stride, int row0, int limit,
-                                                    uint64_t seen, int tid) {
+                                                    const uint64_t (&seen)[ROWS / 64], int tid) {
   constexpr int kChunksPerRow = D / 8;
   constexpr int kChunks = ROWS * kChunksPerRow;
   static_assert(kChunks % THREADS == 0, "tile chunks must divide evenly among threads");
@@ -159,7 +170,11 @@ __device__ __forceinline__ void load_key_tile_async(T* smem, const T* base, int6
     const int row = idx / kChunksPerRow;
     const int chunk = idx % kChunksPerRow;
     const int grow = row0 + row;
-    const bool valid = grow < limit && ((seen >> row) & 1u) != 0;
+    // The word by compile-time indices only (a run-time index would put the array in local memory).
+    uint64_t word = seen[0];
+#pragma unroll
+    for (int w = 1; w < ROWS / 64; ++w) word = row >= 64 * w ? seen[w] : word;
+    const bool valid = grow < limit && ((word >> (row & 63)) & 1u) != 0;
     const T* src = valid ? base + static_cast<int64_t>(grow) * stride + chunk * 8 : base;
     cp_async16(smem + swizzle<D>(row, chunk), src, valid);
   }
@@ -194,11 +209,11 @@ __device__ __forceinline__ void atomic_add2(float* at, float x, float y) {
 #endif
 }
 
-template <typename T, int D, bool kFusedDq>
-__global__ void __launch_bounds__(DkvTraits<T, D, kFusedDq>::kThreads, 1)
-    ffa_bwd_dkdv_kernel(const BwdParams p, float* __restrict__ dq_accum) {
-  using Tr = DkvTraits<T, D, kFusedDq>;
-  constexpr int BN = Tr::kBlockN;
+// key_tiles: the plan's tile list of BN-key tiles (p.plan.dkv for BN = kDkvBlockN).
+template <typename T, int D, int BN, bool kFusedDq>
+__global__ void __launch_bounds__(DkvTraits<T, D, BN, kFusedDq>::kThreads, 1)
+    ffa_bwd_dkdv_kernel(const BwdParams p, const TileLists key_tiles, float* __restrict__ dq_accum) {
+  using Tr = DkvTraits<T, D, BN, kFusedDq>;
   constexpr int BM = Tr::kBlockM;
   constexpr int SUB = Tr::kSubM;
   constexpr int THREADS = Tr::kThreads;
@@ -220,7 +235,7 @@ __global__ void __launch_bounds__(DkvTraits<T, D, kFusedDq>::kThreads, 1)
 
   const int work = blockIdx.x;
   const int hk = work % p.hkv;
-  const int tile = p.plan.dkv.order[work / p.hkv];
+  const int tile = key_tiles.order[work / p.hkv];
   const int n0 = tile * BN;
   const int total_k = p.plan.total_k;
   const int64_t q_stride = static_cast<int64_t>(p.hq) * D;
@@ -230,9 +245,9 @@ __global__ void __launch_bounds__(DkvTraits<T, D, kFusedDq>::kThreads, 1)
 
   KeyTileWalker<BN, BM> it;
   it.slices = p.plan.slices;
-  it.list = p.plan.dkv.slices;
-  it.pos = p.plan.dkv.offsets[tile];
-  it.end = p.plan.dkv.offsets[tile + 1];
+  it.list = key_tiles.slices;
+  it.pos = key_tiles.offsets[tile];
+  it.end = key_tiles.offsets[tile + 1];
   it.n0 = n0;
   it.group = p.group;
   bool valid = it.next_slice();
@@ -261,8 +276,9 @@ __global__ void __launch_bounds__(DkvTraits<T, D, kFusedDq>::kThreads, 1)
 
   const T* k_base = static_cast<const T*>(p.k) + static_cast<int64_t>(hk) * D;
   if constexpr (kFusedDq) {
-    const uint64_t seen =
-        seen_keys_of_tile(p.plan.slices, p.plan.dkv.slices, p.plan.dkv.offsets[tile], p.plan.dkv.offsets[tile + 1], n0);
+    uint64_t seen[BN / 64];
+    seen_keys_of_tile<BN / 64>(seen, p.plan.slices, key_tiles.slices, key_tiles.offsets[tile],
+                               key_tiles.offsets[tile + 1], n0);
     load_key_tile_async<BN, D, THREADS>(sK, k_base, kv_stride, n0, total_k, seen, tid);
   } else {
     load_tile_async<BN, D, THREADS>(sK, k_base, kv_stride, n0, total_k, tid);
@@ -370,8 +386,12 @@ __global__ void __launch_bounds__(DkvTraits<T, D, kFusedDq>::kThreads, 1)
 
     if constexpr (kFusedDq) {
       __syncthreads();  // the stage's dS^T is complete
-      // dQ[rows, :] += dS[rows, keys] K[keys, :]; warp w owns the stage's rows [16w, 16w + 16).
-      const int row0 = step_m0 + warp * 16;
+      // dQ[rows, :] += dS[rows, keys] K[keys, :]; warp w owns the stage's rows [16 band, 16 band + 16) and
+      // column group w / kDqBands.
+      constexpr int kGroupCols = D / Tr::kDqColGroups;
+      const int band = warp % Tr::kDqBands;
+      const int col_group = warp / Tr::kDqBands;
+      const int row0 = step_m0 + band * 16;
       if (warp_rows_see_keys(slice, row0, n0, BN)) {
         // A fragments of dS (rows x keys) from the keys x rows tile: transposing ldmatrix; matrix L/8 of
         // the x4 is (keys +0 / +8) x (rows +0 / +8) in fragment order.
@@ -379,16 +399,17 @@ __global__ void __launch_bounds__(DkvTraits<T, D, kFusedDq>::kThreads, 1)
 #pragma unroll
         for (int kc = 0; kc < BN / 16; ++kc) {
           const int key = kc * 16 + (lane & 7) + ((lane >> 4) << 3);
-          const int chunk = warp * 2 + ((lane >> 3) & 1);
+          const int chunk = band * 2 + ((lane >> 3) & 1);
           ldsm_x4_trans(ds_frags[kc], sdS + swizzle<BM>(key, chunk));
         }
         const int row_lo = row0 + g;
         const int row_hi = row0 + g + 8;
         float* dq_lo = dq_accum + (static_cast<int64_t>(row_lo) * p.hq + step_head) * D;
         float* dq_hi = dq_accum + (static_cast<int64_t>(row_hi) * p.hq + step_head) * D;
-        constexpr int kDqCols = fused_dq_cols(D);
+        constexpr int kDqCols = fused_dq_cols(kGroupCols);
 #pragma unroll
-        for (int c0 = 0; c0 < D; c0 += kDqCols) {
+        for (int pass = 0; pass < kGroupCols / kDqCols; ++pass) {
+          const int c0 = col_group * kGroupCols + pass * kDqCols;
           float dq_acc[kDqCols / 8][4];
           zero_acc(dq_acc);
           gemm_pb_cols<BN, D, kDqCols, T>(dq_acc, ds_frags, sK, c0 / 8, lane);
@@ -574,22 +595,25 @@ __global__ void __launch_bounds__(256) ffa_bwd_dq_convert_kernel(const float* __
 }
 
 // ---------------------------------------------------------------------------------------------------
-template <typename T, int D, bool kFusedDq>
-cudaError_t launch_dkdv(const BwdParams& params, float* dq_accum, cudaStream_t stream) {
-  using Tr = DkvTraits<T, D, kFusedDq>;
-  const int64_t blocks = static_cast<int64_t>(params.plan.dkv.num_tiles) * params.hkv;
+template <typename T, int D, int BN, bool kFusedDq>
+cudaError_t launch_dkdv(const BwdParams& params, const TileLists& key_tiles, float* dq_accum,
+                        cudaStream_t stream) {
+  using Tr = DkvTraits<T, D, BN, kFusedDq>;
+  const int64_t blocks = static_cast<int64_t>(key_tiles.num_tiles) * params.hkv;
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
   if (blocks == 0) return cudaSuccess;
-  cudaError_t err = ensure_dynamic_smem<ffa_bwd_dkdv_kernel<T, D, kFusedDq>>(Tr::kSmemBytes);
+  cudaError_t err = ensure_dynamic_smem<ffa_bwd_dkdv_kernel<T, D, BN, kFusedDq>>(Tr::kSmemBytes);
   if (err != cudaSuccess) return err;
-  ffa_bwd_dkdv_kernel<T, D, kFusedDq>
-      <<<static_cast<unsigned>(blocks), Tr::kThreads, Tr::kSmemBytes, stream>>>(params, dq_accum);
+  ffa_bwd_dkdv_kernel<T, D, BN, kFusedDq>
+      <<<static_cast<unsigned>(blocks), Tr::kThreads, Tr::kSmemBytes, stream>>>(params, key_tiles, dq_accum);
   return cudaGetLastError();
 }
 
-// dq_accum: NULL for the deterministic path, else an fp32 [total_q, hq, D] workspace (zeroed here).
+// dq_accum: NULL for the deterministic path, else an fp32 [total_q, hq, D] workspace (zeroed here) and the
+// fused kernel walks wide_keys (tiles of kFusedBlockNWide keys) when fused_block_n() says so.
 template <typename T, int D>
-cudaError_t launch_backward_typed(const BwdParams& params, float* dq_accum, cudaStream_t stream) {
+cudaError_t launch_backward_typed(const BwdParams& params, const TileLists& wide_keys, float* dq_accum,
+                                  cudaStream_t stream) {
   const int64_t items = static_cast<int64_t>(params.plan.total_q) * params.hq;
   if (items > 0) {
     constexpr int kItemsPerBlock = 256 / (D / 8);
@@ -602,7 +626,9 @@ cudaError_t launch_backward_typed(const BwdParams& params, float* dq_accum, cuda
   }
 
   if (dq_accum != nullptr) {
-    cudaError_t err = launch_dkdv<T, D, true>(params, dq_accum, stream);
+    cudaError_t err = fused_block_n() == kFusedBlockNWide
+                          ? launch_dkdv<T, D, kFusedBlockNWide, true>(params, wide_keys, dq_accum, stream)
+                          : launch_dkdv<T, D, kDkvBlockN, true>(params, params.plan.dkv, dq_accum, stream);
     if (err != cudaSuccess) return err;
     const int64_t groups = items * (D / 8);
     if (groups > 0) {
@@ -616,7 +642,7 @@ cudaError_t launch_backward_typed(const BwdParams& params, float* dq_accum, cuda
     return cudaSuccess;
   }
 
-  cudaError_t err = launch_dkdv<T, D, false>(params, nullptr, stream);
+  cudaError_t err = launch_dkdv<T, D, kDkvBlockN, false>(params, params.plan.dkv, nullptr, stream);
   if (err != cudaSuccess) return err;
   {
     using Tr = DqTraits<T, D>;
@@ -633,14 +659,14 @@ cudaError_t launch_backward_typed(const BwdParams& params, float* dq_accum, cuda
   return cudaSuccess;
 }
 
-cudaError_t launch_backward_dispatch(const BwdParams& params, int head_dim, int dtype, float* dq_accum,
-                                     cudaStream_t stream) {
+cudaError_t launch_backward_dispatch(const BwdParams& params, const TileLists& wide_keys, int head_dim, int dtype,
+                                     float* dq_accum, cudaStream_t stream) {
   if (dtype == MAGI_FFA_DTYPE_BFLOAT16) {
-    if (head_dim == 64) return launch_backward_typed<__nv_bfloat16, 64>(params, dq_accum, stream);
-    if (head_dim == 128) return launch_backward_typed<__nv_bfloat16, 128>(params, dq_accum, stream);
+    if (head_dim == 64) return launch_backward_typed<__nv_bfloat16, 64>(params, wide_keys, dq_accum, stream);
+    if (head_dim == 128) return launch_backward_typed<__nv_bfloat16, 128>(params, wide_keys, dq_accum, stream);
   } else if (dtype == MAGI_FFA_DTYPE_FLOAT16) {
-    if (head_dim == 64) return launch_backward_typed<__half, 64>(params, dq_accum, stream);
-    if (head_dim == 128) return launch_backward_typed<__half, 128>(params, dq_accum, stream);
+    if (head_dim == 64) return launch_backward_typed<__half, 64>(params, wide_keys, dq_accum, stream);
+    if (head_dim == 128) return launch_backward_typed<__half, 128>(params, wide_keys, dq_accum, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -648,20 +674,20 @@ cudaError_t launch_backward_dispatch(const BwdParams& params, int head_dim, int 
 }  // namespace
 
 cudaError_t launch_backward(const BwdParams& params, int head_dim, int dtype, cudaStream_t stream) {
-  return launch_backward_dispatch(params, head_dim, dtype, nullptr, stream);
+  return launch_backward_dispatch(params, params.plan.dkv, head_dim, dtype, nullptr, stream);
 }
 
-// Declared in magi_ffa.cu (the backward entry point): deterministic = false takes the fused fast path with
-// its stream-ordered fp32 dQ workspace.
-cudaError_t launch_backward_mode(const BwdParams& params, int head_dim, int dtype, bool deterministic,
-                                 cudaStream_t stream) {
-  if (deterministic || params.plan.total_q == 0) return launch_backward_dispatch(params, head_dim, dtype, nullptr, stream);
+cudaError_t launch_backward_mode(const BwdParams& params, const TileLists& wide_keys, int head_dim, int dtype,
+                                 bool deterministic, cudaStream_t stream) {
+  if (deterministic || params.plan.total_q == 0) {
+    return launch_backward_dispatch(params, wide_keys, head_dim, dtype, nullptr, stream);
+  }
   float* dq_accum = nullptr;
   const size_t bytes = static_cast<size_t>(params.plan.total_q) * static_cast<size_t>(params.hq) *
                        static_cast<size_t>(head_dim) * sizeof(float);
   cudaError_t err = cudaMallocAsync(reinterpret_cast<void**>(&dq_accum), bytes, stream);
   if (err != cudaSuccess) return err;
-  err = launch_backward_dispatch(params, head_dim, dtype, dq_accum, stream);
+  err = launch_backward_dispatch(params, wide_keys, head_dim, dtype, dq_accum, stream);
   const cudaError_t free_err = cudaFreeAsync(dq_accum, stream);
   return err != cudaSuccess ? err : free_err;
 }

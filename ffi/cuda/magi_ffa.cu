@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "ffa_bwd_fused.cuh"
 #include "ffa_internal.cuh"
 #include "ffa_plan.cuh"
 #include "ffa_sm90_fwd.cuh"
@@ -23,13 +24,6 @@ using magi_ffa::build_query_tiles;
 using magi_ffa::DevicePlan;
 using magi_ffa::HostTileLists;
 using magi_ffa::Slice;
-
-namespace magi_ffa {
-// The backward with its mode (ffa_bwd.cu): deterministic = false is the fused fast path (fp32 atomics
-// into a dQ workspace it allocates on the stream); true is the atomic-free, bitwise-reproducible path.
-cudaError_t launch_backward_mode(const BwdParams& params, int head_dim, int dtype, bool deterministic,
-                                 cudaStream_t stream);
-}  // namespace magi_ffa
 
 namespace {
 
@@ -77,6 +71,7 @@ struct HostPlan {
   int32_t device;
   void* device_memory;
   DevicePlan device_plan;
+  magi_ffa::TileLists dkv_wide;  // key tiles of kFusedBlockNWide for the fast backward
 };
 
 size_t align_up(size_t value, size_t alignment) { return (value + alignment - 1) / alignment * alignment; }
@@ -350,12 +345,13 @@ int32_t magi_ffa_plan_create(void** plan, const int32_t* q_ranges, const int32_t
   int device = 0;
   MAGI_CUDA_CHECK(kFn, cudaGetDevice(&device));
 
-  HostTileLists fwd, dq, dkv;
+  HostTileLists fwd, dq, dkv, dkv_wide;
   std::vector<unsigned char> blob;
   try {
     fwd = build_query_tiles(slices, total_q, magi_ffa::kFwdBlockM);
     dq = build_query_tiles(slices, total_q, magi_ffa::kDqBlockM);
     dkv = build_key_tiles(slices, total_k, magi_ffa::kDkvBlockN);
+    dkv_wide = build_key_tiles(slices, total_k, magi_ffa::kFusedBlockNWide);
   } catch (const std::bad_alloc&) {
     return fail(MAGI_FFA_E_INVALID_ARGUMENT, "%s: out of host memory building the tile lists", kFn);
   }
@@ -363,6 +359,7 @@ int32_t magi_ffa_plan_create(void** plan, const int32_t* q_ranges, const int32_t
   const ListOffsets fwd_at = append_lists(&blob, fwd);
   const ListOffsets dq_at = append_lists(&blob, dq);
   const ListOffsets dkv_at = append_lists(&blob, dkv);
+  const ListOffsets dkv_wide_at = append_lists(&blob, dkv_wide);
 
   HostPlan* host_plan = new (std::nothrow) HostPlan();
   if (host_plan == nullptr) return fail(MAGI_FFA_E_INVALID_ARGUMENT, "%s: out of host memory", kFn);
@@ -388,6 +385,7 @@ int32_t magi_ffa_plan_create(void** plan, const int32_t* q_ranges, const int32_t
   dp.fwd = device_lists(base, fwd_at, fwd);
   dp.dq = device_lists(base, dq_at, dq);
   dp.dkv = device_lists(base, dkv_at, dkv);
+  host_plan->dkv_wide = device_lists(base, dkv_wide_at, dkv_wide);
   *plan = host_plan;
   return 0;
 }
@@ -500,8 +498,8 @@ int32_t magi_ffa_backward(const void* dout, const void* q, const void* k, const 
   params.scale_log2 = softmax_scale * magi_ffa::kLog2eHost;
   params.softcap = softcap;
   params.plan = host_plan->device_plan;
-  const cudaError_t err =
-      magi_ffa::launch_backward_mode(params, head_dim, dtype, deterministic != 0, cuda_stream);
+  const cudaError_t err = magi_ffa::launch_backward_mode(params, host_plan->dkv_wide, head_dim, dtype,
+                                                         deterministic != 0, cuda_stream);
   if (delta != nullptr) {
     const cudaError_t free_err = cudaFreeAsync(delta, cuda_stream);
     if (err == cudaSuccess && free_err != cudaSuccess) return cuda_fail(kFn, "cudaFreeAsync(delta)", free_err);

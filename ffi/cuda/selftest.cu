@@ -28,8 +28,10 @@
 #include <functional>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
+#include "ffa_bwd_fused.cuh"
 #include "ffa_internal.cuh"
 #include "ffa_plan.cuh"
 #include "ffa_sm90_selftest.cuh"
@@ -475,24 +477,28 @@ void replay(const Case& c, const std::vector<double>& q, const std::vector<doubl
     }
   }
 
-  // dK / dV: one CTA per (k tile, kv head), warps of 16 keys, stages of kDkvBlockM rows in sub-blocks.
-  for (int sub_d : {D}) {
-    const int SUB = dkv_sub_m(sub_d);
-    for (int tile = 0; tile < static_cast<int>(dkv.order.size()); ++tile) {
+  // dK / dV: one CTA per (k tile, kv head), warps of 16 keys, stages of kDkvBlockM rows in sub-blocks. The
+  // fast mode's fused kernel walks tiles of fused_block_n() keys (its own plan list).
+  auto replay_dkv = [&](auto block_n_constant) {
+    constexpr int BN = decltype(block_n_constant)::value;
+    const HostTileLists key_tiles = BN == kDkvBlockN ? dkv : build_key_tiles(slices, c.total_k, BN);
+    if (!is_permutation_of_tiles(key_tiles.order)) *problem += " key tile order is not a permutation;";
+    const int SUB = dkv_sub_m(D);
+    for (int tile = 0; tile < static_cast<int>(key_tiles.order.size()); ++tile) {
       for (int hk = 0; hk < c.hkv; ++hk) {
-        const int n0 = tile * kDkvBlockN;
-        KeyTileWalker<kDkvBlockN, kDkvBlockM> it{};
+        const int n0 = tile * BN;
+        KeyTileWalker<BN, kDkvBlockM> it{};
         it.slices = slices.data();
-        it.list = dkv.slices.data();
-        it.pos = dkv.offsets[tile];
-        it.end = dkv.offsets[tile + 1];
+        it.list = key_tiles.slices.data();
+        it.pos = key_tiles.offsets[tile];
+        it.end = key_tiles.offsets[tile + 1];
         it.n0 = n0;
         it.group = group;
         for (bool valid = it.next_slice(); valid; valid = it.advance()) {
           const int h = hk * group + it.head_in_group;
           for (int sub0 = 0; sub0 < kDkvBlockM; sub0 += SUB) {
             const int m0 = it.m0 + sub0;
-            for (int w = 0; w < kDkvWarps; ++w) {
+            for (int w = 0; w < BN / 16; ++w) {
               const int w0 = n0 + 16 * w;
               if (!warp_keys_seen_by_rows(it.slice, w0, m0, SUB)) continue;
               const bool masked = tile_needs_mask(it.slice, m0, SUB, w0, 16);
@@ -510,7 +516,7 @@ void replay(const Case& c, const std::vector<double>& q, const std::vector<doubl
                     // The fused dQ phase: the warp owning row i's 16-row band of the stage skips the step when
                     // its rows see none of the tile's keys; rows at or past q_hi are not added.
                     const int band0 = it.m0 + 16 * ((i - it.m0) / 16);
-                    if (i < it.q_hi && warp_rows_see_keys(it.slice, band0, n0, kDkvBlockN)) {
+                    if (i < it.q_hi && warp_rows_see_keys(it.slice, band0, n0, BN)) {
                       for (int d = 0; d < D; ++d) {
                         out->dq[(static_cast<size_t>(i) * c.hq + h) * D + d] += scale * ds * k_row(j, hk, d);
                       }
@@ -528,6 +534,11 @@ void replay(const Case& c, const std::vector<double>& q, const std::vector<doubl
         }
       }
     }
+  };
+  if (fused_dq && fused_block_n() == kFusedBlockNWide) {
+    replay_dkv(std::integral_constant<int, kFusedBlockNWide>{});
+  } else {
+    replay_dkv(std::integral_constant<int, kDkvBlockN>{});
   }
 
   // dQ: one CTA per (q tile, head), warps of 16 rows (deterministic mode only).
