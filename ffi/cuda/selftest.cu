@@ -758,6 +758,28 @@ std::vector<BenchCase> make_bench_cases() {
                 128};
     cases.push_back(b);
   }
+  cases.push_back({"full_16k_d128", {{0, 16384, 0, 16384, 0}}, 16384, 16, 16, 128});
+  {
+    // 64 causal documents of 256 tokens: few query stages per key tile (prologue / epilogue bound).
+    BenchCase b{"shortdocs_64x256_causal_16k_d128", {}, 16384, 16, 16, 128};
+    for (int n = 0; n < 64; ++n) b.slices.push_back({n * 256, n * 256 + 256, n * 256, n * 256 + 256, 1});
+    cases.push_back(b);
+  }
+  {
+    // Prefix tree: a 4k causal prompt, 8 causal branches of 1.5k that each also see the whole prompt.
+    BenchCase b{"prefix_tree_4k_8x1536_16k_d128", {{0, 4096, 0, 4096, 1}}, 16384, 16, 16, 128};
+    for (int n = 0; n < 8; ++n) {
+      const int start = 4096 + n * 1536;
+      b.slices.push_back({start, start + 1536, 0, 4096, 0});
+      b.slices.push_back({start, start + 1536, start, start + 1536, 1});
+    }
+    cases.push_back(b);
+  }
+  {
+    // MQA on a short sequence: few key tiles per kv head (grid underfill).
+    BenchCase b{"mqa_causal_2k_h32_1_d128", {{0, 2048, 0, 2048, 1}}, 2048, 32, 1, 128};
+    cases.push_back(b);
+  }
   return cases;
 }
 
