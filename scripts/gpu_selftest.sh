@@ -30,6 +30,11 @@ cap="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | he
 if [[ "$cap" == "9.0" ]]; then
   echo "== full self-test --fwd-kernel sm90 (backward fast mode)"
   "$selftest" --fwd-kernel sm90 --bwd-mode fast || status=1
+  # The sm90 forward is persistent (one CTA per SM); the cases are small, so force a few CTAs to make each
+  # run many (query tile, head) items in a row (ring phases and the Q / O buffers carried across items).
+  echo "== forward self-test --fwd-kernel sm90 with MAGI_FFA_SM90_CTAS=3 and =1"
+  MAGI_FFA_SM90_CTAS=3 "$selftest" --fwd-kernel sm90 --bwd-mode fast || status=1
+  MAGI_FFA_SM90_CTAS=1 "$selftest" --fwd-kernel sm90 --bwd-mode fast --quick || status=1
   cuobjdump_bin="$(command -v cuobjdump || true)"
   [[ -z "$cuobjdump_bin" && -x /usr/local/cuda/bin/cuobjdump ]] && cuobjdump_bin=/usr/local/cuda/bin/cuobjdump
   if [[ -n "$cuobjdump_bin" ]]; then
@@ -63,12 +68,13 @@ else
   echo "== compute-sanitizer --tool memcheck (all --quick cases)"
   "$sanitizer" --tool memcheck --error-exitcode 99 "$selftest" --quick || status=1
   if [[ "$cap" == "9.0" ]]; then
-    # The Hopper forward (TMA, mbarriers, V tail zeroing, TMA store) on two small cases.
+    # The Hopper forward (TMA, mbarriers, V tail zeroing, TMA store) on two small cases, 2 persistent CTAs
+    # (so each runs several items).
     for tool in memcheck racecheck; do
       for filter in sm90_kv_tail_over_nan_padding sm90_many_slices_one_tile; do
-        echo "== compute-sanitizer --tool $tool --fwd-kernel sm90 ($filter)"
-        "$sanitizer" --tool "$tool" --error-exitcode 99 "$selftest" --fwd-kernel sm90 --bwd-mode fast \
-          --filter "$filter" || status=1
+        echo "== compute-sanitizer --tool $tool --fwd-kernel sm90 ($filter, MAGI_FFA_SM90_CTAS=2)"
+        MAGI_FFA_SM90_CTAS=2 "$sanitizer" --tool "$tool" --error-exitcode 99 "$selftest" --fwd-kernel sm90 \
+          --bwd-mode fast --filter "$filter" || status=1
       done
     done
   fi

@@ -23,6 +23,7 @@
 #include <cuda.h>  // CUtensorMap and the driver enums (types only: no libcuda link)
 #include <cudaTypedefs.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -42,7 +43,6 @@ namespace {
 
 constexpr int kSm90BlockM = 128;  // query rows per CTA: two consumer warpgroups x 64
 constexpr int kSm90BlockN = 128;  // keys per pipeline stage
-constexpr int kSm90Stages = 2;
 constexpr int kSm90Threads = 384;  // producer warpgroup + 2 consumer warpgroups
 static_assert(kSm90BlockM == kFwdBlockM, "the plan's forward tile lists are built for kFwdBlockM rows");
 
@@ -52,23 +52,29 @@ struct Sm90FwdArgs {
   CUtensorMap tm_v;
   CUtensorMap tm_o;  // (D, hq, total_q), box (64, 1, 64): each consumer warpgroup stores its 64 rows
   FwdParams p;
+  int32_t num_items;  // query tiles x heads
 };
 
 template <int D>
 struct Sm90Layout {
-  static constexpr int kBoxes = D / 64;                       // 64-column boxes per row (128 B each)
-  static constexpr int kQBox = kSm90BlockM * 128;             // bytes of one Q box (128 rows)
-  static constexpr int kKVBox = kSm90BlockN * 128;            // bytes of one K or V box (128 keys)
+  // K/V ring depth: 2 stages of 64 KB at D = 128, 4 of 32 KB at D = 64.
+  static constexpr int kStages = D == 64 ? 4 : 2;
+  static constexpr int kBoxes = D / 64;            // 64-column boxes per row (128 B each)
+  static constexpr int kQBox = kSm90BlockM * 128;  // bytes of one Q (or O) box: 128 rows
+  static constexpr int kKVBox = kSm90BlockN * 128;  // bytes of one K or V box: 128 keys
   static constexpr int kQBytes = kBoxes * kQBox;
   static constexpr int kKVStage = kBoxes * kKVBox;
   static constexpr int kOffQ = 0;
-  static constexpr int kOffK = kOffQ + kQBytes;
-  static constexpr int kOffV = kOffK + kSm90Stages * kKVStage;
-  static constexpr int kOffBar = kOffV + kSm90Stages * kKVStage;
-  // barriers: q_full, vtmp, full_k[S], full_v[S], empty_k[S], empty_v[S]
-  static constexpr int kNumBars = 2 + 4 * kSm90Stages;
+  static constexpr int kOffO = kOffQ + kQBytes;  // O staging for the TMA store (apart from Q, so the next
+                                                 // item's Q can load during this item's epilogue)
+  static constexpr int kOffK = kOffO + kQBytes;
+  static constexpr int kOffV = kOffK + kStages * kKVStage;
+  static constexpr int kOffBar = kOffV + kStages * kKVStage;
+  // barriers: q_full, q_empty, vtmp, full_k[S], full_v[S], empty_k[S], empty_v[S]
+  static constexpr int kNumBars = 3 + 4 * kStages;
   static constexpr int kBytes = kOffBar + kNumBars * 8;
   static constexpr size_t kSmemBytes = static_cast<size_t>(kBytes) + 1024;  // + alignment slack
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory per block");
 };
 
 template <typename T, int D>
@@ -78,11 +84,15 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
   using L = Sm90Layout<D>;
   constexpr int BM = kSm90BlockM;
   constexpr int BN = kSm90BlockN;
-  constexpr int S = kSm90Stages;
+  constexpr int S = L::kStages;
   constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
   // Register split (setmaxnreg): 128 x 40 + 256 x 232 = 64512 of the SM's 65536.
   constexpr int kProducerRegs = 40;
   constexpr int kConsumerRegs = 232;
+  // Named barriers (0 is __syncthreads): 1 + cw = consumer warpgroup cw's own 128 threads (epilogue);
+  // 3 + cw = "warpgroup cw may issue its wgmmas now" (ping-pong of the two consumer warpgroups, 256).
+  constexpr int kBarEpilogue = 1;
+  constexpr int kBarSchedule = 3;
   const FwdParams& p = args.p;
 
   extern __shared__ unsigned char smem_raw[];
@@ -91,202 +101,162 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
   const uint32_t base = (raw_addr + 1023u) & ~1023u;
   unsigned char* smem = smem_raw + (base - raw_addr);
   const uint32_t sQ = base + L::kOffQ;
+  const uint32_t sO = base + L::kOffO;
   const uint32_t sK = base + L::kOffK;
   const uint32_t sV = base + L::kOffV;
   const uint32_t bar0 = base + L::kOffBar;
-  const uint32_t bar_q = bar0;
-  const uint32_t bar_vtmp = bar0 + 8;
-  auto bar_full_k = [&](int s) { return bar0 + 16 + 8 * s; };
-  auto bar_full_v = [&](int s) { return bar0 + 16 + 8 * (S + s); };
-  auto bar_empty_k = [&](int s) { return bar0 + 16 + 8 * (2 * S + s); };
-  auto bar_empty_v = [&](int s) { return bar0 + 16 + 8 * (3 * S + s); };
+  const uint32_t bar_q_full = bar0;
+  const uint32_t bar_q_empty = bar0 + 8;
+  const uint32_t bar_vtmp = bar0 + 16;
+  auto bar_full_k = [&](int s) { return bar0 + 24 + 8 * s; };
+  auto bar_full_v = [&](int s) { return bar0 + 24 + 8 * (S + s); };
+  auto bar_empty_k = [&](int s) { return bar0 + 24 + 8 * (2 * S + s); };
+  auto bar_empty_v = [&](int s) { return bar0 + 24 + 8 * (3 * S + s); };
 
-  const int work = blockIdx.x;
-  const int h = work % p.hq;
-  const int tile = p.plan.fwd.order[work / p.hq];
-  const int m0 = tile * BM;
-  const int hk = h / p.group;
   const int total_q = p.plan.total_q;
   const int total_k = p.plan.total_k;
   const int warpgroup = threadIdx.x / 128;
   const int lane = threadIdx.x & 31;
 
   if (threadIdx.x == 0) {
-    mbar_init(bar_q, 1);
+    mbar_init(bar_q_full, 1);
+    mbar_init(bar_q_empty, 8);  // one arrival per consumer warp
     mbar_init(bar_vtmp, 1);
     for (int s = 0; s < S; ++s) {
       mbar_init(bar_full_k(s), 1);
       mbar_init(bar_full_v(s), 1);
-      mbar_init(bar_empty_k(s), 8);  // one arrival per consumer warp
+      mbar_init(bar_empty_k(s), 8);
       mbar_init(bar_empty_v(s), 8);
     }
     fence_mbar_init();
   }
   __syncthreads();
 
-  QueryTileWalker<BM, BN> it;
-  it.slices = p.plan.slices;
-  it.list = p.plan.fwd.slices;
-  it.pos = p.plan.fwd.offsets[tile];
-  it.end = p.plan.fwd.offsets[tile + 1];
-  it.m0 = m0;
-
+  // Persistent CTAs: item w = (query tile order[w / hq], head w % hq), costliest tiles first; CTA b takes
+  // items b, b + gridDim.x, ... Each item is computed entirely by one CTA, so results do not depend on
+  // the assignment. The producer and both consumer warpgroups walk the same items and steps in the same
+  // order; ring stages and barrier phases run on across items.
   if (warpgroup == 0) {
-    // ---------------------------------------------------------------- producer
+    // ---------------------------------------------------------------- producer (one warp)
     setmaxnreg_dec<kProducerRegs>();
     if (threadIdx.x >= 32) return;
     if (lane == 0) {
       prefetch_tensor_map(&args.tm_q);
       prefetch_tensor_map(&args.tm_k);
       prefetch_tensor_map(&args.tm_v);
-      mbar_arrive_expect_tx(bar_q, L::kQBytes);
-#pragma unroll
-      for (int b = 0; b < L::kBoxes; ++b) tma_load_3d(sQ + b * L::kQBox, &args.tm_q, b * 64, h, m0, bar_q);
     }
-    bool valid = it.next_slice();
     int step = 0;
     uint32_t vtmp_phase = 0;
-    while (valid) {
-      const int n0 = it.n0;
-      const int k_hi = it.k_hi;
-      valid = it.advance();
-      const int s = step % S;
-      const uint32_t use = static_cast<uint32_t>(step / S);
+    int item_count = 0;
+    for (int w = blockIdx.x; w < args.num_items; w += gridDim.x, ++item_count) {
+      const int h = w % p.hq;
+      const int tile = p.plan.fwd.order[w / p.hq];
+      const int m0 = tile * BM;
+      const int hk = h / p.group;
       if (lane == 0) {
-        if (step >= S) mbar_wait(bar_empty_k(s), (use - 1) & 1);
-        mbar_arrive_expect_tx(bar_full_k(s), L::kKVStage);
+        // The consumers are done reading the previous item's Q (its last S = Q K^T has completed).
+        if (item_count > 0) mbar_wait(bar_q_empty, (item_count - 1) & 1);
+        mbar_arrive_expect_tx(bar_q_full, L::kQBytes);
 #pragma unroll
-        for (int b = 0; b < L::kBoxes; ++b) {
-          tma_load_3d(sK + s * L::kKVStage + b * L::kKVBox, &args.tm_k, b * 64, hk, n0, bar_full_k(s));
-        }
+        for (int b = 0; b < L::kBoxes; ++b) tma_load_3d(sQ + b * L::kQBox, &args.tm_q, b * 64, h, m0, bar_q_full);
       }
-      if (step >= S) mbar_wait(bar_empty_v(s), (use - 1) & 1);
-      // Keys [k_hi, min(n0 + BN, total_k)) are in the tensor but nobody in this step may see them: zero
-      // them in V (TMA zero-fills only past the tensor end).
-      const int tail_lo = k_hi - n0;
-      const int tail_hi = imin(BN, total_k - n0);
-      const uint32_t v_dst = sV + s * L::kKVStage;
-      if (tail_lo < tail_hi) {
+      QueryTileWalker<BM, BN> it;
+      it.slices = p.plan.slices;
+      it.list = p.plan.fwd.slices;
+      it.pos = p.plan.fwd.offsets[tile];
+      it.end = p.plan.fwd.offsets[tile + 1];
+      it.m0 = m0;
+      bool valid = it.next_slice();
+      while (valid) {
+        const int n0 = it.n0;
+        const int k_hi = it.k_hi;
+        valid = it.advance();
+        const int s = step % S;
+        const uint32_t use = static_cast<uint32_t>(step / S);
         if (lane == 0) {
-          mbar_arrive_expect_tx(bar_vtmp, L::kKVStage);
+          if (step >= S) mbar_wait(bar_empty_k(s), (use - 1) & 1);
+          mbar_arrive_expect_tx(bar_full_k(s), L::kKVStage);
 #pragma unroll
           for (int b = 0; b < L::kBoxes; ++b) {
-            tma_load_3d(v_dst + b * L::kKVBox, &args.tm_v, b * 64, hk, n0, bar_vtmp);
+            tma_load_3d(sK + s * L::kKVStage + b * L::kKVBox, &args.tm_k, b * 64, hk, n0, bar_full_k(s));
           }
         }
-        mbar_wait(bar_vtmp, vtmp_phase);
-        vtmp_phase ^= 1;
-        // Whole 128-byte rows are zeroed, so the swizzle does not matter.
-        const int chunks = (tail_hi - tail_lo) * 8;  // 16-byte chunks per box
-        unsigned char* v_box0 = smem + (v_dst - base);
+        if (step >= S) mbar_wait(bar_empty_v(s), (use - 1) & 1);
+        // Keys [k_hi, min(n0 + BN, total_k)) are in the tensor but nobody in this step may see them (another
+        // document, padding that may hold NaN): zero them in V, since 0 * NaN would leak into P V. TMA
+        // zero-fills only past the tensor end. In S they are masked.
+        const int tail_lo = k_hi - n0;
+        const int tail_hi = imin(BN, total_k - n0);
+        const uint32_t v_dst = sV + s * L::kKVStage;
+        if (tail_lo < tail_hi) {
+          if (lane == 0) {
+            mbar_arrive_expect_tx(bar_vtmp, L::kKVStage);
 #pragma unroll
-        for (int b = 0; b < L::kBoxes; ++b) {
-          uint4* dst = reinterpret_cast<uint4*>(v_box0 + b * L::kKVBox + tail_lo * 128);
-          for (int c = lane; c < chunks; c += 32) dst[c] = make_uint4(0, 0, 0, 0);
-        }
-        fence_proxy_async_smem();
-        __syncwarp();
-        if (lane == 0) mbar_arrive(bar_full_v(s));
-      } else if (lane == 0) {
-        mbar_arrive_expect_tx(bar_full_v(s), L::kKVStage);
+            for (int b = 0; b < L::kBoxes; ++b) tma_load_3d(v_dst + b * L::kKVBox, &args.tm_v, b * 64, hk, n0, bar_vtmp);
+          }
+          mbar_wait(bar_vtmp, vtmp_phase);
+          vtmp_phase ^= 1;
+          // Whole 128-byte rows are zeroed, so the swizzle does not matter.
+          const int chunks = (tail_hi - tail_lo) * 8;  // 16-byte chunks per box
+          unsigned char* v_stage = smem + (v_dst - base);
 #pragma unroll
-        for (int b = 0; b < L::kBoxes; ++b) {
-          tma_load_3d(v_dst + b * L::kKVBox, &args.tm_v, b * 64, hk, n0, bar_full_v(s));
+          for (int b = 0; b < L::kBoxes; ++b) {
+            uint4* dst = reinterpret_cast<uint4*>(v_stage + b * L::kKVBox + tail_lo * 128);
+            for (int c = lane; c < chunks; c += 32) dst[c] = make_uint4(0, 0, 0, 0);
+          }
+          fence_proxy_async_smem();  // the zeros, written by the generic proxy, before wgmma reads them
+          __syncwarp();
+          if (lane == 0) mbar_arrive(bar_full_v(s));
+        } else if (lane == 0) {
+          mbar_arrive_expect_tx(bar_full_v(s), L::kKVStage);
+#pragma unroll
+          for (int b = 0; b < L::kBoxes; ++b) {
+            tma_load_3d(v_dst + b * L::kKVBox, &args.tm_v, b * 64, hk, n0, bar_full_v(s));
+          }
         }
+        ++step;
       }
-      ++step;
     }
-    return;
-  }
-
+  } else {
   // ------------------------------------------------------------------ consumers
   setmaxnreg_inc<kConsumerRegs>();
-  const int cw = warpgroup - 1;                   // consumer warpgroup: rows [m0 + 64 cw, + 64)
+
+  const int cw = warpgroup - 1;                   // consumer warpgroup: rows [m0 + 64 cw, + 64) of a tile
   const int warp_in_wg = (threadIdx.x / 32) & 3;  // warp within the warpgroup
   const int g = lane >> 2;
   const int t = lane & 3;
-  const int wg_row0 = m0 + 64 * cw;
-  const int row_of[2] = {wg_row0 + 16 * warp_in_wg + g, wg_row0 + 16 * warp_in_wg + g + 8};
 
   const bool softcap_on = p.softcap > 0.f;
   const float cap_in = softcap_on ? p.scale / p.softcap : 0.f;  // raw score -> tanh argument
   const float cap_out = p.softcap * kLog2e;                      // tanh -> log2-domain score
-  // Scores stay raw (or capped, already log2-scaled) in S; mult brings them to the log2 domain inside
-  // the exp2's FMA.
+  // Scores stay raw (or capped, then already in the log2 domain) in S; mult brings them to the log2
+  // domain inside the exp2's FMA.
   const float mult = softcap_on ? 1.f : p.scale_log2;
 
   float o[D / 2];
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-  float row_max[2] = {-INFINITY, -INFINITY};  // in raw score units
-  float row_sum[2] = {0.f, 0.f};              // this thread's partial sums
   float sacc[BN / 2];
   uint32_t pfrag[BN / 16][4];
+  float row_max[2];  // in raw score units
+  float row_sum[2];  // this thread's partial sums
 
-  // Q descriptor of k-chunk kk (16 head-dim columns) for this warpgroup's 64 rows.
+  // Q descriptor of k-chunk kk (16 head-dim columns) for this warpgroup's 64 rows (K-major, 128-byte
+  // swizzle: +32 B per 16 columns inside a 128-byte row, the next box past 64 columns).
   auto desc_q = [&](int kk) {
     return make_desc_sw128(sQ + (kk / 4) * L::kQBox + cw * 64 * 128 + (kk % 4) * 32, 16, 1024);
   };
   auto desc_k = [&](int s, int kk) {
     return make_desc_sw128(sK + s * L::kKVStage + (kk / 4) * L::kKVBox + (kk % 4) * 32, 16, 1024);
   };
-  // V (transposed read) for keys [16 kc, 16 kc + 16): LBO = distance between the 64-column boxes.
+  // V read transposed (N-major B) for keys [16 kc, 16 kc + 16): LBO = distance between the 64-column
+  // boxes, SBO = next 8 keys.
   auto desc_v = [&](int s, int kc) { return make_desc_sw128(sV + s * L::kKVStage + kc * 16 * 128, L::kKVBox, 1024); };
 
-  mbar_wait(bar_q, 0);
+  // Ping-pong: warpgroup cw issues its wgmmas only after the other one issued its own, so one computes
+  // its softmax while the tensor cores run the other's products. Warpgroup 1 lets warpgroup 0 go first.
+  auto schedule_wait = [&]() { named_barrier_sync(kBarSchedule + cw, 256); };
+  auto schedule_pass = [&]() { named_barrier_arrive(kBarSchedule + (cw ^ 1), 256); };
+  if (cw == 1) named_barrier_arrive(kBarSchedule, 256);
 
-  // Scores of one key tile -> probabilities (in place, fp32), with the online-softmax state update.
-  // Returns the factor the running O rows must be multiplied by.
-  auto softmax_tile = [&](const Slice& slice, int n0, float (&rescale)[2]) {
-    if (softcap_on) {
-#pragma unroll
-      for (int i = 0; i < BN / 2; ++i) sacc[i] = tanhf(sacc[i] * cap_in) * cap_out;
-    }
-    if (tile_needs_mask(slice, wg_row0, 64, n0, BN)) {
-      // Keys [lo, hi) of each of the thread's two rows (empty for a row outside the slice's rows).
-      int lo[2], hi[2];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int row = row_of[r];
-        const bool in = row >= slice.qs && row < slice.qe;
-        int l = slice.ks, e = slice.ke;
-        if (slice.type & kTypeCausalBit) e = imin(e, row + (slice.ke - slice.qe) + 1);
-        if (slice.type & kTypeInvCausalBit) l = imax(l, row + (slice.ks - slice.qs));
-        lo[r] = in ? l - n0 : 0;
-        hi[r] = in ? e - n0 : 0;
-      }
-#pragma unroll
-      for (int i = 0; i < BN / 2; ++i) {
-        const int r = (i >> 1) & 1;
-        const int j = 8 * (i >> 2) + 2 * t + (i & 1);
-        if (j < lo[r] || j >= hi[r]) sacc[i] = -INFINITY;
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float tile_max = -INFINITY;
-#pragma unroll
-      for (int nb = 0; nb < BN / 8; ++nb) {
-        tile_max = fmaxf(tile_max, fmaxf(sacc[4 * nb + 2 * r], sacc[4 * nb + 2 * r + 1]));
-      }
-      tile_max = quad_max(tile_max);
-      const float new_max = fmaxf(row_max[r], tile_max);
-      // A row that has seen nothing yet keeps max -inf; subtracting 0 then keeps every exp2 at 0.
-      const float base_scaled = new_max == -INFINITY ? 0.f : new_max * mult;
-      rescale[r] = fast_exp2(row_max[r] * mult - base_scaled);
-      row_max[r] = new_max;
-      float sum = 0.f;
-#pragma unroll
-      for (int nb = 0; nb < BN / 8; ++nb) {
-        const float p0 = fast_exp2(fmaf(sacc[4 * nb + 2 * r], mult, -base_scaled));
-        const float p1 = fast_exp2(fmaf(sacc[4 * nb + 2 * r + 1], mult, -base_scaled));
-        sacc[4 * nb + 2 * r] = p0;
-        sacc[4 * nb + 2 * r + 1] = p1;
-        sum += p0 + p1;
-      }
-      row_sum[r] = row_sum[r] * rescale[r] + sum;
-    }
-  };
   auto issue_qk = [&](int s) {
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) Wgmma<BN, kBf16>::ss(sacc, desc_q(kk), desc_k(s, kk), kk > 0 ? 1 : 0);
@@ -307,102 +277,198 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
     }
   };
 
-  // Every step is computed by both warpgroups (a warpgroup whose rows see none of a tile's keys gets
-  // P = 0 from the mask): keeping the wgmmas out of data-dependent branches keeps them asynchronous.
-  bool valid = it.next_slice();
-  if (valid) {
-    Slice slice = it.slice;
-    int n0 = it.n0;
-    valid = it.advance();
-    // Step 0: S = Q K_0^T, softmax, P.
-    mbar_wait(bar_full_k(0), 0);
-    wgmma_fence();
-    issue_qk(0);
-    wgmma_wait<0>();
-    fence_regs(sacc);
-    if (lane == 0) mbar_arrive(bar_empty_k(0));
-    {
-      float rescale[2];
-      softmax_tile(slice, n0, rescale);
-    }
-    to_pfrag();
-    int prev_stage = 0;
-    uint32_t prev_parity = 0;
-    int step = 1;
-    while (valid) {
-      slice = it.slice;
-      n0 = it.n0;
+  int step = 0;
+  int item_count = 0;
+  for (int w = blockIdx.x; w < args.num_items; w += gridDim.x, ++item_count) {
+    const int h = w % p.hq;
+    const int tile = p.plan.fwd.order[w / p.hq];
+    const int m0 = tile * BM;
+    const int wg_row0 = m0 + 64 * cw;
+    const int row_of[2] = {wg_row0 + 16 * warp_in_wg + g, wg_row0 + 16 * warp_in_wg + g + 8};
+
+    // Scores of one key tile -> probabilities (in place, fp32) and the online-softmax state update;
+    // rescale gets the factor for the running O rows.
+    auto softmax_tile = [&](const Slice& slice, int n0, float (&rescale)[2]) {
+      if (softcap_on) {
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) sacc[i] = tanhf(sacc[i] * cap_in) * cap_out;
+      }
+      if (tile_needs_mask(slice, wg_row0, 64, n0, BN)) {
+        // Keys [lo, hi) (relative to n0) of the thread's two rows; empty for a row outside the slice.
+        int lo[2], hi[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int row = row_of[r];
+          const bool in = row >= slice.qs && row < slice.qe;
+          int l = slice.ks, e = slice.ke;
+          if (slice.type & kTypeCausalBit) e = imin(e, row + (slice.ke - slice.qe) + 1);
+          if (slice.type & kTypeInvCausalBit) l = imax(l, row + (slice.ks - slice.qs));
+          lo[r] = in ? l - n0 : 0;
+          hi[r] = in ? e - n0 : 0;
+        }
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) {
+          const int r = (i >> 1) & 1;
+          const int j = 8 * (i >> 2) + 2 * t + (i & 1);
+          if (j < lo[r] || j >= hi[r]) sacc[i] = -INFINITY;
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float tile_max = -INFINITY;
+#pragma unroll
+        for (int nb = 0; nb < BN / 8; ++nb) {
+          tile_max = fmaxf(tile_max, fmaxf(sacc[4 * nb + 2 * r], sacc[4 * nb + 2 * r + 1]));
+        }
+        tile_max = quad_max(tile_max);
+        const float new_max = fmaxf(row_max[r], tile_max);
+        // A row that has seen nothing yet keeps max -inf; subtracting 0 then keeps every exp2 at 0.
+        const float base_scaled = new_max == -INFINITY ? 0.f : new_max * mult;
+        rescale[r] = fast_exp2(row_max[r] * mult - base_scaled);
+        row_max[r] = new_max;
+        float sum = 0.f;
+#pragma unroll
+        for (int nb = 0; nb < BN / 8; ++nb) {
+          const float p0 = fast_exp2(fmaf(sacc[4 * nb + 2 * r], mult, -base_scaled));
+          const float p1 = fast_exp2(fmaf(sacc[4 * nb + 2 * r + 1], mult, -base_scaled));
+          sacc[4 * nb + 2 * r] = p0;
+          sacc[4 * nb + 2 * r + 1] = p1;
+          sum += p0 + p1;
+        }
+        row_sum[r] = row_sum[r] * rescale[r] + sum;
+      }
+    };
+
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+    row_max[0] = row_max[1] = -INFINITY;
+    row_sum[0] = row_sum[1] = 0.f;
+
+    QueryTileWalker<BM, BN> it;
+    it.slices = p.plan.slices;
+    it.list = p.plan.fwd.slices;
+    it.pos = p.plan.fwd.offsets[tile];
+    it.end = p.plan.fwd.offsets[tile + 1];
+    it.m0 = m0;
+
+    mbar_wait_plain(bar_q_full, item_count & 1);
+    // Every step is computed by both warpgroups (a warpgroup whose rows see none of a tile's keys gets
+    // P = 0 from the mask): keeping the wgmmas out of data-dependent branches keeps them asynchronous.
+    bool valid = it.next_slice();
+    if (valid) {
+      Slice slice = it.slice;
+      int n0 = it.n0;
       valid = it.advance();
-      const int s = step % S;
-      const uint32_t parity = static_cast<uint32_t>(step / S) & 1;
-      mbar_wait(bar_full_k(s), parity);
-      mbar_wait(bar_full_v(prev_stage), prev_parity);
+      // First step: S = Q K^T, softmax, P.
+      int s = step % S;
+      uint32_t parity = static_cast<uint32_t>(step / S) & 1;
+      mbar_wait_plain(bar_full_k(s), parity);
+      schedule_wait();
+      wgmma_fence();
+      issue_qk(s);
+      schedule_pass();
+      wgmma_wait<0>();
+      fence_regs(sacc);
+      if (lane == 0) {
+        mbar_arrive(bar_empty_k(s));
+        if (!valid) mbar_arrive(bar_q_empty);  // Q no longer read: the producer may load the next item's
+      }
+      {
+        float rescale[2];
+        softmax_tile(slice, n0, rescale);
+      }
+      to_pfrag();
+      int prev_stage = s;
+      uint32_t prev_parity = parity;
+      ++step;
+      while (valid) {
+        slice = it.slice;
+        n0 = it.n0;
+        valid = it.advance();
+        s = step % S;
+        parity = static_cast<uint32_t>(step / S) & 1;
+        mbar_wait_plain(bar_full_k(s), parity);
+        mbar_wait_plain(bar_full_v(prev_stage), prev_parity);
+        fence_regs(o);
+        fence_regs(pfrag);
+        schedule_wait();
+        wgmma_fence();
+        issue_qk(s);           // S_j = Q K_j^T
+        issue_pv(prev_stage);  // O += P_{j-1} V_{j-1}, on the tensor cores during the softmax below
+        schedule_pass();
+        wgmma_wait<1>();
+        fence_regs(sacc);
+        if (lane == 0) {
+          mbar_arrive(bar_empty_k(s));
+          if (!valid) mbar_arrive(bar_q_empty);
+        }
+        float rescale[2];
+        softmax_tile(slice, n0, rescale);
+        wgmma_wait<0>();
+        fence_regs(o);
+        fence_regs(pfrag);
+        if (lane == 0) mbar_arrive(bar_empty_v(prev_stage));
+#pragma unroll
+        for (int i = 0; i < D / 2; ++i) o[i] *= rescale[(i >> 1) & 1];
+        to_pfrag();
+        prev_stage = s;
+        prev_parity = parity;
+        ++step;
+      }
+      mbar_wait_plain(bar_full_v(prev_stage), prev_parity);
       fence_regs(o);
       fence_regs(pfrag);
+      schedule_wait();
       wgmma_fence();
-      issue_qk(s);          // S_j = Q K_j^T
-      issue_pv(prev_stage);  // O += P_{j-1} V_{j-1}, runs under the softmax below
-      wgmma_wait<1>();
-      fence_regs(sacc);
-      if (lane == 0) mbar_arrive(bar_empty_k(s));
-      float rescale[2];
-      softmax_tile(slice, n0, rescale);
+      issue_pv(prev_stage);
+      schedule_pass();
       wgmma_wait<0>();
       fence_regs(o);
-      fence_regs(pfrag);
       if (lane == 0) mbar_arrive(bar_empty_v(prev_stage));
-#pragma unroll
-      for (int i = 0; i < D / 2; ++i) o[i] *= rescale[(i >> 1) & 1];
-      to_pfrag();
-      prev_stage = s;
-      prev_parity = parity;
-      ++step;
+    } else if (lane == 0) {
+      mbar_arrive(bar_q_empty);  // no step: Q is not read at all
     }
-    mbar_wait(bar_full_v(prev_stage), prev_parity);
-    fence_regs(o);
-    fence_regs(pfrag);
-    wgmma_fence();
-    issue_pv(prev_stage);
-    wgmma_wait<0>();
-    fence_regs(o);
-    if (lane == 0) mbar_arrive(bar_empty_v(prev_stage));
-  }
 
-  // ------------------------------------------------------------------ epilogue
-  float inv[2];
+    // ---------------------------------------------------------------- epilogue of the item
+    float inv[2];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const float sum = quad_sum(row_sum[r]);
-    const bool seen = sum > 0.f;
-    inv[r] = seen ? 1.f / sum : 0.f;
-    const float lse = seen ? (row_max[r] * mult + __log2f(sum)) * kLn2 : -INFINITY;
-    if (t == 0 && row_of[r] < total_q) p.lse[static_cast<int64_t>(row_of[r]) * p.hq + h] = lse;
-  }
-  // O (normalized, T) into this warpgroup's own rows of the Q buffer (only it read them, and its wgmmas
-  // are complete), in the 128-byte-swizzled box layout the output tensor map expects; then one TMA store
-  // per 64-column box (rows past total_q are clipped by TMA).
-  unsigned char* q_bytes = smem + L::kOffQ;
-#pragma unroll
-  for (int i = 0; i < D / 2; i += 2) {
-    const int r = (i >> 1) & 1;
-    const int row_local = 16 * warp_in_wg + g + 8 * r;  // 0..63 within the warpgroup
-    const int col = 8 * (i >> 2) + 2 * t;
-    const int box = col / 64;
-    const int chunk = (col % 64) / 8;
-    const int offset = box * L::kQBox + (64 * cw + row_local) * 128 + ((chunk ^ (row_local & 7)) << 4) + (col % 8) * 2;
-    *reinterpret_cast<uint32_t*>(q_bytes + offset) = Elem<T>::pack(o[i] * inv[r], o[i + 1] * inv[r]);
-  }
-  fence_proxy_async_smem();
-  named_barrier_sync(1 + cw, 128);
-  if ((threadIdx.x & 127) == 0) {
-#pragma unroll
-    for (int b = 0; b < L::kBoxes; ++b) {
-      tma_store_3d(&args.tm_o, b * 64, h, wg_row0, sQ + b * L::kQBox + cw * 64 * 128);
+    for (int r = 0; r < 2; ++r) {
+      const float sum = quad_sum(row_sum[r]);
+      const bool seen = sum > 0.f;
+      inv[r] = seen ? 1.f / sum : 0.f;
+      const float lse = seen ? (row_max[r] * mult + __log2f(sum)) * kLn2 : -INFINITY;
+      if (t == 0 && row_of[r] < total_q) p.lse[static_cast<int64_t>(row_of[r]) * p.hq + h] = lse;
     }
-    tma_store_commit();
-    tma_store_wait_all();
+    // O (normalized, as T) into this warpgroup's rows of the O staging buffer in the 128-byte-swizzled
+    // box layout of the output tensor map, then one TMA store per 64-column box (rows past total_q are
+    // clipped by TMA). The previous item's store must have finished reading the buffer first.
+    if ((threadIdx.x & 127) == 0) tma_store_wait_read();
+    named_barrier_sync(kBarEpilogue + cw, 128);
+    unsigned char* o_bytes = smem + L::kOffO;
+#pragma unroll
+    for (int i = 0; i < D / 2; i += 2) {
+      const int r = (i >> 1) & 1;
+      const int row_local = 16 * warp_in_wg + g + 8 * r;  // 0..63 within the warpgroup
+      const int col = 8 * (i >> 2) + 2 * t;
+      const int box = col / 64;
+      const int chunk = (col % 64) / 8;
+      const int offset =
+          box * L::kQBox + (64 * cw + row_local) * 128 + ((chunk ^ (row_local & 7)) << 4) + (col % 8) * 2;
+      *reinterpret_cast<uint32_t*>(o_bytes + offset) = Elem<T>::pack(o[i] * inv[r], o[i + 1] * inv[r]);
+    }
+    fence_proxy_async_smem();  // generic stores before the TMA (async proxy) reads them
+    named_barrier_sync(kBarEpilogue + cw, 128);
+    if ((threadIdx.x & 127) == 0) {
+#pragma unroll
+      for (int b = 0; b < L::kBoxes; ++b) {
+        tma_store_3d(&args.tm_o, b * 64, h, wg_row0, sO + b * L::kQBox + cw * 64 * 128);
+      }
+      tma_store_commit();
+    }
   }
-  (void)total_k;
+  if (cw == 0) schedule_wait();  // takes warpgroup 1's last pass, so no arrival is left pending
+  if ((threadIdx.x & 127) == 0) tma_store_wait_all();
+  }
 #else
   (void)args;
 #endif
@@ -445,6 +511,38 @@ bool encode_thd(CUtensorMap* map, const void* pointer, int rows, int heads, int 
   return result == CUDA_SUCCESS;
 }
 
+// Persistent grid size: one CTA per SM of the current device (cached per device), or MAGI_FFA_SM90_CTAS
+// (read once; a test knob: a small value makes every CTA run many items).
+cudaError_t persistent_ctas(int* ctas) {
+  static const int forced = [] {
+    const char* value = std::getenv("MAGI_FFA_SM90_CTAS");
+    return value != nullptr ? std::atoi(value) : 0;
+  }();
+  if (forced > 0) {
+    *ctas = forced;
+    return cudaSuccess;
+  }
+  constexpr int kCachedDevices = 64;
+  static std::atomic<int> cached[kCachedDevices] = {};
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  if (device >= 0 && device < kCachedDevices) {
+    const int known = cached[device].load(std::memory_order_relaxed);
+    if (known > 0) {
+      *ctas = known;
+      return cudaSuccess;
+    }
+  }
+  int sms = 0;
+  err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return err;
+  sms = std::max(sms, 1);
+  if (device >= 0 && device < kCachedDevices) cached[device].store(sms, std::memory_order_relaxed);
+  *ctas = sms;
+  return cudaSuccess;
+}
+
 template <typename T, int D>
 cudaError_t launch_sm90_typed(const FwdParams& params, int dtype, cudaStream_t stream) {
   using L = Sm90Layout<D>;
@@ -462,9 +560,14 @@ cudaError_t launch_sm90_typed(const FwdParams& params, int dtype, cudaStream_t s
       !encode_thd(&args.tm_o, params.out, params.plan.total_q, params.hq, D, 64, dtype)) {
     return cudaErrorInvalidValue;
   }
-  cudaError_t err = ensure_dynamic_smem<ffa_forward_sm90_kernel<T, D>>(L::kSmemBytes);
+  args.num_items = static_cast<int32_t>(blocks);
+  int ctas = 0;
+  cudaError_t err = persistent_ctas(&ctas);
   if (err != cudaSuccess) return err;
-  ffa_forward_sm90_kernel<T, D><<<static_cast<unsigned>(blocks), kSm90Threads, L::kSmemBytes, stream>>>(args);
+  const int grid = static_cast<int>(std::min<int64_t>(blocks, ctas));
+  err = ensure_dynamic_smem<ffa_forward_sm90_kernel<T, D>>(L::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  ffa_forward_sm90_kernel<T, D><<<static_cast<unsigned>(grid), kSm90Threads, L::kSmemBytes, stream>>>(args);
   return cudaGetLastError();
 }
 
