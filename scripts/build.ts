@@ -31,6 +31,7 @@ export const LIBRARY_HEADERS: readonly string[] = Object.freeze([
   "ffa_sm90_ptx.cuh",
   "ffa_sm90_selftest.cuh",
   "ffa_sm90_wgmma.cuh",
+  "ffa_bwd_fused.cuh",
 ]);
 
 /** The standalone GPU self-test program, relative to `ffi/cuda/`. */
