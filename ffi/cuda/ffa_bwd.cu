@@ -209,10 +209,18 @@ __device__ __forceinline__ void atomic_add2(float* at, float x, float y) {
 #endif
 }
 
+// Fast-mode workspaces of the fused kernel (all NULL / 1 in deterministic mode).
+struct FusedWork {
+  float* dq_accum;  // [total_q, hq, D] fp32, zeroed by the delta kernel
+  float* dk_accum;  // [total_k, hkv, D] fp32, zeroed, only when head_splits > 1 (unscaled dK)
+  float* dv_accum;  // likewise for dV
+  int head_splits;  // CTAs per (key tile, kv head), each with group / head_splits query heads
+};
+
 // key_tiles: the plan's tile list of BN-key tiles (p.plan.dkv for BN = kDkvBlockN).
 template <typename T, int D, int BN, bool kFusedDq>
 __global__ void __launch_bounds__(DkvTraits<T, D, BN, kFusedDq>::kThreads, 1)
-    ffa_bwd_dkdv_kernel(const BwdParams p, const TileLists key_tiles, float* __restrict__ dq_accum) {
+    ffa_bwd_dkdv_kernel(const BwdParams p, const TileLists key_tiles, const FusedWork fw) {
   using Tr = DkvTraits<T, D, BN, kFusedDq>;
   constexpr int BM = Tr::kBlockM;
   constexpr int SUB = Tr::kSubM;
@@ -233,10 +241,16 @@ __global__ void __launch_bounds__(DkvTraits<T, D, BN, kFusedDq>::kThreads, 1)
   const int g = lane >> 2;
   const int t = lane & 3;
 
-  const int work = blockIdx.x;
+  // blockIdx = (tile rank, kv head, head split), split fastest (the splits of a tile run side by side).
+  const int splits = kFusedDq ? fw.head_splits : 1;
+  const int work = blockIdx.x / splits;
+  const int split = blockIdx.x % splits;
   const int hk = work % p.hkv;
   const int tile = key_tiles.order[work / p.hkv];
   const int n0 = tile * BN;
+  const int heads_per_cta = p.group / splits;
+  const int head0 = hk * p.group + split * heads_per_cta;  // first query head of this CTA
+  float* __restrict__ dq_accum = fw.dq_accum;
   const int total_k = p.plan.total_k;
   const int64_t q_stride = static_cast<int64_t>(p.hq) * D;
   const int64_t kv_stride = static_cast<int64_t>(p.hkv) * D;
@@ -249,12 +263,12 @@ __global__ void __launch_bounds__(DkvTraits<T, D, BN, kFusedDq>::kThreads, 1)
   it.pos = key_tiles.offsets[tile];
   it.end = key_tiles.offsets[tile + 1];
   it.n0 = n0;
-  it.group = p.group;
+  it.group = heads_per_cta;  // the walker's head index runs over this CTA's heads only
   bool valid = it.next_slice();
 
   // Loads the query-side operands of one walker step into a stage.
   auto load_stage = [&](int st, const KeyTileWalker<BN, BM>& w) {
-    const int h = hk * p.group + w.head_in_group;
+    const int h = head0 + w.head_in_group;
     // Rows past the last one that can see the key tile (w.q_hi <= total_q) are zero-filled, not loaded:
     // they may be uncovered padding holding NaN, and 0 * NaN would leak into dV / dK.
     load_tile_async<BM, D, THREADS>(sQ + st * Tr::kTileQ, q_base + static_cast<int64_t>(h) * D, q_stride, w.m0,
@@ -305,7 +319,7 @@ __global__ void __launch_bounds__(DkvTraits<T, D, BN, kFusedDq>::kThreads, 1)
     const Slice slice = it.slice;
     const int step_m0 = it.m0;
     const int step_q_hi = it.q_hi;
-    const int step_head = hk * p.group + it.head_in_group;
+    const int step_head = head0 + it.head_in_group;
     const bool has_next = it.advance();
     if (has_next) {
       load_stage(stage ^ 1, it);
@@ -430,14 +444,35 @@ __global__ void __launch_bounds__(DkvTraits<T, D, BN, kFusedDq>::kThreads, 1)
   }
   cp_async_wait<0>();  // the K/V group when the walk was empty
   __syncthreads();
+  const int hk_out = head0 / p.group;  // = hk, recomputed: one register fewer across the loop
+
+  if constexpr (kFusedDq) {
+    if (splits > 1) {
+      // Head-split CTAs share the tile's keys: add the unscaled sums into the fp32 workspaces.
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int key = key_of[r];
+        if (key >= total_k) continue;
+        float* dk_row = fw.dk_accum + (static_cast<int64_t>(key) * p.hkv + hk_out) * D;
+        float* dv_row = fw.dv_accum + (static_cast<int64_t>(key) * p.hkv + hk_out) * D;
+#pragma unroll
+        for (int nb = 0; nb < D / 8; ++nb) {
+          const int col = nb * 8 + 2 * t;
+          atomic_add2(dk_row + col, dk_acc[nb][2 * r], dk_acc[nb][2 * r + 1]);
+          atomic_add2(dv_row + col, dv_acc[nb][2 * r], dv_acc[nb][2 * r + 1]);
+        }
+      }
+      return;
+    }
+  }
 
   // Epilogue: each warp stages its own 16 rows of dK / dV through sK / sV (only it read them).
   store_acc_to_smem<D, T>(sK, warp * 16, dk_acc, p.scale, p.scale, lane);
   store_acc_to_smem<D, T>(sV, warp * 16, dv_acc, 1.f, 1.f, lane);
   __syncthreads();
-  store_tile<BN, D, THREADS>(static_cast<T*>(p.dk) + static_cast<int64_t>(hk) * D, kv_stride, n0, total_k, sK,
+  store_tile<BN, D, THREADS>(static_cast<T*>(p.dk) + static_cast<int64_t>(hk_out) * D, kv_stride, n0, total_k, sK,
                              tid);
-  store_tile<BN, D, THREADS>(static_cast<T*>(p.dv) + static_cast<int64_t>(hk) * D, kv_stride, n0, total_k, sV,
+  store_tile<BN, D, THREADS>(static_cast<T*>(p.dv) + static_cast<int64_t>(hk_out) * D, kv_stride, n0, total_k, sV,
                              tid);
 }
 
@@ -577,42 +612,54 @@ __global__ void __launch_bounds__(DqTraits<T, D>::kThreads, 1) ffa_bwd_dq_kernel
 }
 
 // ---------------------------------------------------------------------------------------------------
-// 4. Fast mode: dq = dq_accum * scale in the output dtype, 8 elements per thread (D is a multiple of 8).
+// 4. Fast mode: out = accum * scale in the output dtype (dq; dk / dv when heads were split), 8 elements per
+// thread (D is a multiple of 8).
 template <typename T>
-__global__ void __launch_bounds__(256) ffa_bwd_dq_convert_kernel(const float* __restrict__ dq_accum,
-                                                                 T* __restrict__ dq, float scale,
-                                                                 int64_t num_groups) {
+__global__ void __launch_bounds__(256) ffa_bwd_convert_kernel(const float* __restrict__ accum, T* __restrict__ out,
+                                                              float scale, int64_t num_groups) {
   const int64_t group = static_cast<int64_t>(blockIdx.x) * 256 + threadIdx.x;
   if (group >= num_groups) return;
-  const float4 a = reinterpret_cast<const float4*>(dq_accum)[2 * group];
-  const float4 b = reinterpret_cast<const float4*>(dq_accum)[2 * group + 1];
+  const float4 a = reinterpret_cast<const float4*>(accum)[2 * group];
+  const float4 b = reinterpret_cast<const float4*>(accum)[2 * group + 1];
   uint4 packed;
   packed.x = Elem<T>::pack(a.x * scale, a.y * scale);
   packed.y = Elem<T>::pack(a.z * scale, a.w * scale);
   packed.z = Elem<T>::pack(b.x * scale, b.y * scale);
   packed.w = Elem<T>::pack(b.z * scale, b.w * scale);
-  reinterpret_cast<uint4*>(dq)[group] = packed;
+  reinterpret_cast<uint4*>(out)[group] = packed;
+}
+
+template <typename T>
+cudaError_t launch_convert(const float* accum, void* out, float scale, int64_t elements, cudaStream_t stream) {
+  const int64_t groups = elements / 8;
+  if (groups <= 0) return cudaSuccess;
+  const int64_t blocks = (groups + 255) / 256;
+  if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  ffa_bwd_convert_kernel<T><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(accum, static_cast<T*>(out), scale,
+                                                                               groups);
+  return cudaGetLastError();
 }
 
 // ---------------------------------------------------------------------------------------------------
 template <typename T, int D, int BN, bool kFusedDq>
-cudaError_t launch_dkdv(const BwdParams& params, const TileLists& key_tiles, float* dq_accum,
+cudaError_t launch_dkdv(const BwdParams& params, const TileLists& key_tiles, const FusedWork& fw,
                         cudaStream_t stream) {
   using Tr = DkvTraits<T, D, BN, kFusedDq>;
-  const int64_t blocks = static_cast<int64_t>(key_tiles.num_tiles) * params.hkv;
+  const int64_t blocks = static_cast<int64_t>(key_tiles.num_tiles) * params.hkv * fw.head_splits;
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
   if (blocks == 0) return cudaSuccess;
   cudaError_t err = ensure_dynamic_smem<ffa_bwd_dkdv_kernel<T, D, BN, kFusedDq>>(Tr::kSmemBytes);
   if (err != cudaSuccess) return err;
   ffa_bwd_dkdv_kernel<T, D, BN, kFusedDq>
-      <<<static_cast<unsigned>(blocks), Tr::kThreads, Tr::kSmemBytes, stream>>>(params, key_tiles, dq_accum);
+      <<<static_cast<unsigned>(blocks), Tr::kThreads, Tr::kSmemBytes, stream>>>(params, key_tiles, fw);
   return cudaGetLastError();
 }
 
-// dq_accum: NULL for the deterministic path, else an fp32 [total_q, hq, D] workspace (zeroed here) and the
-// fused kernel walks wide_keys (tiles of kFusedBlockNWide keys) when fused_block_n() says so.
+// fw == nullptr: the deterministic path. Else the fused path on `fused_tiles` (kFusedBlockNWide or kDkvBlockN
+// keys, by fused_block_n()) with fw's zeroed-here dQ workspace (and dK / dV workspaces, zeroed by the caller,
+// when heads are split).
 template <typename T, int D>
-cudaError_t launch_backward_typed(const BwdParams& params, const TileLists& wide_keys, float* dq_accum,
+cudaError_t launch_backward_typed(const BwdParams& params, const TileLists& fused_tiles, const FusedWork* fw,
                                   cudaStream_t stream) {
   const int64_t items = static_cast<int64_t>(params.plan.total_q) * params.hq;
   if (items > 0) {
@@ -620,29 +667,31 @@ cudaError_t launch_backward_typed(const BwdParams& params, const TileLists& wide
     const int64_t blocks = (items + kItemsPerBlock - 1) / kItemsPerBlock;
     if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
     ffa_bwd_delta_kernel<T, D><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
-        static_cast<const T*>(params.dout), static_cast<const T*>(params.out), params.delta, dq_accum, items);
+        static_cast<const T*>(params.dout), static_cast<const T*>(params.out), params.delta,
+        fw != nullptr ? fw->dq_accum : nullptr, items);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
 
-  if (dq_accum != nullptr) {
+  if (fw != nullptr) {
     cudaError_t err = fused_block_n() == kFusedBlockNWide
-                          ? launch_dkdv<T, D, kFusedBlockNWide, true>(params, wide_keys, dq_accum, stream)
-                          : launch_dkdv<T, D, kDkvBlockN, true>(params, params.plan.dkv, dq_accum, stream);
+                          ? launch_dkdv<T, D, kFusedBlockNWide, true>(params, fused_tiles, *fw, stream)
+                          : launch_dkdv<T, D, kDkvBlockN, true>(params, fused_tiles, *fw, stream);
     if (err != cudaSuccess) return err;
-    const int64_t groups = items * (D / 8);
-    if (groups > 0) {
-      const int64_t blocks = (groups + 255) / 256;
-      if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
-      ffa_bwd_dq_convert_kernel<T><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
-          dq_accum, static_cast<T*>(params.dq), params.scale, groups);
-      err = cudaGetLastError();
+    err = launch_convert<T>(fw->dq_accum, params.dq, params.scale, items * D, stream);
+    if (err != cudaSuccess) return err;
+    if (fw->head_splits > 1) {
+      const int64_t kv_elements = static_cast<int64_t>(params.plan.total_k) * params.hkv * D;
+      err = launch_convert<T>(fw->dk_accum, params.dk, params.scale, kv_elements, stream);
+      if (err != cudaSuccess) return err;
+      err = launch_convert<T>(fw->dv_accum, params.dv, 1.f, kv_elements, stream);
       if (err != cudaSuccess) return err;
     }
     return cudaSuccess;
   }
 
-  cudaError_t err = launch_dkdv<T, D, kDkvBlockN, false>(params, params.plan.dkv, nullptr, stream);
+  const FusedWork none{nullptr, nullptr, nullptr, 1};
+  cudaError_t err = launch_dkdv<T, D, kDkvBlockN, false>(params, params.plan.dkv, none, stream);
   if (err != cudaSuccess) return err;
   {
     using Tr = DqTraits<T, D>;
@@ -659,14 +708,14 @@ cudaError_t launch_backward_typed(const BwdParams& params, const TileLists& wide
   return cudaSuccess;
 }
 
-cudaError_t launch_backward_dispatch(const BwdParams& params, const TileLists& wide_keys, int head_dim, int dtype,
-                                     float* dq_accum, cudaStream_t stream) {
+cudaError_t launch_backward_dispatch(const BwdParams& params, const TileLists& fused_tiles, int head_dim, int dtype,
+                                     const FusedWork* fw, cudaStream_t stream) {
   if (dtype == MAGI_FFA_DTYPE_BFLOAT16) {
-    if (head_dim == 64) return launch_backward_typed<__nv_bfloat16, 64>(params, wide_keys, dq_accum, stream);
-    if (head_dim == 128) return launch_backward_typed<__nv_bfloat16, 128>(params, wide_keys, dq_accum, stream);
+    if (head_dim == 64) return launch_backward_typed<__nv_bfloat16, 64>(params, fused_tiles, fw, stream);
+    if (head_dim == 128) return launch_backward_typed<__nv_bfloat16, 128>(params, fused_tiles, fw, stream);
   } else if (dtype == MAGI_FFA_DTYPE_FLOAT16) {
-    if (head_dim == 64) return launch_backward_typed<__half, 64>(params, wide_keys, dq_accum, stream);
-    if (head_dim == 128) return launch_backward_typed<__half, 128>(params, wide_keys, dq_accum, stream);
+    if (head_dim == 64) return launch_backward_typed<__half, 64>(params, fused_tiles, fw, stream);
+    if (head_dim == 128) return launch_backward_typed<__half, 128>(params, fused_tiles, fw, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -680,15 +729,31 @@ cudaError_t launch_backward(const BwdParams& params, int head_dim, int dtype, cu
 cudaError_t launch_backward_mode(const BwdParams& params, const TileLists& wide_keys, int head_dim, int dtype,
                                  bool deterministic, cudaStream_t stream) {
   if (deterministic || params.plan.total_q == 0) {
-    return launch_backward_dispatch(params, wide_keys, head_dim, dtype, nullptr, stream);
+    return launch_backward_dispatch(params, params.plan.dkv, head_dim, dtype, nullptr, stream);
   }
-  float* dq_accum = nullptr;
-  const size_t bytes = static_cast<size_t>(params.plan.total_q) * static_cast<size_t>(params.hq) *
-                       static_cast<size_t>(head_dim) * sizeof(float);
-  cudaError_t err = cudaMallocAsync(reinterpret_cast<void**>(&dq_accum), bytes, stream);
+  const TileLists& fused_tiles = fused_block_n() == kFusedBlockNWide ? wide_keys : params.plan.dkv;
+  int device = 0, sms = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err != cudaSuccess) return err;
-  err = launch_backward_dispatch(params, wide_keys, head_dim, dtype, dq_accum, stream);
-  const cudaError_t free_err = cudaFreeAsync(dq_accum, stream);
+  FusedWork fw;
+  fw.head_splits = fused_head_splits(fused_tiles.num_tiles, params.hkv, params.group, sms);
+  // One workspace: dQ [total_q, hq, D] fp32, then dK and dV [total_k, hkv, D] fp32 when heads are split.
+  const size_t q_elements = static_cast<size_t>(params.plan.total_q) * static_cast<size_t>(params.hq) *
+                            static_cast<size_t>(head_dim);
+  const size_t kv_elements = fw.head_splits > 1 ? static_cast<size_t>(params.plan.total_k) *
+                                                      static_cast<size_t>(params.hkv) * static_cast<size_t>(head_dim)
+                                                : 0;
+  float* workspace = nullptr;
+  err = cudaMallocAsync(reinterpret_cast<void**>(&workspace), (q_elements + 2 * kv_elements) * sizeof(float),
+                        stream);
+  if (err != cudaSuccess) return err;
+  fw.dq_accum = workspace;
+  fw.dk_accum = kv_elements > 0 ? workspace + q_elements : nullptr;
+  fw.dv_accum = kv_elements > 0 ? workspace + q_elements + kv_elements : nullptr;
+  if (kv_elements > 0) err = cudaMemsetAsync(fw.dk_accum, 0, 2 * kv_elements * sizeof(float), stream);
+  if (err == cudaSuccess) err = launch_backward_dispatch(params, fused_tiles, head_dim, dtype, &fw, stream);
+  const cudaError_t free_err = cudaFreeAsync(workspace, stream);
   return err != cudaSuccess ? err : free_err;
 }
 

@@ -26,6 +26,17 @@ inline int fused_block_n() {
   return value;
 }
 
+// How many CTAs share one (key tile, kv head) of the fast backward, each taking group / splits query heads
+// of the GQA group: a power of two dividing the group, doubled while the grid (tiles x hkv x splits) is under
+// twice the SM count (MQA / GQA on short sequences would otherwise leave most SMs idle). With splits > 1 the
+// CTAs add dK / dV into fp32 workspaces with atomics (fast mode only: the sums' order then varies).
+inline int fused_head_splits(int num_tiles, int hkv, int group, int num_sms) {
+  int splits = 1;
+  const long long unsplit = static_cast<long long>(num_tiles) * hkv;
+  while (unsplit * splits < 2LL * num_sms && group % (2 * splits) == 0) splits *= 2;
+  return splits;
+}
+
 // The backward with its mode: deterministic = false is the fused fast path (fp32 atomics into a dQ workspace
 // it allocates on the stream), walking `wide_keys` (tiles of kFusedBlockNWide keys) or the plan's kDkvBlockN
 // tiles; true is the atomic-free, bitwise-reproducible path.
