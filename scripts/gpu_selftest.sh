@@ -35,6 +35,10 @@ if [[ "$cap" == "9.0" ]]; then
   echo "== forward self-test --fwd-kernel sm90 with MAGI_FFA_SM90_CTAS=3 and =1"
   MAGI_FFA_SM90_CTAS=3 "$selftest" --fwd-kernel sm90 --bwd-mode fast || status=1
   MAGI_FFA_SM90_CTAS=1 "$selftest" --fwd-kernel sm90 --bwd-mode fast --quick || status=1
+  # Large shapes (too big for the float64 reference): the sm90 forward against the sm80 one.
+  echo "== forward cross-check sm90 vs sm80 on large shapes (default grid, then 7 CTAs)"
+  "$selftest" --fwd-crosscheck || status=1
+  MAGI_FFA_SM90_CTAS=7 "$selftest" --fwd-crosscheck || status=1
   cuobjdump_bin="$(command -v cuobjdump || true)"
   [[ -z "$cuobjdump_bin" && -x /usr/local/cuda/bin/cuobjdump ]] && cuobjdump_bin=/usr/local/cuda/bin/cuobjdump
   if [[ -n "$cuobjdump_bin" ]]; then
