@@ -424,6 +424,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
       schedule_pass();
       wgmma_wait<0>();
       fence_regs(o);
+      fence_regs(pfrag);  // the wgmma read them until here: keep their registers from being reused earlier
       if (lane == 0) mbar_arrive(bar_empty_v(prev_stage));
     } else if (lane == 0) {
       mbar_arrive(bar_q_empty);  // no step: Q is not read at all
