@@ -102,6 +102,13 @@ __device__ __forceinline__ BwdPointwise make_pointwise(const BwdParams& p) {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Shared memory of the fused kernel (16-bit elements): K, V tiles, two Q / dO stages, the dS^T tile, lse and
+// Delta of two stages. The host checks it against the device's per-block limit before choosing fast mode.
+constexpr size_t fused_smem_bytes(int head_dim, int block_n) {
+  return static_cast<size_t>(2 * block_n * head_dim + 4 * kDkvBlockM * head_dim + block_n * kDkvBlockM) * 2 +
+         4 * kDkvBlockM * sizeof(float);
+}
+
 // 2. dK / dV (and, in fast mode, dQ through atomics). BN keys per CTA: kDkvBlockN (the plan's dkv lists) or
 // kFusedBlockNWide (the wide lists, fast mode only).
 template <typename T, int D, int BN, bool kFusedDq>
@@ -126,6 +133,7 @@ struct DkvTraits {
   static constexpr int kTileDs = kFusedDq ? kBlockN * kBlockM : 0;
   static constexpr size_t kSmemBytes =
       static_cast<size_t>(2 * kTileKV + 4 * kTileQ + kTileDs) * sizeof(T) + 4 * kBlockM * sizeof(float);
+  static_assert(!kFusedDq || kSmemBytes == fused_smem_bytes(D, BN), "fused_smem_bytes must match the layout");
 };
 
 // Fused dQ: columns accumulated per pass (bounds the live fp32 registers next to dK and dV at D = 128).
@@ -732,10 +740,15 @@ cudaError_t launch_backward_mode(const BwdParams& params, const TileLists& wide_
     return launch_backward_dispatch(params, params.plan.dkv, head_dim, dtype, nullptr, stream);
   }
   const TileLists& fused_tiles = fused_block_n() == kFusedBlockNWide ? wide_keys : params.plan.dkv;
-  int device = 0, sms = 0;
+  int device = 0, sms = 0, smem_limit = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   if (err != cudaSuccess) return err;
+  if (fused_smem_bytes(head_dim, fused_block_n()) > static_cast<size_t>(smem_limit)) {
+    // GPUs with about 100 KB per block (sm_86 / sm_89) cannot hold the fused tiles: the atomic-free path fits.
+    return launch_backward_dispatch(params, params.plan.dkv, head_dim, dtype, nullptr, stream);
+  }
   FusedWork fw;
   fw.head_splits = fused_head_splits(fused_tiles.num_tiles, params.hkv, params.group, sms);
   // One workspace: dQ [total_q, hq, D] fp32, then dK and dV [total_k, hkv, D] fp32 when heads are split.
