@@ -2,11 +2,15 @@
 // wgmma for S = Q K^T (both operands from shared memory) and O += P V (P from registers, V read
 // transposed from shared memory through the descriptor's transpose bit), warp specialization.
 //
-// One CTA per (query tile of 128 rows, query head), launched costliest tile first (the plan's order).
+// Work item = (query tile of 128 rows, query head); persistent CTAs (one per SM) take items in the plan's
+// costliest-first order with a static stride, so every item is computed by exactly one CTA (deterministic).
 // Three warpgroups: warpgroup 0 is the producer (one warp issues every TMA load; its registers are given
-// up with setmaxnreg), warpgroups 1 and 2 are consumers, each owning 64 query rows of the tile. K and V
-// tiles of 128 keys flow through a 2-stage ring guarded by mbarriers: full_k / full_v (TMA bytes landed)
-// and empty_k / empty_v (all 8 consumer warps are done reading; K is released as soon as S is computed).
+// up with setmaxnreg), warpgroups 1 and 2 are consumers, each owning 64 query rows of the tile, issuing
+// their wgmmas in turn (ping-pong through named barriers). K and V tiles of 128 keys flow through a ring
+// (2 stages at D = 128, 4 at D = 64) guarded by mbarriers: full_k / full_v (TMA bytes landed) and
+// empty_k / empty_v (all 8 consumer warps are done reading; K is released as soon as S is computed). Q has
+// its own full / empty pair (released after an item's last S, so the next item's Q loads during the
+// epilogue); O is staged in its own buffer and written by TMA.
 //
 // The CTA walks every slice touching its rows (the plan's forward CSR list) and every key tile those rows
 // can see (ffa_walkers.cuh: the same walker the sm80 kernel and the CPU replay use), keeping one online
