@@ -35,6 +35,8 @@ if [[ "$cap" == "9.0" ]]; then
   echo "== forward self-test --fwd-kernel sm90 with MAGI_FFA_SM90_CTAS=3 and =1"
   MAGI_FFA_SM90_CTAS=3 "$selftest" --fwd-kernel sm90 --bwd-mode fast || status=1
   MAGI_FFA_SM90_CTAS=1 "$selftest" --fwd-kernel sm90 --bwd-mode fast --quick || status=1
+  echo "== forward self-test --fwd-kernel sm90 without ping-pong (MAGI_FFA_SM90_PINGPONG=0), --quick"
+  MAGI_FFA_SM90_PINGPONG=0 "$selftest" --fwd-kernel sm90 --bwd-mode fast --quick || status=1
   # Large shapes (too big for the float64 reference): the sm90 forward against the sm80 one.
   echo "== forward cross-check sm90 vs sm80 on large shapes (default grid, then 7 CTAs)"
   "$selftest" --fwd-crosscheck || status=1

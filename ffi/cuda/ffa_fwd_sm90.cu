@@ -57,6 +57,7 @@ struct Sm90FwdArgs {
   CUtensorMap tm_o;  // (D, hq, total_q), box (64, 1, 64): each consumer warpgroup stores its 64 rows
   FwdParams p;
   int32_t num_items;  // query tiles x heads
+  int32_t pingpong;   // 1: the consumer warpgroups take turns issuing wgmmas (MAGI_FFA_SM90_PINGPONG=0: off)
 };
 
 template <int D>
@@ -257,9 +258,14 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
 
   // Ping-pong: warpgroup cw issues its wgmmas only after the other one issued its own, so one computes
   // its softmax while the tensor cores run the other's products. Warpgroup 1 lets warpgroup 0 go first.
-  auto schedule_wait = [&]() { named_barrier_sync(kBarSchedule + cw, 256); };
-  auto schedule_pass = [&]() { named_barrier_arrive(kBarSchedule + (cw ^ 1), 256); };
-  if (cw == 1) named_barrier_arrive(kBarSchedule, 256);
+  const bool pingpong = args.pingpong != 0;
+  auto schedule_wait = [&]() {
+    if (pingpong) named_barrier_sync(kBarSchedule + cw, 256);
+  };
+  auto schedule_pass = [&]() {
+    if (pingpong) named_barrier_arrive(kBarSchedule + (cw ^ 1), 256);
+  };
+  if (pingpong && cw == 1) named_barrier_arrive(kBarSchedule, 256);
 
   auto issue_qk = [&](int s) {
 #pragma unroll
@@ -516,6 +522,15 @@ bool encode_thd(CUtensorMap* map, const void* pointer, int rows, int heads, int 
   return result == CUDA_SUCCESS;
 }
 
+// MAGI_FFA_SM90_PINGPONG=0 (read once) turns the consumer warpgroups' turn-taking off (for A/B timing).
+bool pingpong_enabled() {
+  static const bool enabled = [] {
+    const char* value = std::getenv("MAGI_FFA_SM90_PINGPONG");
+    return !(value != nullptr && std::strcmp(value, "0") == 0);
+  }();
+  return enabled;
+}
+
 // Persistent grid size: one CTA per SM of the current device (cached per device), or MAGI_FFA_SM90_CTAS
 // (read once; a test knob: a small value makes every CTA run many items).
 cudaError_t persistent_ctas(int* ctas) {
@@ -566,6 +581,7 @@ cudaError_t launch_sm90_typed(const FwdParams& params, int dtype, cudaStream_t s
     return cudaErrorInvalidValue;
   }
   args.num_items = static_cast<int32_t>(blocks);
+  args.pingpong = pingpong_enabled() ? 1 : 0;
   int ctas = 0;
   cudaError_t err = persistent_ctas(&ctas);
   if (err != cudaSuccess) return err;
