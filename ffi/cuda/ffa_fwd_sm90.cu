@@ -469,7 +469,8 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
     }
     fence_proxy_async_smem();  // generic stores before the TMA (async proxy) reads them
     named_barrier_sync(kBarEpilogue + cw, 128);
-    if ((threadIdx.x & 127) == 0) {
+    // (A warpgroup whose 64 rows all lie past total_q stores nothing: no box entirely out of bounds.)
+    if ((threadIdx.x & 127) == 0 && wg_row0 < total_q) {
 #pragma unroll
       for (int b = 0; b < L::kBoxes; ++b) {
         tma_store_3d(&args.tm_o, b * 64, h, wg_row0, sO + b * L::kQBox + cw * 64 * 128);
