@@ -266,11 +266,17 @@ export function fillDeviceBytes(device: DeviceTensor, byteValue: number, opts: D
   );
 }
 
-/** Waits until all work queued on the stream (default: the library-owned one) has finished. */
+/**
+ * Waits until all work queued on the stream has finished. Without a stream: the library-owned stream and
+ * then the legacy default stream, where allocations and frees are ordered, so that memory freed by
+ * `dispose()` is back in the driver's hands when this resolves.
+ */
 export async function synchronize(opts: DeviceOptions = {}): Promise<void> {
   const library = loadCudaLibrary(opts);
-  const stream = opts.stream === undefined ? library.stream() : opts.stream;
-  checkWorkerStatus(await library.symbols.magi_ffa_stream_synchronize(stream), "magi_ffa_stream_synchronize");
+  const streams = opts.stream === undefined ? [library.stream(), null] : [opts.stream];
+  for (const stream of streams) {
+    checkWorkerStatus(await library.symbols.magi_ffa_stream_synchronize(stream), "magi_ffa_stream_synchronize");
+  }
 }
 
 /** Free and total memory of the current GPU, in bytes. */
