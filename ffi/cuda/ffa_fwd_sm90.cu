@@ -60,33 +60,39 @@ struct Sm90FwdArgs {
   int32_t pingpong;   // 1: the consumer warpgroups take turns issuing wgmmas (MAGI_FFA_SM90_PINGPONG=0: off)
 };
 
-template <int D>
+template <int D, bool kXItem>
 struct Sm90Layout {
   // K/V ring depth: 2 stages of 64 KB at D = 128, 4 of 32 KB at D = 64.
   static constexpr int kStages = D == 64 ? 4 : 2;
+  // Q buffers: the cross-item variant double-buffers Q so the next item's Q is in place before this item
+  // ends (its first S is issued together with this item's last P V).
+  static constexpr int kQBuffers = kXItem ? 2 : 1;
   static constexpr int kBoxes = D / 64;            // 64-column boxes per row (128 B each)
   static constexpr int kQBox = kSm90BlockM * 128;  // bytes of one Q (or O) box: 128 rows
   static constexpr int kKVBox = kSm90BlockN * 128;  // bytes of one K or V box: 128 keys
   static constexpr int kQBytes = kBoxes * kQBox;
   static constexpr int kKVStage = kBoxes * kKVBox;
   static constexpr int kOffQ = 0;
-  static constexpr int kOffO = kOffQ + kQBytes;  // O staging for the TMA store (apart from Q, so the next
+  static constexpr int kOffO = kOffQ + kQBuffers * kQBytes;  // O staging for the TMA store (apart from Q, so the next
                                                  // item's Q can load during this item's epilogue)
   static constexpr int kOffK = kOffO + kQBytes;
   static constexpr int kOffV = kOffK + kStages * kKVStage;
   static constexpr int kOffBar = kOffV + kStages * kKVStage;
-  // barriers: q_full, q_empty, vtmp, full_k[S], full_v[S], empty_k[S], empty_v[S]
-  static constexpr int kNumBars = 3 + 4 * kStages;
+  // barriers: q_full, q_empty, vtmp, full_k[S], full_v[S], empty_k[S], empty_v[S], q_full_1, q_empty_1
+  static constexpr int kNumBars = 5 + 4 * kStages;
   static constexpr int kBytes = kOffBar + kNumBars * 8;
   static constexpr size_t kSmemBytes = static_cast<size_t>(kBytes) + 1024;  // + alignment slack
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per block");
 };
 
-template <typename T, int D>
+// kXItem = false: each item's pipeline drains before the next starts (the version measured on the H200).
+// kXItem = true: the step stream runs on across items: an item's first S = Q K^T is issued with the
+// previous item's last P V, and the previous item's epilogue runs while it computes (Q double-buffered).
+template <typename T, int D, bool kXItem>
 __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const __grid_constant__ Sm90FwdArgs args) {
 #if defined(MAGI_FFA_SM90_ENABLED)
   using namespace sm90;
-  using L = Sm90Layout<D>;
+  using L = Sm90Layout<D, kXItem>;
   constexpr int BM = kSm90BlockM;
   constexpr int BN = kSm90BlockN;
   constexpr int S = L::kStages;
@@ -117,6 +123,9 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
   auto bar_full_v = [&](int s) { return bar0 + 24 + 8 * (S + s); };
   auto bar_empty_k = [&](int s) { return bar0 + 24 + 8 * (2 * S + s); };
   auto bar_empty_v = [&](int s) { return bar0 + 24 + 8 * (3 * S + s); };
+  // Q buffer b's barriers (b = 1 only in the cross-item variant).
+  auto bar_qf = [&](int b) { return b == 0 ? bar_q_full : bar0 + 24 + 8 * (4 * S); };
+  auto bar_qe = [&](int b) { return b == 0 ? bar_q_empty : bar0 + 24 + 8 * (4 * S + 1); };
 
   const int total_q = p.plan.total_q;
   const int total_k = p.plan.total_k;
@@ -132,6 +141,10 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
       mbar_init(bar_full_v(s), 1);
       mbar_init(bar_empty_k(s), 8);
       mbar_init(bar_empty_v(s), 8);
+    }
+    if (kXItem) {
+      mbar_init(bar_qf(1), 1);
+      mbar_init(bar_qe(1), 8);
     }
     fence_mbar_init();
   }
@@ -153,18 +166,12 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
     int step = 0;
     uint32_t vtmp_phase = 0;
     int item_count = 0;
+    int q_items = 0;
     for (int w = blockIdx.x; w < args.num_items; w += gridDim.x, ++item_count) {
       const int h = w % p.hq;
       const int tile = p.plan.fwd.order[w / p.hq];
       const int m0 = tile * BM;
       const int hk = h / p.group;
-      if (lane == 0) {
-        // The consumers are done reading the previous item's Q (its last S = Q K^T has completed).
-        if (item_count > 0) mbar_wait(bar_q_empty, (item_count - 1) & 1);
-        mbar_arrive_expect_tx(bar_q_full, L::kQBytes);
-#pragma unroll
-        for (int b = 0; b < L::kBoxes; ++b) tma_load_3d(sQ + b * L::kQBox, &args.tm_q, b * 64, h, m0, bar_q_full);
-      }
       QueryTileWalker<BM, BN> it;
       it.slices = p.plan.slices;
       it.list = p.plan.fwd.slices;
@@ -172,6 +179,25 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
       it.end = p.plan.fwd.offsets[tile + 1];
       it.m0 = m0;
       bool valid = it.next_slice();
+      if constexpr (kXItem) {
+        // Q only for items with steps, alternating between the two buffers (qi counts such items).
+        if (valid && lane == 0) {
+          const int qb = q_items & 1;
+          if (q_items >= 2) mbar_wait(bar_qe(qb), ((q_items >> 1) - 1) & 1);
+          mbar_arrive_expect_tx(bar_qf(qb), L::kQBytes);
+#pragma unroll
+          for (int b = 0; b < L::kBoxes; ++b) {
+            tma_load_3d(sQ + qb * L::kQBytes + b * L::kQBox, &args.tm_q, b * 64, h, m0, bar_qf(qb));
+          }
+        }
+        if (valid) ++q_items;
+      } else if (lane == 0) {
+        // The consumers are done reading the previous item's Q (its last S = Q K^T has completed).
+        if (item_count > 0) mbar_wait(bar_q_empty, (item_count - 1) & 1);
+        mbar_arrive_expect_tx(bar_q_full, L::kQBytes);
+#pragma unroll
+        for (int b = 0; b < L::kBoxes; ++b) tma_load_3d(sQ + b * L::kQBox, &args.tm_q, b * 64, h, m0, bar_q_full);
+      }
       while (valid) {
         const int n0 = it.n0;
         const int k_hi = it.k_hi;
@@ -287,6 +313,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
     }
   };
 
+  if constexpr (!kXItem) {
   int step = 0;
   int item_count = 0;
   for (int w = blockIdx.x; w < args.num_items; w += gridDim.x, ++item_count) {
@@ -478,6 +505,231 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
       tma_store_commit();
     }
   }
+  } else {
+    // ---------------------------------------------------------------- cross-item step stream
+    // The P of a step waits for its P V until the next step's S has been issued, also across items: an
+    // item's first step issues its S with the previous item's last P V, computes its softmax with fresh
+    // row statistics, then (P V done) writes the previous item's output while its own S is already done.
+    auto softmax_rows = [&](const Slice& slice, int n0, int row0, const int (&rows)[2], float (&rescale)[2]) {
+      if (softcap_on) {
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) sacc[i] = tanhf(sacc[i] * cap_in) * cap_out;
+      }
+      if (tile_needs_mask(slice, row0, 64, n0, BN)) {
+        int lo[2], hi[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int row = rows[r];
+          const bool in = row >= slice.qs && row < slice.qe;
+          int l = slice.ks, e = slice.ke;
+          if (slice.type & kTypeCausalBit) e = imin(e, row + (slice.ke - slice.qe) + 1);
+          if (slice.type & kTypeInvCausalBit) l = imax(l, row + (slice.ks - slice.qs));
+          lo[r] = in ? l - n0 : 0;
+          hi[r] = in ? e - n0 : 0;
+        }
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) {
+          const int r = (i >> 1) & 1;
+          const int j = 8 * (i >> 2) + 2 * t + (i & 1);
+          if (j < lo[r] || j >= hi[r]) sacc[i] = -INFINITY;
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float tile_max = -INFINITY;
+#pragma unroll
+        for (int nb = 0; nb < BN / 8; ++nb) {
+          tile_max = fmaxf(tile_max, fmaxf(sacc[4 * nb + 2 * r], sacc[4 * nb + 2 * r + 1]));
+        }
+        tile_max = quad_max(tile_max);
+        const float new_max = fmaxf(row_max[r], tile_max);
+        const float base_scaled = new_max == -INFINITY ? 0.f : new_max * mult;
+        rescale[r] = fast_exp2(row_max[r] * mult - base_scaled);
+        row_max[r] = new_max;
+        float sum = 0.f;
+#pragma unroll
+        for (int nb = 0; nb < BN / 8; ++nb) {
+          const float p0 = fast_exp2(fmaf(sacc[4 * nb + 2 * r], mult, -base_scaled));
+          const float p1 = fast_exp2(fmaf(sacc[4 * nb + 2 * r + 1], mult, -base_scaled));
+          sacc[4 * nb + 2 * r] = p0;
+          sacc[4 * nb + 2 * r + 1] = p1;
+          sum += p0 + p1;
+        }
+        row_sum[r] = row_sum[r] * rescale[r] + sum;
+      }
+    };
+    auto issue_qk_buf = [&](int s, int qb) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const uint64_t dq = make_desc_sw128(
+            sQ + qb * L::kQBytes + (kk / 4) * L::kQBox + cw * 64 * 128 + (kk % 4) * 32, 16, 1024);
+        Wgmma<BN, kBf16>::ss(sacc, dq, desc_k(s, kk), kk > 0 ? 1 : 0);
+      }
+      wgmma_commit();
+    };
+    // Output of one item from o and the given row statistics (lse, normalized O via the staging buffer
+    // and a TMA store).
+    auto write_item = [&](int h, int row0, const float (&mx)[2], const float (&sm)[2]) {
+      const int rows[2] = {row0 + 16 * warp_in_wg + g, row0 + 16 * warp_in_wg + g + 8};
+      float inv[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const float sum = quad_sum(sm[r]);
+        const bool seen = sum > 0.f;
+        inv[r] = seen ? 1.f / sum : 0.f;
+        const float lse = seen ? (mx[r] * mult + __log2f(sum)) * kLn2 : -INFINITY;
+        if (t == 0 && rows[r] < total_q) p.lse[static_cast<int64_t>(rows[r]) * p.hq + h] = lse;
+      }
+      if ((threadIdx.x & 127) == 0) tma_store_wait_read();
+      named_barrier_sync(kBarEpilogue + cw, 128);
+      unsigned char* o_bytes = smem + L::kOffO;
+#pragma unroll
+      for (int i = 0; i < D / 2; i += 2) {
+        const int r = (i >> 1) & 1;
+        const int row_local = 16 * warp_in_wg + g + 8 * r;
+        const int col = 8 * (i >> 2) + 2 * t;
+        const int box = col / 64;
+        const int chunk = (col % 64) / 8;
+        const int offset =
+            box * L::kQBox + (64 * cw + row_local) * 128 + ((chunk ^ (row_local & 7)) << 4) + (col % 8) * 2;
+        *reinterpret_cast<uint32_t*>(o_bytes + offset) = Elem<T>::pack(o[i] * inv[r], o[i + 1] * inv[r]);
+      }
+      fence_proxy_async_smem();
+      named_barrier_sync(kBarEpilogue + cw, 128);
+      if ((threadIdx.x & 127) == 0 && row0 < total_q) {
+#pragma unroll
+        for (int b = 0; b < L::kBoxes; ++b) {
+          tma_store_3d(&args.tm_o, b * 64, h, row0, sO + b * L::kQBox + cw * 64 * 128);
+        }
+        tma_store_commit();
+      }
+    };
+    auto reset_item = [&]() {
+#pragma unroll
+      for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+      row_max[0] = row_max[1] = -INFINITY;
+      row_sum[0] = row_sum[1] = 0.f;
+    };
+
+    int step = 0;
+    int q_items = 0;
+    bool pending = false;  // a P waits for its P V (stage prev_stage), for the item (prev_h, prev_row0)
+    int prev_stage = 0;
+    uint32_t prev_parity = 0;
+    int prev_h = 0, prev_row0 = 0;
+    // Drains the pending P V and writes its item.
+    auto flush = [&]() {
+      mbar_wait_plain(bar_full_v(prev_stage), prev_parity);
+      fence_regs(o);
+      fence_regs(pfrag);
+      schedule_wait();
+      wgmma_fence();
+      issue_pv(prev_stage);
+      schedule_pass();
+      wgmma_wait<0>();
+      fence_regs(o);
+      fence_regs(pfrag);
+      if (lane == 0) mbar_arrive(bar_empty_v(prev_stage));
+      write_item(prev_h, prev_row0, row_max, row_sum);
+      reset_item();
+    };
+    reset_item();
+    for (int w = blockIdx.x; w < args.num_items; w += gridDim.x) {
+      const int h = w % p.hq;
+      const int tile = p.plan.fwd.order[w / p.hq];
+      const int m0 = tile * BM;
+      const int wg_row0 = m0 + 64 * cw;
+      const int row_of[2] = {wg_row0 + 16 * warp_in_wg + g, wg_row0 + 16 * warp_in_wg + g + 8};
+      QueryTileWalker<BM, BN> it;
+      it.slices = p.plan.slices;
+      it.list = p.plan.fwd.slices;
+      it.pos = p.plan.fwd.offsets[tile];
+      it.end = p.plan.fwd.offsets[tile + 1];
+      it.m0 = m0;
+      bool valid = it.next_slice();
+      if (!valid) {
+        // No step: out = 0, lse = -inf (no Q was loaded for it).
+        if (pending) {
+          flush();
+          pending = false;
+        }
+        write_item(h, wg_row0, row_max, row_sum);
+        continue;
+      }
+      const int qb = q_items & 1;
+      const uint32_t q_parity = static_cast<uint32_t>(q_items >> 1) & 1;
+      ++q_items;
+      mbar_wait_plain(bar_qf(qb), q_parity);
+      bool first = true;
+      while (valid) {
+        const Slice slice = it.slice;
+        const int n0 = it.n0;
+        valid = it.advance();
+        const int s = step % S;
+        const uint32_t parity = static_cast<uint32_t>(step / S) & 1;
+        mbar_wait_plain(bar_full_k(s), parity);
+        if (pending) {
+          mbar_wait_plain(bar_full_v(prev_stage), prev_parity);
+          fence_regs(o);
+          fence_regs(pfrag);
+          schedule_wait();
+          wgmma_fence();
+          issue_qk_buf(s, qb);   // S_j = Q K_j^T
+          issue_pv(prev_stage);  // O += P_{j-1} V_{j-1} (of this item or the previous one)
+          schedule_pass();
+          wgmma_wait<1>();
+          fence_regs(sacc);
+          if (lane == 0) {
+            mbar_arrive(bar_empty_k(s));
+            if (!valid) mbar_arrive(bar_qe(qb));  // this item's Q is no longer read
+          }
+          float prev_max[2] = {row_max[0], row_max[1]};
+          float prev_sum[2] = {row_sum[0], row_sum[1]};
+          if (first) {  // fresh statistics for the new item; the previous item's are kept for its output
+            row_max[0] = row_max[1] = -INFINITY;
+            row_sum[0] = row_sum[1] = 0.f;
+          }
+          float rescale[2];
+          softmax_rows(slice, n0, wg_row0, row_of, rescale);
+          wgmma_wait<0>();
+          fence_regs(o);
+          fence_regs(pfrag);
+          if (lane == 0) mbar_arrive(bar_empty_v(prev_stage));
+          if (first) {
+            write_item(prev_h, prev_row0, prev_max, prev_sum);
+#pragma unroll
+            for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+          } else {
+#pragma unroll
+            for (int i = 0; i < D / 2; ++i) o[i] *= rescale[(i >> 1) & 1];
+          }
+        } else {
+          // Nothing pending (the CTA's first step, or after a drained item): o and the statistics are fresh.
+          schedule_wait();
+          wgmma_fence();
+          issue_qk_buf(s, qb);
+          schedule_pass();
+          wgmma_wait<0>();
+          fence_regs(sacc);
+          if (lane == 0) {
+            mbar_arrive(bar_empty_k(s));
+            if (!valid) mbar_arrive(bar_qe(qb));
+          }
+          float rescale[2];
+          softmax_rows(slice, n0, wg_row0, row_of, rescale);
+        }
+        to_pfrag();
+        pending = true;
+        prev_stage = s;
+        prev_parity = parity;
+        prev_h = h;
+        prev_row0 = wg_row0;
+        first = false;
+        ++step;
+      }
+    }
+    if (pending) flush();
+  }
   if (cw == 0) schedule_wait();  // takes warpgroup 1's last pass, so no arrival is left pending
   if ((threadIdx.x & 127) == 0) tma_store_wait_all();
   }
@@ -564,9 +816,26 @@ cudaError_t persistent_ctas(int* ctas) {
   return cudaSuccess;
 }
 
+// MAGI_FFA_SM90_XITEM=1 (read once) selects the cross-item pipelined consumer loop (kXItem).
+bool xitem_enabled() {
+  static const bool enabled = [] {
+    const char* value = std::getenv("MAGI_FFA_SM90_XITEM");
+    return value != nullptr && std::strcmp(value, "1") == 0;
+  }();
+  return enabled;
+}
+
+template <typename T, int D, bool kXItem>
+cudaError_t launch_sm90_variant(const Sm90FwdArgs& args, int grid, cudaStream_t stream) {
+  using L = Sm90Layout<D, kXItem>;
+  cudaError_t err = ensure_dynamic_smem<ffa_forward_sm90_kernel<T, D, kXItem>>(L::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  ffa_forward_sm90_kernel<T, D, kXItem><<<static_cast<unsigned>(grid), kSm90Threads, L::kSmemBytes, stream>>>(args);
+  return cudaGetLastError();
+}
+
 template <typename T, int D>
 cudaError_t launch_sm90_typed(const FwdParams& params, int dtype, cudaStream_t stream) {
-  using L = Sm90Layout<D>;
   const int64_t blocks = static_cast<int64_t>(params.plan.fwd.num_tiles) * params.hq;
   if (blocks == 0) return cudaSuccess;
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
@@ -587,10 +856,8 @@ cudaError_t launch_sm90_typed(const FwdParams& params, int dtype, cudaStream_t s
   cudaError_t err = persistent_ctas(&ctas);
   if (err != cudaSuccess) return err;
   const int grid = static_cast<int>(std::min<int64_t>(blocks, ctas));
-  err = ensure_dynamic_smem<ffa_forward_sm90_kernel<T, D>>(L::kSmemBytes);
-  if (err != cudaSuccess) return err;
-  ffa_forward_sm90_kernel<T, D><<<static_cast<unsigned>(grid), kSm90Threads, L::kSmemBytes, stream>>>(args);
-  return cudaGetLastError();
+  return xitem_enabled() ? launch_sm90_variant<T, D, true>(args, grid, stream)
+                         : launch_sm90_variant<T, D, false>(args, grid, stream);
 }
 
 // MAGI_FFA_FWD_KERNEL, read once: 0 unset / empty (auto), 1 "sm80", 2 "sm90", 3 anything else.
