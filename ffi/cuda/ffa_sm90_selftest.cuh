@@ -8,6 +8,10 @@
 //                           persistent CTAs run many each) once per forward kernel in child processes
 //                           (--fwd-dump FILE) and compares the two results: out relative L2 and lse max
 //                           abs difference, identical -inf rows. Needs an sm_90 device.
+//   --fwd-time              forward-only timings (bf16, S = 16k, H = 16, D = 128: full, causal, packed
+//                           documents 256-4096, sliding window 1024, prefix tree, 64 short documents) of
+//                           the kernel / variant the environment selects (MAGI_FFA_FWD_KERNEL,
+//                           MAGI_FFA_SM90_XITEM, MAGI_FFA_SM90_PINGPONG, MAGI_FFA_SM90_CTAS).
 // and forward cases aimed at the sm90 kernel's edges (stage ring wrap-around, key tiles that straddle the
 // tensor end or NaN padding inside it, many slices sharing one query tile, rows past total_q, GQA,
 // softcap, rows that see nothing). Host-only code.
@@ -17,6 +21,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -257,16 +262,133 @@ inline int fwd_crosscheck(int argc, char** argv) {
   return failed == 0 ? 0 : 1;
 }
 
+// ---------------------------------------------------------------------------------------------------
+// --fwd-time: forward-only timings on the benchmark shapes (bf16, S = 16k, H = 16, D = 128) with whatever
+// kernel / variant the environment selects; TFLOP/s counted by mask area (4 * area * H * D).
+inline double cross_area(const CrossSlice& s) {
+  const double lq = s.qe - s.qs, lk = s.ke - s.ks;
+  if (lq <= 0 || lk <= 0) return 0;
+  if (s.type == 0) return lq * lk;
+  if (s.type == 1 || s.type == 2) return lk > lq ? (2 * lk - lq + 1) * lq / 2 : lk * (lk + 1) / 2;
+  return std::max(0.0, (lk - lq + 1) * lq);
+}
+
+inline std::vector<CrossCase> time_cases() {
+  const int S = 16384;
+  std::vector<CrossCase> cases;
+  cases.push_back({"full_16k", {{0, S, 0, S, 0}}, S, 16, 16, 128});
+  cases.push_back({"causal_16k", {{0, S, 0, S, 1}}, S, 16, 16, 128});
+  {
+    CrossCase c{"varlen_causal_docs_256_4096", {}, S, 16, 16, 128};
+    uint32_t state = 777;
+    int at = 0;
+    while (at < S) {
+      state = state * 1664525u + 1013904223u;
+      const int length = std::min(S - at, 256 + static_cast<int>((state >> 8) % 3841));
+      c.slices.push_back({at, at + length, at, at + length, 1});
+      at += length;
+    }
+    cases.push_back(c);
+  }
+  cases.push_back({"sliding_window_1024_16k", {{0, 1024, 0, 1024, 1}, {1024, S, 0, S, 3}}, S, 16, 16, 128});
+  {
+    // Prefix tree: a 4096-token prompt and 8 branches of 1536 tokens.
+    CrossCase c{"prefix_tree_4k_x8", {{0, 4096, 0, 4096, 1}}, S, 16, 16, 128};
+    for (int n = 0; n < 8; ++n) {
+      const int at = 4096 + n * 1536;
+      c.slices.push_back({at, at + 1536, at, at + 1536, 1});
+      c.slices.push_back({at, at + 1536, 0, 4096, 0});
+    }
+    cases.push_back(c);
+  }
+  {
+    CrossCase c{"short_docs_64x256", {}, S, 16, 16, 128};
+    for (int n = 0; n < 64; ++n) c.slices.push_back({n * 256, n * 256 + 256, n * 256, n * 256 + 256, 1});
+    cases.push_back(c);
+  }
+  return cases;
+}
+
+inline int fwd_time() {
+  const char* env_kernel = std::getenv("MAGI_FFA_FWD_KERNEL");
+  const char* env_xitem = std::getenv("MAGI_FFA_SM90_XITEM");
+  const char* env_pingpong = std::getenv("MAGI_FFA_SM90_PINGPONG");
+  char label[128];
+  std::snprintf(label, sizeof(label), "kernel=%s xitem=%s pingpong=%s", env_kernel ? env_kernel : "auto",
+                env_xitem ? env_xitem : "0", env_pingpong ? env_pingpong : "1");
+  int status = 0;
+  for (const CrossCase& c : time_cases()) {
+    const size_t q_count = static_cast<size_t>(c.total) * c.hq * c.head_dim;
+    const size_t kv_count = static_cast<size_t>(c.total) * c.hkv * c.head_dim;
+    std::vector<uint16_t> host(std::max(q_count, kv_count));
+    uint64_t state = 99;
+    for (auto& x : host) x = cross_random_bits(&state, c.dtype);
+    std::vector<int32_t> q_ranges, k_ranges, types;
+    double area = 0;
+    for (const CrossSlice& sl : c.slices) {
+      q_ranges.insert(q_ranges.end(), {sl.qs, sl.qe});
+      k_ranges.insert(k_ranges.end(), {sl.ks, sl.ke});
+      types.push_back(sl.type);
+      area += cross_area(sl);
+    }
+    void *dq = nullptr, *dk = nullptr, *dv = nullptr, *dout = nullptr, *dlse = nullptr, *plan = nullptr;
+    int32_t rc = magi_ffa_malloc(&dq, q_count * 2);
+    if (rc == 0) rc = magi_ffa_malloc(&dk, kv_count * 2);
+    if (rc == 0) rc = magi_ffa_malloc(&dv, kv_count * 2);
+    if (rc == 0) rc = magi_ffa_malloc(&dout, q_count * 2);
+    if (rc == 0) rc = magi_ffa_malloc(&dlse, static_cast<size_t>(c.total) * c.hq * 4);
+    if (rc == 0) rc = magi_ffa_memcpy_h2d(dq, host.data(), q_count * 2, nullptr);
+    if (rc == 0) rc = magi_ffa_memcpy_h2d(dk, host.data() + 1, kv_count * 2 - 2, nullptr);
+    if (rc == 0) rc = magi_ffa_memcpy_h2d(dv, host.data() + 2, kv_count * 2 - 4, nullptr);
+    if (rc == 0) {
+      rc = magi_ffa_plan_create(&plan, q_ranges.data(), k_ranges.data(), types.data(),
+                                static_cast<int32_t>(c.slices.size()), c.total, c.total);
+    }
+    const float scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));
+    auto forward = [&]() {
+      return magi_ffa_forward(dq, dk, dv, dout, static_cast<float*>(dlse), plan, c.hq, c.hkv, c.head_dim, c.dtype,
+                              scale, c.softcap, 0, nullptr);
+    };
+    std::vector<double> samples;
+    for (int i = 0; rc == 0 && i < 3; ++i) rc = forward();  // warm-up
+    if (rc == 0) rc = magi_ffa_stream_synchronize(nullptr);
+    for (int batch = 0; rc == 0 && batch < 7; ++batch) {
+      const auto start = std::chrono::steady_clock::now();
+      for (int i = 0; rc == 0 && i < 5; ++i) rc = forward();
+      if (rc == 0) rc = magi_ffa_stream_synchronize(nullptr);
+      const auto stop = std::chrono::steady_clock::now();
+      samples.push_back(std::chrono::duration<double, std::milli>(stop - start).count() / 5);
+    }
+    if (rc != 0) {
+      std::printf("fwd-time %s failed: %d %s\n", c.name.c_str(), rc, magi_ffa_last_error());
+      status = 1;
+    } else {
+      std::sort(samples.begin(), samples.end());
+      const double ms = samples[samples.size() / 2];
+      std::printf("fwd-time %-30s %8.3f ms %6.1f TFLOP/s   (%s)\n", c.name.c_str(), ms,
+                  4.0 * area * c.hq * c.head_dim / ms * 1e-9, label);
+    }
+    std::fflush(stdout);
+    if (plan != nullptr) magi_ffa_plan_destroy(plan);
+    for (void* pointer : {dq, dk, dv, dout, dlse}) magi_ffa_free(pointer);
+  }
+  return status;
+}
+
 // Handles --fwd-kernel (removed from argv). Returns -1 to let main go on, or an exit status when the
 // bench already ran here (once per kernel in child processes) or the flag was malformed.
 inline int fwd_kernel_flag(int* argc, char** argv) {
   std::string kernel, dump_path;
-  bool bench = false, cpu_replay = false, crosscheck = false;
+  bool bench = false, cpu_replay = false, crosscheck = false, time_only = false;
   int out = 1;
   for (int i = 1; i < *argc; ++i) {
     const char* arg = argv[i];
     if (std::strcmp(arg, "--fwd-crosscheck") == 0) {
       crosscheck = true;
+      continue;
+    }
+    if (std::strcmp(arg, "--fwd-time") == 0) {
+      time_only = true;
       continue;
     }
     if (std::strcmp(arg, "--fwd-dump") == 0 && i + 1 < *argc) {
@@ -303,6 +425,7 @@ inline int fwd_kernel_flag(int* argc, char** argv) {
   if (!cpu_replay) std::printf("forward kernel: %s\n", env != nullptr && env[0] != '\0' ? env : "auto");
   std::fflush(stdout);
   if (!dump_path.empty()) return fwd_dump(dump_path.c_str());
+  if (time_only) return fwd_time();
   if (!bench || cpu_replay || (env != nullptr && env[0] != '\0')) return -1;
 
   // --bench with the kernel left open: time each forward kernel this device can run.
