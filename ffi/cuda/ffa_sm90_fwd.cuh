@@ -13,6 +13,9 @@ bool sm90_forward_supported(int head_dim, int dtype);
 
 // Launches the sm90 forward (same contract as launch_forward). Returns cudaErrorInvalidValue for an
 // unsupported head dim / dtype, or the driver's failure to encode a tensor map as cudaErrorInvalidValue.
+// Tuning / test knobs, each read once per process: MAGI_FFA_SM90_CTAS=N (persistent CTAs; default one per
+// SM), MAGI_FFA_SM90_PINGPONG=0 (no warpgroup turn-taking), MAGI_FFA_SM90_XITEM=1 (the cross-item
+// pipelined consumer loop).
 cudaError_t launch_forward_sm90(const FwdParams& params, int head_dim, int dtype, cudaStream_t stream);
 
 }  // namespace magi_ffa
