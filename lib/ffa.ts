@@ -28,7 +28,10 @@ export interface FlexAttnOptions {
   softcap?: number;
   /** Implementation to use; default `"auto"`. */
   backend?: Backend;
-  /** Ask for bitwise-reproducible results (both backends are deterministic; kept for API parity). */
+  /**
+   * Bitwise-reproducible backward on the GPU (an atomic-free path, slower). Default false: dQ is added
+   * with fp32 atomics. The forward and the CPU reference are deterministic either way.
+   */
   deterministic?: boolean;
   /** Path of the CUDA library, overriding `MAGI_FFA_LIBRARY` and the local build. */
   libraryPath?: string;
