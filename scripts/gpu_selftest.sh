@@ -17,11 +17,15 @@ fi
 status=0
 echo "== full self-test (backward in both modes: fast = fused dQ atomics, deterministic = atomic-free)"
 "$selftest" --bwd-mode both || status=1
-echo "== fast backward with 64-key tiles (MAGI_FFA_BWD_BLOCK_N=64; the default is 128)"
-MAGI_FFA_BWD_BLOCK_N=64 "$selftest" --bwd-mode fast || status=1
+# The fast backward picks 128- or 64-key tiles per problem (small cases mostly get 64): force each.
+for block_n in 64 128; do
+  echo "== fast backward forced to ${block_n}-key tiles (MAGI_FFA_BWD_BLOCK_N=$block_n)"
+  MAGI_FFA_BWD_BLOCK_N=$block_n "$selftest" --bwd-mode fast || status=1
+done
 echo "== CPU replay of both backward schedules (no GPU needed)"
 "$selftest" --cpu-replay --bwd-mode both || status=1
 MAGI_FFA_BWD_BLOCK_N=64 "$selftest" --cpu-replay --bwd-mode fast || status=1
+MAGI_FFA_BWD_BLOCK_N=128 "$selftest" --cpu-replay --bwd-mode fast || status=1
 # The forward kernels explicitly: sm80 (mma.sync) everywhere, sm90 (wgmma + TMA) on sm_90 devices (the
 # runs above pick sm90 by themselves there).
 echo "== full self-test --fwd-kernel sm80 (backward fast mode)"
@@ -77,8 +81,10 @@ else
   # The fast backward's fp32 dQ atomics and shared dS^T staging, alone (the loop above runs both modes).
   for tool in memcheck racecheck; do
     for filter in prefix_tree_overlapping uncovered_rows; do
-      echo "== compute-sanitizer --tool $tool ($filter, --bwd-mode fast)"
+      echo "== compute-sanitizer --tool $tool ($filter, --bwd-mode fast, default and 128-key tiles)"
       "$sanitizer" --tool "$tool" --error-exitcode 99 "$selftest" --filter "$filter" --bwd-mode fast || status=1
+      MAGI_FFA_BWD_BLOCK_N=128 "$sanitizer" --tool "$tool" --error-exitcode 99 "$selftest" --filter "$filter" \
+        --bwd-mode fast || status=1
     done
   done
   echo "== compute-sanitizer --tool memcheck (all --quick cases)"
@@ -107,8 +113,10 @@ if [[ "$cap" == "9.0" ]]; then
 fi
 echo "== timings (bf16; backward in both modes; the forward once per kernel: sm80, and sm90 on sm_90 devices)"
 "$selftest" --bench --bwd-mode both || status=1
-echo "== timings of the fast backward with 64-key tiles (MAGI_FFA_BWD_BLOCK_N=64)"
-MAGI_FFA_BWD_BLOCK_N=64 "$selftest" --bench --bwd-mode fast || status=1
+for block_n in 64 128; do
+  echo "== timings of the fast backward forced to ${block_n}-key tiles (MAGI_FFA_BWD_BLOCK_N=$block_n)"
+  MAGI_FFA_BWD_BLOCK_N=$block_n "$selftest" --bench --bwd-mode fast || status=1
+done
 
 if [[ $status -eq 0 ]]; then echo "gpu_selftest: ALL OK"; else echo "gpu_selftest: FAILURES"; fi
 exit $status

@@ -223,6 +223,7 @@ struct FusedWork {
   float* dk_accum;  // [total_k, hkv, D] fp32, zeroed, only when head_splits > 1 (unscaled dK)
   float* dv_accum;  // likewise for dV
   int head_splits;  // CTAs per (key tile, kv head), each with group / head_splits query heads
+  int block_n;      // keys per tile (host side only: picks the kernel)
 };
 
 // key_tiles: the plan's tile list of BN-key tiles (p.plan.dkv for BN = kDkvBlockN).
@@ -663,9 +664,8 @@ cudaError_t launch_dkdv(const BwdParams& params, const TileLists& key_tiles, con
   return cudaGetLastError();
 }
 
-// fw == nullptr: the deterministic path. Else the fused path on `fused_tiles` (kFusedBlockNWide or kDkvBlockN
-// keys, by fused_block_n()) with fw's zeroed-here dQ workspace (and dK / dV workspaces, zeroed by the caller,
-// when heads are split).
+// fw == nullptr: the deterministic path. Else the fused path on `fused_tiles` (of fw->block_n keys) with fw's
+// zeroed-here dQ workspace (and dK / dV workspaces, zeroed by the caller, when heads are split).
 template <typename T, int D>
 cudaError_t launch_backward_typed(const BwdParams& params, const TileLists& fused_tiles, const FusedWork* fw,
                                   cudaStream_t stream) {
@@ -682,7 +682,7 @@ cudaError_t launch_backward_typed(const BwdParams& params, const TileLists& fuse
   }
 
   if (fw != nullptr) {
-    cudaError_t err = fused_block_n() == kFusedBlockNWide
+    cudaError_t err = fw->block_n == kFusedBlockNWide
                           ? launch_dkdv<T, D, kFusedBlockNWide, true>(params, fused_tiles, *fw, stream)
                           : launch_dkdv<T, D, kDkvBlockN, true>(params, fused_tiles, *fw, stream);
     if (err != cudaSuccess) return err;
@@ -698,7 +698,7 @@ cudaError_t launch_backward_typed(const BwdParams& params, const TileLists& fuse
     return cudaSuccess;
   }
 
-  const FusedWork none{nullptr, nullptr, nullptr, 1};
+  const FusedWork none{nullptr, nullptr, nullptr, 1, kDkvBlockN};
   cudaError_t err = launch_dkdv<T, D, kDkvBlockN, false>(params, params.plan.dkv, none, stream);
   if (err != cudaSuccess) return err;
   {
@@ -734,22 +734,24 @@ cudaError_t launch_backward(const BwdParams& params, int head_dim, int dtype, cu
   return launch_backward_dispatch(params, params.plan.dkv, head_dim, dtype, nullptr, stream);
 }
 
-cudaError_t launch_backward_mode(const BwdParams& params, const TileLists& wide_keys, int head_dim, int dtype,
-                                 bool deterministic, cudaStream_t stream) {
+cudaError_t launch_backward_mode(const BwdParams& params, const TileLists& wide_keys, double wide_mean_stages,
+                                 int head_dim, int dtype, bool deterministic, cudaStream_t stream) {
   if (deterministic || params.plan.total_q == 0) {
     return launch_backward_dispatch(params, params.plan.dkv, head_dim, dtype, nullptr, stream);
   }
-  const TileLists& fused_tiles = fused_block_n() == kFusedBlockNWide ? wide_keys : params.plan.dkv;
+  const int block_n = fused_block_n(wide_mean_stages, params.group);
+  const TileLists& fused_tiles = block_n == kFusedBlockNWide ? wide_keys : params.plan.dkv;
   int device = 0, sms = 0, smem_limit = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   if (err != cudaSuccess) return err;
-  if (fused_smem_bytes(head_dim, fused_block_n()) > static_cast<size_t>(smem_limit)) {
+  if (fused_smem_bytes(head_dim, block_n) > static_cast<size_t>(smem_limit)) {
     // GPUs with about 100 KB per block (sm_86 / sm_89) cannot hold the fused tiles: the atomic-free path fits.
     return launch_backward_dispatch(params, params.plan.dkv, head_dim, dtype, nullptr, stream);
   }
   FusedWork fw;
+  fw.block_n = block_n;
   fw.head_splits = fused_head_splits(fused_tiles.num_tiles, params.hkv, params.group, sms);
   // One workspace: dQ [total_q, hq, D] fp32, then dK and dV [total_k, hkv, D] fp32 when heads are split.
   const size_t q_elements = static_cast<size_t>(params.plan.total_q) * static_cast<size_t>(params.hq) *

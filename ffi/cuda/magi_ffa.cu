@@ -72,6 +72,7 @@ struct HostPlan {
   void* device_memory;
   DevicePlan device_plan;
   magi_ffa::TileLists dkv_wide;  // key tiles of kFusedBlockNWide for the fast backward
+  double dkv_wide_mean_stages;   // their fused_mean_stages (picks the fast backward's tile size)
 };
 
 size_t align_up(size_t value, size_t alignment) { return (value + alignment - 1) / alignment * alignment; }
@@ -386,6 +387,9 @@ int32_t magi_ffa_plan_create(void** plan, const int32_t* q_ranges, const int32_t
   dp.dq = device_lists(base, dq_at, dq);
   dp.dkv = device_lists(base, dkv_at, dkv);
   host_plan->dkv_wide = device_lists(base, dkv_wide_at, dkv_wide);
+  host_plan->dkv_wide_mean_stages =
+      magi_ffa::fused_mean_stages(slices.data(), dkv_wide.offsets.data(), dkv_wide.slices.data(),
+                                  static_cast<int>(dkv_wide.order.size()), magi_ffa::kFusedBlockNWide);
   *plan = host_plan;
   return 0;
 }
@@ -498,8 +502,9 @@ int32_t magi_ffa_backward(const void* dout, const void* q, const void* k, const 
   params.scale_log2 = softmax_scale * magi_ffa::kLog2eHost;
   params.softcap = softcap;
   params.plan = host_plan->device_plan;
-  const cudaError_t err = magi_ffa::launch_backward_mode(params, host_plan->dkv_wide, head_dim, dtype,
-                                                         deterministic != 0, cuda_stream);
+  const cudaError_t err =
+      magi_ffa::launch_backward_mode(params, host_plan->dkv_wide, host_plan->dkv_wide_mean_stages, head_dim, dtype,
+                                     deterministic != 0, cuda_stream);
   if (delta != nullptr) {
     const cudaError_t free_err = cudaFreeAsync(delta, cuda_stream);
     if (err == cudaSuccess && free_err != cudaSuccess) return cuda_fail(kFn, "cudaFreeAsync(delta)", free_err);

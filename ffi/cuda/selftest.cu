@@ -478,7 +478,7 @@ void replay(const Case& c, const std::vector<double>& q, const std::vector<doubl
   }
 
   // dK / dV: one CTA per (k tile, kv head), warps of 16 keys, stages of kDkvBlockM rows in sub-blocks. The
-  // fast mode's fused kernel walks tiles of fused_block_n() keys (its own plan list).
+  // fast mode's fused kernel walks tiles of fused_block_n(...) keys (its own plan list).
   auto replay_dkv = [&](auto block_n_constant) {
     constexpr int BN = decltype(block_n_constant)::value;
     const HostTileLists key_tiles = BN == kDkvBlockN ? dkv : build_key_tiles(slices, c.total_k, BN);
@@ -541,7 +541,10 @@ void replay(const Case& c, const std::vector<double>& q, const std::vector<doubl
       }
     }
   };
-  if (fused_dq && fused_block_n() == kFusedBlockNWide) {
+  const HostTileLists wide = build_key_tiles(slices, c.total_k, kFusedBlockNWide);
+  const double wide_stages = fused_mean_stages(slices.data(), wide.offsets.data(), wide.slices.data(),
+                                               static_cast<int>(wide.order.size()), kFusedBlockNWide);
+  if (fused_dq && fused_block_n(wide_stages, group) == kFusedBlockNWide) {
     replay_dkv(std::integral_constant<int, kFusedBlockNWide>{});
   } else {
     replay_dkv(std::integral_constant<int, kDkvBlockN>{});
