@@ -231,6 +231,8 @@ template <typename T, int D, int BN, bool kFusedDq>
 __global__ void __launch_bounds__(DkvTraits<T, D, BN, kFusedDq>::kThreads, 1)
     ffa_bwd_dkdv_kernel(const BwdParams p, const TileLists key_tiles, const FusedWork fw) {
   using Tr = DkvTraits<T, D, BN, kFusedDq>;
+  // The 64-key tiles are the plan's own dK/dV list (read where v1 read it: fewer live values).
+  const TileLists& tiles = BN == kDkvBlockN ? p.plan.dkv : key_tiles;
   constexpr int BM = Tr::kBlockM;
   constexpr int SUB = Tr::kSubM;
   constexpr int THREADS = Tr::kThreads;
@@ -255,7 +257,7 @@ __global__ void __launch_bounds__(DkvTraits<T, D, BN, kFusedDq>::kThreads, 1)
   const int work = blockIdx.x / splits;
   const int split = blockIdx.x % splits;
   const int hk = work % p.hkv;
-  const int tile = key_tiles.order[work / p.hkv];
+  const int tile = tiles.order[work / p.hkv];
   const int n0 = tile * BN;
   const int heads_per_cta = p.group / splits;
   const int head0 = hk * p.group + split * heads_per_cta;  // first query head of this CTA
@@ -268,9 +270,9 @@ __global__ void __launch_bounds__(DkvTraits<T, D, BN, kFusedDq>::kThreads, 1)
 
   KeyTileWalker<BN, BM> it;
   it.slices = p.plan.slices;
-  it.list = key_tiles.slices;
-  it.pos = key_tiles.offsets[tile];
-  it.end = key_tiles.offsets[tile + 1];
+  it.list = tiles.slices;
+  it.pos = tiles.offsets[tile];
+  it.end = tiles.offsets[tile + 1];
   it.n0 = n0;
   it.group = heads_per_cta;  // the walker's head index runs over this CTA's heads only
   bool valid = it.next_slice();
@@ -300,8 +302,8 @@ __global__ void __launch_bounds__(DkvTraits<T, D, BN, kFusedDq>::kThreads, 1)
   const T* k_base = static_cast<const T*>(p.k) + static_cast<int64_t>(hk) * D;
   if constexpr (kFusedDq) {
     uint64_t seen[BN / 64];
-    seen_keys_of_tile<BN / 64>(seen, p.plan.slices, key_tiles.slices, key_tiles.offsets[tile],
-                               key_tiles.offsets[tile + 1], n0);
+    seen_keys_of_tile<BN / 64>(seen, p.plan.slices, tiles.slices, tiles.offsets[tile],
+                               tiles.offsets[tile + 1], n0);
     load_key_tile_async<BN, D, THREADS>(sK, k_base, kv_stride, n0, total_k, seen, tid);
   } else {
     load_tile_async<BN, D, THREADS>(sK, k_base, kv_stride, n0, total_k, tid);
@@ -412,8 +414,9 @@ __global__ void __launch_bounds__(DkvTraits<T, D, BN, kFusedDq>::kThreads, 1)
       // dQ[rows, :] += dS[rows, keys] K[keys, :]; warp w owns the stage's rows [16 band, 16 band + 16) and
       // column group w / kDqBands.
       constexpr int kGroupCols = D / Tr::kDqColGroups;
-      const int band = warp % Tr::kDqBands;
-      const int col_group = warp / Tr::kDqBands;
+      // (Compile-time 0 / warp when one column group: the compiler cannot bound `warp` by itself.)
+      const int band = Tr::kDqColGroups == 1 ? warp : warp % Tr::kDqBands;
+      const int col_group = Tr::kDqColGroups == 1 ? 0 : warp / Tr::kDqBands;
       const int row0 = step_m0 + band * 16;
       if (warp_rows_see_keys(slice, row0, n0, BN)) {
         // A fragments of dS (rows x keys) from the keys x rows tile: transposing ldmatrix; matrix L/8 of
