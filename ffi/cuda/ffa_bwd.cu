@@ -13,7 +13,11 @@
 // away. The delta launch also zeroes an fp32 dQ accumulator [total_q, hq, D]; the dK/dV kernel stages dS^T
 // of each query step in shared memory and adds dS K to the accumulator with fp32 atomics (5 GEMMs per
 // tile pair); a last launch writes dq = accumulator * scale in the output dtype (rows that no slice covers
-// stay 0). Atomic order varies between runs, so dq may differ in the last bits; dk and dv do not.
+// stay 0). Key tiles of 128 keys (8 warps; the plan's second key-tile list) or 64 (the dK/dV list), chosen
+// per plan by fused_block_n (ffa_bwd_fused.cuh). When the grid is small the query heads of a GQA group are
+// split over CTAs, which then add dK / dV into fp32 workspaces too (converted the same way). Atomic order
+// varies between runs, so dq (and split dk / dv) may differ in the last bits; out, lse and unsplit dk / dv
+// do not.
 // With softcap c > 0 the logit is s = c * tanh(scale * x / c), so ds/dx = scale * (1 - (s / c)^2).
 #include "ffa_bwd_fused.cuh"
 #include "ffa_common.cuh"
