@@ -77,7 +77,10 @@ int32_t magi_ffa_forward(const void* q, const void* k, const void* v, void* out,
                          const void* plan, int32_t hq, int32_t hkv, int32_t head_dim, int32_t dtype,
                          float softmax_scale, float softcap, int32_t deterministic, void* stream);
 
-// Backward: dq, dk, dv (same dtype as q) from dout, q, k, v, out and the forward's lse.
+// Backward: dq, dk, dv (same dtype as q) from dout, q, k, v, out and the forward's lse. deterministic = 0
+// (fast mode): one fused kernel per key tile keeps dK/dV in registers and adds dQ with fp32 atomics, so dq
+// (and dk/dv when a GQA group is split across CTAs) may differ in the last bits between runs.
+// deterministic = 1: an atomic-free path (separate dK/dV and dQ kernels), bitwise reproducible.
 int32_t magi_ffa_backward(const void* dout, const void* q, const void* k, const void* v,
                           const void* out, const float* lse, void* dq, void* dk, void* dv,
                           const void* plan, int32_t hq, int32_t hkv, int32_t head_dim, int32_t dtype,
