@@ -918,7 +918,13 @@ int select_forward_kernel(int head_dim, int dtype, const char** why_not) {
     }
     return kForwardKernelSm90;
   }
-  return sm90_device && supported ? kForwardKernelSm90 : kForwardKernelSm80;
+  // Opt-in until a hang is understood: on an H200 on 2026-11-27 the sm90 forward's producer watchdog
+  // trapped once (cudaErrorLaunchFailure after 30 s) in `deno task bench`'s 64-short-document case, a
+  // shape the self-test had just passed; see bench/NOTES.md. Until that is found and fixed, the default
+  // stays on the sm80 kernel, and MAGI_FFA_FWD_KERNEL=sm90 selects the Hopper kernel.
+  (void)sm90_device;
+  (void)supported;
+  return kForwardKernelSm80;
 }
 
 bool sm90_forward_supported(int head_dim, int dtype) {
