@@ -275,7 +275,10 @@ export async function synchronize(opts: DeviceOptions = {}): Promise<void> {
   const library = loadCudaLibrary(opts);
   const streams = opts.stream === undefined ? [library.stream(), null] : [opts.stream];
   for (const stream of streams) {
-    checkWorkerStatus(await library.symbols.magi_ffa_stream_synchronize(stream), "magi_ffa_stream_synchronize");
+    checkWorkerStatus(
+      await library.symbols.magi_ffa_stream_synchronize(stream),
+      "magi_ffa_stream_synchronize",
+    );
   }
 }
 
