@@ -87,3 +87,12 @@ export function checkAttentionOptions(options: AttentionOptions): void {
     throw new MagiAttnInputError("opts.isCausal", `is ${String(options.isCausal)}`, "pass true or false");
   }
 }
+
+/** Checks that query, key and value are rank-4 `[B, H, S, D]` tensors (the HF attention layout). */
+export function checkBhsdTensors(query: HostTensor, key: HostTensor, value: HostTensor): void {
+  for (const [field, item] of [["query", query], ["key", key], ["value", value]] as const) {
+    if (item?.shape?.length !== 4) {
+      throw new MagiAttnInputError(`${field}.shape`, "is not rank 4", "pass [B, H, S, D] tensors");
+    }
+  }
+}

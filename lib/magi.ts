@@ -4,7 +4,12 @@
  * @module
  */
 
-import { type AttentionMask, type AttentionOptions, checkAttentionOptions } from "./attention_types.ts";
+import {
+  type AttentionMask,
+  type AttentionOptions,
+  checkAttentionOptions,
+  checkBhsdTensors,
+} from "./attention_types.ts";
 import { MagiAttnInputError } from "./errors.ts";
 import { flexFlashAttnForward } from "./ffa.ts";
 import { compileFlexKey } from "./flex_key.ts";
@@ -63,11 +68,7 @@ export async function magiAttentionForward(
       "run magi attention without a context-parallel group (cpGroup size 1)",
     );
   }
-  for (const [field, item] of [["query", query], ["key", key], ["value", value]] as const) {
-    if (item?.shape?.length !== 4) {
-      throw new MagiAttnInputError(`${field}.shape`, "is not rank 4", "pass [B, H, S, D] tensors");
-    }
-  }
+  checkBhsdTensors(query, key, value);
   const [batch, heads, seqQ, headDim] = query.shape;
   const seqK = key.shape[2];
   if (key.shape[0] !== batch || value.shape[0] !== batch) {

@@ -12,6 +12,7 @@ import {
   type AttentionMask,
   type AttentionOptions,
   checkAttentionOptions,
+  checkBhsdTensors,
 } from "./attention_types.ts";
 
 function checkFunctionArgs(name: unknown, fn?: unknown): void {
@@ -106,11 +107,7 @@ export function sdpaAttentionForward(
   options: AttentionOptions = {},
 ): Promise<[HostTensor, null]> {
   checkAttentionOptions(options);
-  for (const [field, item] of [["query", query], ["key", key], ["value", value]] as const) {
-    if (item?.shape?.length !== 4) {
-      throw new MagiAttnInputError(`${field}.shape`, "is not rank 4", "pass [B, H, S, D] tensors");
-    }
-  }
+  checkBhsdTensors(query, key, value);
   const [batch, heads, seqQ, headDim] = query.shape;
   const [batchK, headsKV, seqK, headDimK] = key.shape;
   if (batchK !== batch || headDimK !== headDim || value.shape.join() !== key.shape.join()) {
