@@ -50,6 +50,45 @@ constexpr int kSm90BlockN = 128;  // keys per pipeline stage
 constexpr int kSm90Threads = 384;  // producer warpgroup + 2 consumer warpgroups
 static_assert(kSm90BlockM == kFwdBlockM, "the plan's forward tile lists are built for kFwdBlockM rows");
 
+#if defined(MAGI_FFA_SM90_ENABLED)
+// Which producer wait timed out (encoded in the watchdog's fault address, see producer_wait).
+enum ProducerWait : int { kWaitQEmpty = 0, kWaitEmptyK = 1, kWaitEmptyV = 2, kWaitVtmp = 3 };
+
+// The producer's mbarrier wait with a watchdog: a wait that lasts over 30 s can only be a lost arrival or
+// a deadlock, so the kernel stops instead of hanging the device. Elapsed time is summed from forward steps
+// of %globaltimer only (a step back, or a jump of over a second between two polls, counts as nothing), so a
+// timer adjustment can neither trap early nor hide a hang. No printf here: any function call in the kernel
+// makes ptxas serialize the consumers' wgmmas (C7510). Instead, before the trap, the lane loads from an
+// address outside the GPU's virtual address space that encodes the wait, so the error report names it:
+// under compute-sanitizer (memcheck) "Invalid __global__ read ... at 0xdead..." with block and thread;
+// address = 0xdead0000'xxxxxxxx, low word = item << 8 | barrier kind (ProducerWait), item = the persistent
+// loop's w (step and parity are left out: carrying them made ptxas spill in the producer).
+// Without the sanitizer the launch fails with cudaErrorIllegalAddress (700) instead of 719.
+__device__ __forceinline__ void producer_wait(uint32_t bar, uint32_t parity, int what, int item) {
+  if (sm90::mbar_try_wait(bar, parity)) return;
+  // Low 32 bits of the timer (ns): a poll-to-poll step is their difference modulo 2^32; a step back shows
+  // as a huge value and is dropped with the jumps. Waited time in units of 1024 ns (30 s = 29.3e6 units).
+  uint32_t last = static_cast<uint32_t>(sm90::global_timer_ns());
+  uint32_t waited = 0;
+  uint32_t spins = 0;
+  while (!sm90::mbar_try_wait(bar, parity)) {
+    if ((++spins & 1023u) != 0) continue;
+    const uint32_t now = static_cast<uint32_t>(sm90::global_timer_ns());
+    const uint32_t delta = now - last;
+    if (delta < 1000000000u) waited += delta >> 10;
+    last = now;
+    if (waited > 30000000000u / 1024u) {
+      const uint32_t code = (static_cast<uint32_t>(item) << 8) | static_cast<uint32_t>(what);
+      asm volatile("{\n.reg .u64 a;\n.reg .u32 t;\nmov.b64 a, {%0, %1};\nld.volatile.global.u32 t, [a];\n}\n"
+                   :
+                   : "r"(code), "r"(0xdead0000u)
+                   : "memory");
+      __trap();
+    }
+  }
+}
+#endif  // MAGI_FFA_SM90_ENABLED
+
 struct Sm90FwdArgs {
   CUtensorMap tm_q;  // (D, hq, total_q), box (64, 1, 128)
   CUtensorMap tm_k;  // (D, hkv, total_k), box (64, 1, 128)
@@ -183,7 +222,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
         // Q only for items with steps, alternating between the two buffers (qi counts such items).
         if (valid && lane == 0) {
           const int qb = q_items & 1;
-          if (q_items >= 2) mbar_wait(bar_qe(qb), ((q_items >> 1) - 1) & 1);
+          if (q_items >= 2) producer_wait(bar_qe(qb), ((q_items >> 1) - 1) & 1, kWaitQEmpty, w);
           mbar_arrive_expect_tx(bar_qf(qb), L::kQBytes);
 #pragma unroll
           for (int b = 0; b < L::kBoxes; ++b) {
@@ -193,7 +232,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
         if (valid) ++q_items;
       } else if (lane == 0) {
         // The consumers are done reading the previous item's Q (its last S = Q K^T has completed).
-        if (item_count > 0) mbar_wait(bar_q_empty, (item_count - 1) & 1);
+        if (item_count > 0) producer_wait(bar_q_empty, (item_count - 1) & 1, kWaitQEmpty, w);
         mbar_arrive_expect_tx(bar_q_full, L::kQBytes);
 #pragma unroll
         for (int b = 0; b < L::kBoxes; ++b) tma_load_3d(sQ + b * L::kQBox, &args.tm_q, b * 64, h, m0, bar_q_full);
@@ -205,14 +244,14 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
         const int s = step % S;
         const uint32_t use = static_cast<uint32_t>(step / S);
         if (lane == 0) {
-          if (step >= S) mbar_wait(bar_empty_k(s), (use - 1) & 1);
+          if (step >= S) producer_wait(bar_empty_k(s), (use - 1) & 1, kWaitEmptyK, w);
           mbar_arrive_expect_tx(bar_full_k(s), L::kKVStage);
 #pragma unroll
           for (int b = 0; b < L::kBoxes; ++b) {
             tma_load_3d(sK + s * L::kKVStage + b * L::kKVBox, &args.tm_k, b * 64, hk, n0, bar_full_k(s));
           }
         }
-        if (step >= S) mbar_wait(bar_empty_v(s), (use - 1) & 1);
+        if (step >= S) producer_wait(bar_empty_v(s), (use - 1) & 1, kWaitEmptyV, w);
         // Keys [k_hi, min(n0 + BN, total_k)) are in the tensor but nobody in this step may see them (another
         // document, padding that may hold NaN): zero them in V, since 0 * NaN would leak into P V. TMA
         // zero-fills only past the tensor end. In S they are masked.
@@ -225,7 +264,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
 #pragma unroll
             for (int b = 0; b < L::kBoxes; ++b) tma_load_3d(v_dst + b * L::kKVBox, &args.tm_v, b * 64, hk, n0, bar_vtmp);
           }
-          mbar_wait(bar_vtmp, vtmp_phase);
+          producer_wait(bar_vtmp, vtmp_phase, kWaitVtmp, w);
           vtmp_phase ^= 1;
           // Whole 128-byte rows are zeroed, so the swizzle does not matter.
           const int chunks = (tail_hi - tail_lo) * 8;  // 16-byte chunks per box

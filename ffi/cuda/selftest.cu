@@ -8,10 +8,12 @@
 // compare bytes (the fast mode's dq uses fp32 atomics, so only its accuracy is checked).
 //
 // Usage: magi_ffa_selftest [--quick] [--filter SUBSTRING] [--list] [--cpu-replay] [--bench]
-//                          [--bwd-mode fast|deterministic|both]
+//                          [--bwd-mode fast|deterministic|both] [--repeat N]
 //   --bwd-mode    backward mode(s) to check / time (default both; fast = deterministic 0, the API default)
 //   --bench       time forward / backward on a few large shapes (bf16), print ms and TFLOP/s
 //   --quick       only the small cases (for compute-sanitizer runs)
+//   --repeat N    run each selected case (or --bench case) N times in this process, stopping at the first
+//                 failure (intermittent-hang hunting, e.g. --bench --filter shortdocs --repeat 200)
 //   --cpu-replay  no GPU: replays the kernels' schedule on the CPU (the same plan tile lists, walkers,
 //                 per-warp skip and mask decisions, tile sizes) with float64 math, and compares it with
 //                 the reference. Catches scheduling / masking mistakes on a machine without a GPU.
@@ -24,6 +26,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <string>
@@ -1332,6 +1335,7 @@ int main(int argc, char** argv) {
   bool quick = false, list = false, cpu_replay = false, bench = false;
   std::string filter;
   std::vector<int32_t> bwd_modes = {0, 1};  // backward deterministic flag values to run
+  int repeat = 1;                            // runs of each selected case
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--quick") {
@@ -1344,6 +1348,12 @@ int main(int argc, char** argv) {
       list = true;
     } else if (arg == "--filter" && i + 1 < argc) {
       filter = argv[++i];
+    } else if (arg == "--repeat" && i + 1 < argc) {
+      repeat = std::atoi(argv[++i]);
+      if (repeat < 1) {
+        std::fprintf(stderr, "--repeat takes a count of at least 1 (got %s)\n", argv[i]);
+        return 2;
+      }
     } else if (arg == "--bwd-mode" && i + 1 < argc) {
       const std::string mode = argv[++i];
       if (mode == "fast") {
@@ -1359,7 +1369,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--quick] [--filter SUBSTRING] [--list] [--cpu-replay] [--bench] "
-                   "[--bwd-mode fast|deterministic|both]\n",
+                   "[--bwd-mode fast|deterministic|both] [--repeat N]\n",
                    argv[0]);
       return 2;
     }
@@ -1390,9 +1400,12 @@ int main(int argc, char** argv) {
     bool ok = true;
     for (const BenchCase& b : make_bench_cases()) {
       if (!filter.empty() && b.name.find(filter) == std::string::npos) continue;
-      if (!run_bench_case(b, 5, 5, bwd_modes)) {
-        std::printf("bench %s failed: %s\n", b.name.c_str(), error);
-        ok = false;
+      for (int run = 0; run < repeat && ok; ++run) {
+        if (repeat > 1) std::printf("bench %s: run %d of %d\n", b.name.c_str(), run + 1, repeat);
+        if (!run_bench_case(b, 5, 5, bwd_modes)) {
+          std::printf("bench %s failed: %s\n", b.name.c_str(), error);
+          ok = false;
+        }
       }
     }
     return ok ? 0 : 1;
@@ -1408,7 +1421,14 @@ int main(int argc, char** argv) {
       std::printf("%s\n", c.name.c_str());
       continue;
     }
-    if (run_case(c, bwd_modes)) ++passed; else ++failed;
+    for (int run = 0; run < repeat; ++run) {
+      if (run_case(c, bwd_modes)) {
+        ++passed;
+      } else {
+        ++failed;
+        break;
+      }
+    }
   }
   if (list) return 0;
   std::printf("%d passed, %d failed\n", passed, failed);
