@@ -12,6 +12,8 @@
 //                           documents 256-4096, sliding window 1024, prefix tree, 64 short documents) of
 //                           the kernel / variant the environment selects (MAGI_FFA_FWD_KERNEL,
 //                           MAGI_FFA_SM90_XITEM, MAGI_FFA_SM90_PINGPONG, MAGI_FFA_SM90_CTAS).
+//   --fwd-hammer N          the --fwd-time shapes (those matching --filter) launched N times each, a
+//                           synchronization every 100 launches (hang hunting).
 // and forward cases aimed at the sm90 kernel's edges (stage ring wrap-around, key tiles that straddle the
 // tensor end or NaN padding inside it, many slices sharing one query tile, rows past total_q, GQA,
 // softcap, rows that see nothing). Host-only code.
@@ -309,7 +311,9 @@ inline std::vector<CrossCase> time_cases() {
   return cases;
 }
 
-inline int fwd_time() {
+// hammer > 0: instead of timing, launch each selected case `hammer` times back to back (a stream
+// synchronization every 100 launches reports progress and any error): intermittent-hang hunting.
+inline int fwd_time(int hammer = 0, const std::string& filter = "") {
   const char* env_kernel = std::getenv("MAGI_FFA_FWD_KERNEL");
   const char* env_xitem = std::getenv("MAGI_FFA_SM90_XITEM");
   const char* env_pingpong = std::getenv("MAGI_FFA_SM90_PINGPONG");
@@ -318,6 +322,7 @@ inline int fwd_time() {
                 env_xitem ? env_xitem : "0", env_pingpong ? env_pingpong : "1");
   int status = 0;
   for (const CrossCase& c : time_cases()) {
+    if (!filter.empty() && c.name.find(filter) == std::string::npos) continue;
     const size_t q_count = static_cast<size_t>(c.total) * c.hq * c.head_dim;
     const size_t kv_count = static_cast<size_t>(c.total) * c.hkv * c.head_dim;
     std::vector<uint16_t> host(std::max(q_count, kv_count));
@@ -349,6 +354,23 @@ inline int fwd_time() {
       return magi_ffa_forward(dq, dk, dv, dout, static_cast<float*>(dlse), plan, c.hq, c.hkv, c.head_dim, c.dtype,
                               scale, c.softcap, 0, nullptr);
     };
+    if (hammer > 0) {
+      const auto start = std::chrono::steady_clock::now();
+      int launched = 0;
+      while (rc == 0 && launched < hammer) {
+        for (int i = 0; rc == 0 && i < 100 && launched < hammer; ++i, ++launched) rc = forward();
+        if (rc == 0) rc = magi_ffa_stream_synchronize(nullptr);
+      }
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      std::printf("fwd-hammer %-30s %d launches in %.2f s: %s%s (%s)\n", c.name.c_str(), launched, seconds,
+                  rc == 0 ? "ok" : "FAILED ", rc == 0 ? "" : magi_ffa_last_error(), label);
+      std::fflush(stdout);
+      if (rc != 0) status = 1;
+      if (plan != nullptr) magi_ffa_plan_destroy(plan);
+      for (void* pointer : {dq, dk, dv, dout, dlse}) magi_ffa_free(pointer);
+      if (rc != 0) return status;
+      continue;
+    }
     std::vector<double> samples;
     for (int i = 0; rc == 0 && i < 3; ++i) rc = forward();  // warm-up
     if (rc == 0) rc = magi_ffa_stream_synchronize(nullptr);
@@ -380,6 +402,8 @@ inline int fwd_time() {
 inline int fwd_kernel_flag(int* argc, char** argv) {
   std::string kernel, dump_path;
   bool bench = false, cpu_replay = false, crosscheck = false, time_only = false;
+  int hammer = 0;
+  std::string filter;
   int out = 1;
   for (int i = 1; i < *argc; ++i) {
     const char* arg = argv[i];
@@ -389,6 +413,11 @@ inline int fwd_kernel_flag(int* argc, char** argv) {
     }
     if (std::strcmp(arg, "--fwd-time") == 0) {
       time_only = true;
+      continue;
+    }
+    if (std::strcmp(arg, "--fwd-hammer") == 0 && i + 1 < *argc) {
+      time_only = true;
+      hammer = std::atoi(argv[++i]);
       continue;
     }
     if (std::strcmp(arg, "--fwd-dump") == 0 && i + 1 < *argc) {
@@ -408,6 +437,7 @@ inline int fwd_kernel_flag(int* argc, char** argv) {
       continue;
     }
     if (std::strcmp(arg, "--bench") == 0) bench = true;
+    if (std::strcmp(arg, "--filter") == 0 && i + 1 < *argc) filter = argv[i + 1];
     if (std::strcmp(arg, "--cpu-replay") == 0) cpu_replay = true;
     argv[out++] = argv[i];
   }
@@ -425,7 +455,7 @@ inline int fwd_kernel_flag(int* argc, char** argv) {
   if (!cpu_replay) std::printf("forward kernel: %s\n", env != nullptr && env[0] != '\0' ? env : "auto");
   std::fflush(stdout);
   if (!dump_path.empty()) return fwd_dump(dump_path.c_str());
-  if (time_only) return fwd_time();
+  if (time_only) return fwd_time(hammer, filter);
   if (!bench || cpu_replay || (env != nullptr && env[0] != '\0')) return -1;
 
   // --bench with the kernel left open: time each forward kernel this device can run.
