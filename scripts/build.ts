@@ -16,6 +16,7 @@ export const LIBRARY_SOURCES: readonly string[] = Object.freeze([
   "ffa_fwd.cu",
   "ffa_fwd_sm90.cu",
   "ffa_bwd.cu",
+  "ffa_bwd_sm90.cu",
 ]);
 
 /** Headers the sources include, relative to `ffi/cuda/`. */
@@ -27,6 +28,7 @@ export const LIBRARY_HEADERS: readonly string[] = Object.freeze([
   "ffa_mask.cuh",
   "ffa_plan.cuh",
   "ffa_walkers.cuh",
+  "ffa_sm90_bwd.cuh",
   "ffa_sm90_fwd.cuh",
   "ffa_sm90_ptx.cuh",
   "ffa_sm90_selftest.cuh",

@@ -23,6 +23,7 @@
 #include "ffa_common.cuh"
 #include "ffa_internal.cuh"
 #include "ffa_launch.cuh"
+#include "ffa_sm90_bwd.cuh"
 #include "ffa_walkers.cuh"
 #include "magi_ffa.h"
 
@@ -741,10 +742,40 @@ cudaError_t launch_backward(const BwdParams& params, int head_dim, int dtype, cu
   return launch_backward_dispatch(params, params.plan.dkv, head_dim, dtype, nullptr, stream);
 }
 
+// Fast mode with the sm90 main loop: delta (zeroing the dQ accumulator), the Hopper kernel, dq conversion.
+template <typename T>
+cudaError_t launch_backward_sm90_path(const BwdParams& params, const TileLists& wide_keys, float* dq_accum, int dtype,
+                                      cudaStream_t stream) {
+  constexpr int D = 128;
+  const int64_t items = static_cast<int64_t>(params.plan.total_q) * params.hq;
+  constexpr int kItemsPerBlock = 256 / (D / 8);
+  const int64_t blocks = (items + kItemsPerBlock - 1) / kItemsPerBlock;
+  if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  ffa_bwd_delta_kernel<T, D><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
+      static_cast<const T*>(params.dout), static_cast<const T*>(params.out), params.delta, dq_accum, items);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  err = launch_backward_sm90(params, wide_keys, dq_accum, dtype, stream);
+  if (err != cudaSuccess) return err;
+  return launch_convert<T>(dq_accum, params.dq, params.scale, items * D, stream);
+}
+
 cudaError_t launch_backward_mode(const BwdParams& params, const TileLists& wide_keys, double wide_mean_stages,
-                                 int head_dim, int dtype, bool deterministic, cudaStream_t stream) {
+                                 int head_dim, int dtype, bool deterministic, bool sm90_main_loop,
+                                 cudaStream_t stream) {
   if (deterministic || params.plan.total_q == 0) {
     return launch_backward_dispatch(params, params.plan.dkv, head_dim, dtype, nullptr, stream);
+  }
+  if (sm90_main_loop && head_dim == 128 && params.plan.total_k > 0) {
+    const size_t q_elements = static_cast<size_t>(params.plan.total_q) * static_cast<size_t>(params.hq) * 128;
+    float* dq_accum = nullptr;
+    cudaError_t err = cudaMallocAsync(reinterpret_cast<void**>(&dq_accum), q_elements * sizeof(float), stream);
+    if (err != cudaSuccess) return err;
+    err = dtype == MAGI_FFA_DTYPE_BFLOAT16
+              ? launch_backward_sm90_path<__nv_bfloat16>(params, wide_keys, dq_accum, dtype, stream)
+              : launch_backward_sm90_path<__half>(params, wide_keys, dq_accum, dtype, stream);
+    const cudaError_t free_err = cudaFreeAsync(dq_accum, stream);
+    return err != cudaSuccess ? err : free_err;
   }
   const int block_n = fused_block_n(wide_mean_stages, params.group);
   const TileLists& fused_tiles = block_n == kFusedBlockNWide ? wide_keys : params.plan.dkv;

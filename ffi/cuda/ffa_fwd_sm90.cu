@@ -29,6 +29,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -50,6 +51,16 @@ constexpr int kSm90BlockN = 128;  // keys per pipeline stage
 constexpr int kSm90Threads = 384;  // producer warpgroup + 2 consumer warpgroups
 static_assert(kSm90BlockM == kFwdBlockM, "the plan's forward tile lists are built for kFwdBlockM rows");
 
+// Watchdog record, in host-mapped memory so that it survives the trap (the context is lost after it):
+// word 0 a magic value once complete, 1 block, 2 item, 3 kind (ProducerWait), 4 step, 5 parity, then the
+// raw 64-bit words of every mbarrier of the CTA (lo, hi), then, in a MAGI_FFA_SM90_TRACE build, each
+// consumer warp's last position (item << 20 | step << 4 | where).
+constexpr int kWatchdogWords = 64;
+constexpr uint32_t kWatchdogMagic = 0x5ad0beefu;
+constexpr int kWatchdogBarWords = 6;
+constexpr int kWatchdogMaxBars = 16;
+constexpr int kWatchdogProgressWords = kWatchdogBarWords + 2 * kWatchdogMaxBars;  // 38: 8 progress words
+
 #if defined(MAGI_FFA_SM90_ENABLED)
 // Which producer wait timed out (encoded in the watchdog's fault address, see producer_wait).
 enum ProducerWait : int { kWaitQEmpty = 0, kWaitEmptyK = 1, kWaitEmptyV = 2, kWaitVtmp = 3 };
@@ -58,13 +69,48 @@ enum ProducerWait : int { kWaitQEmpty = 0, kWaitEmptyK = 1, kWaitEmptyV = 2, kWa
 // a deadlock, so the kernel stops instead of hanging the device. Elapsed time is summed from forward steps
 // of %globaltimer only (a step back, or a jump of over a second between two polls, counts as nothing), so a
 // timer adjustment can neither trap early nor hide a hang. No printf here: any function call in the kernel
-// makes ptxas serialize the consumers' wgmmas (C7510). Instead, before the trap, the lane loads from an
-// address outside the GPU's virtual address space that encodes the wait, so the error report names it:
-// under compute-sanitizer (memcheck) "Invalid __global__ read ... at 0xdead..." with block and thread;
-// address = 0xdead0000'xxxxxxxx, low word = item << 8 | barrier kind (ProducerWait), item = the persistent
-// loop's w (step and parity are left out: carrying them made ptxas spill in the producer).
-// Without the sanitizer the launch fails with cudaErrorIllegalAddress (700) instead of 719.
-__device__ __forceinline__ void producer_wait(uint32_t bar, uint32_t parity, int what, int item) {
+// makes ptxas serialize the consumers' wgmmas (C7510). Instead, before the trap, the lane writes the
+// watchdog record (above) into host-mapped memory; the library appends it to the error text of the next
+// failing call (sm90_watchdog_report).
+struct WatchdogSite {
+  uint32_t* record;   // host-mapped record, or nullptr
+  uint32_t bar0;      // shared address of the first mbarrier
+  int num_bars;
+  uint32_t progress;  // shared address of the consumer warps' progress words (0: none)
+};
+
+__device__ __forceinline__ void watchdog_fire(const WatchdogSite& site, int what, int item, int step, uint32_t parity) {
+  uint32_t* r = site.record;
+  // Plain stores (no atomics: PCIe may not carry them to host memory); CTAs that trap together may mix
+  // their records, the magic word is written last.
+  if (r != nullptr) {
+    r[1] = blockIdx.x;
+    r[2] = static_cast<uint32_t>(item);
+    r[3] = static_cast<uint32_t>(what);
+    r[4] = static_cast<uint32_t>(step);
+    r[5] = parity;
+    for (int b = 0; b < site.num_bars && b < kWatchdogMaxBars; ++b) {
+      uint64_t word;
+      asm volatile("ld.volatile.shared.b64 %0, [%1];\n" : "=l"(word) : "r"(site.bar0 + 8 * b));
+      r[kWatchdogBarWords + 2 * b] = static_cast<uint32_t>(word);
+      r[kWatchdogBarWords + 2 * b + 1] = static_cast<uint32_t>(word >> 32);
+    }
+    if (site.progress != 0) {
+      for (int w = 0; w < 8; ++w) {
+        uint32_t value;
+        asm volatile("ld.volatile.shared.u32 %0, [%1];\n" : "=r"(value) : "r"(site.progress + 4 * w));
+        r[kWatchdogProgressWords + w] = value;
+      }
+    }
+    __threadfence_system();
+    r[0] = kWatchdogMagic;
+    __threadfence_system();
+  }
+  __trap();
+}
+
+__device__ __forceinline__ void producer_wait(uint32_t bar, uint32_t parity, int what, int item, int step,
+                                              const WatchdogSite& site) {
   if (sm90::mbar_try_wait(bar, parity)) return;
   // Low 32 bits of the timer (ns): a poll-to-poll step is their difference modulo 2^32; a step back shows
   // as a huge value and is dropped with the jumps. Waited time in units of 1024 ns (30 s = 29.3e6 units).
@@ -77,14 +123,7 @@ __device__ __forceinline__ void producer_wait(uint32_t bar, uint32_t parity, int
     const uint32_t delta = now - last;
     if (delta < 1000000000u) waited += delta >> 10;
     last = now;
-    if (waited > 30000000000u / 1024u) {
-      const uint32_t code = (static_cast<uint32_t>(item) << 8) | static_cast<uint32_t>(what);
-      asm volatile("{\n.reg .u64 a;\n.reg .u32 t;\nmov.b64 a, {%0, %1};\nld.volatile.global.u32 t, [a];\n}\n"
-                   :
-                   : "r"(code), "r"(0xdead0000u)
-                   : "memory");
-      __trap();
-    }
+    if (waited > 30000000000u / 1024u) watchdog_fire(site, what, item, step, parity);
   }
 }
 #endif  // MAGI_FFA_SM90_ENABLED
@@ -97,6 +136,7 @@ struct Sm90FwdArgs {
   FwdParams p;
   int32_t num_items;  // query tiles x heads
   int32_t pingpong;   // 1: the consumer warpgroups take turns issuing wgmmas (MAGI_FFA_SM90_PINGPONG=0: off)
+  uint32_t* watchdog;  // host-mapped watchdog record (kWatchdogWords), or nullptr
 };
 
 template <int D, bool kXItem>
@@ -119,7 +159,8 @@ struct Sm90Layout {
   static constexpr int kOffBar = kOffV + kStages * kKVStage;
   // barriers: q_full, q_empty, vtmp, full_k[S], full_v[S], empty_k[S], empty_v[S], q_full_1, q_empty_1
   static constexpr int kNumBars = 5 + 4 * kStages;
-  static constexpr int kBytes = kOffBar + kNumBars * 8;
+  static constexpr int kOffProgress = kOffBar + kNumBars * 8;  // 8 consumer-warp progress words (trace build)
+  static constexpr int kBytes = kOffProgress + 8 * 4;
   static constexpr size_t kSmemBytes = static_cast<size_t>(kBytes) + 1024;  // + alignment slack
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per block");
 };
@@ -202,6 +243,11 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
       prefetch_tensor_map(&args.tm_k);
       prefetch_tensor_map(&args.tm_v);
     }
+#if defined(MAGI_FFA_SM90_TRACE)
+    const WatchdogSite site{args.watchdog, bar0, L::kNumBars, base + L::kOffProgress};
+#else
+    const WatchdogSite site{args.watchdog, bar0, L::kNumBars, 0};
+#endif
     int step = 0;
     uint32_t vtmp_phase = 0;
     int item_count = 0;
@@ -222,7 +268,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
         // Q only for items with steps, alternating between the two buffers (qi counts such items).
         if (valid && lane == 0) {
           const int qb = q_items & 1;
-          if (q_items >= 2) producer_wait(bar_qe(qb), ((q_items >> 1) - 1) & 1, kWaitQEmpty, w);
+          if (q_items >= 2) producer_wait(bar_qe(qb), ((q_items >> 1) - 1) & 1, kWaitQEmpty, w, step, site);
           mbar_arrive_expect_tx(bar_qf(qb), L::kQBytes);
 #pragma unroll
           for (int b = 0; b < L::kBoxes; ++b) {
@@ -232,7 +278,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
         if (valid) ++q_items;
       } else if (lane == 0) {
         // The consumers are done reading the previous item's Q (its last S = Q K^T has completed).
-        if (item_count > 0) producer_wait(bar_q_empty, (item_count - 1) & 1, kWaitQEmpty, w);
+        if (item_count > 0) producer_wait(bar_q_empty, (item_count - 1) & 1, kWaitQEmpty, w, step, site);
         mbar_arrive_expect_tx(bar_q_full, L::kQBytes);
 #pragma unroll
         for (int b = 0; b < L::kBoxes; ++b) tma_load_3d(sQ + b * L::kQBox, &args.tm_q, b * 64, h, m0, bar_q_full);
@@ -244,14 +290,14 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
         const int s = step % S;
         const uint32_t use = static_cast<uint32_t>(step / S);
         if (lane == 0) {
-          if (step >= S) producer_wait(bar_empty_k(s), (use - 1) & 1, kWaitEmptyK, w);
+          if (step >= S) producer_wait(bar_empty_k(s), (use - 1) & 1, kWaitEmptyK, w, step, site);
           mbar_arrive_expect_tx(bar_full_k(s), L::kKVStage);
 #pragma unroll
           for (int b = 0; b < L::kBoxes; ++b) {
             tma_load_3d(sK + s * L::kKVStage + b * L::kKVBox, &args.tm_k, b * 64, hk, n0, bar_full_k(s));
           }
         }
-        if (step >= S) producer_wait(bar_empty_v(s), (use - 1) & 1, kWaitEmptyV, w);
+        if (step >= S) producer_wait(bar_empty_v(s), (use - 1) & 1, kWaitEmptyV, w, step, site);
         // Keys [k_hi, min(n0 + BN, total_k)) are in the tensor but nobody in this step may see them (another
         // document, padding that may hold NaN): zero them in V, since 0 * NaN would leak into P V. TMA
         // zero-fills only past the tensor end. In S they are masked.
@@ -264,7 +310,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
 #pragma unroll
             for (int b = 0; b < L::kBoxes; ++b) tma_load_3d(v_dst + b * L::kKVBox, &args.tm_v, b * 64, hk, n0, bar_vtmp);
           }
-          producer_wait(bar_vtmp, vtmp_phase, kWaitVtmp, w);
+          producer_wait(bar_vtmp, vtmp_phase, kWaitVtmp, w, step, site);
           vtmp_phase ^= 1;
           // Whole 128-byte rows are zeroed, so the swizzle does not matter.
           const int chunks = (tail_hi - tail_lo) * 8;  // 16-byte chunks per box
@@ -331,6 +377,19 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
     if (pingpong) named_barrier_arrive(kBarSchedule + (cw ^ 1), 256);
   };
   if (pingpong && cw == 1) named_barrier_arrive(kBarSchedule, 256);
+#if defined(MAGI_FFA_SM90_TRACE)
+  // Debug build: each consumer warp records where it is (read by the producer's watchdog record).
+  const uint32_t progress_word = base + L::kOffProgress + 4 * (threadIdx.x / 32 - 4);
+  auto trace = [&](int item, int at_step, int where) {
+    if (lane == 0) {
+      const uint32_t value = (static_cast<uint32_t>(item) << 20) | ((static_cast<uint32_t>(at_step) & 0xffffu) << 4) |
+                             static_cast<uint32_t>(where);
+      asm volatile("st.volatile.shared.u32 [%0], %1;\n" ::"r"(progress_word), "r"(value) : "memory");
+    }
+  };
+#else
+  auto trace = [](int, int, int) {};
+#endif
 
   auto issue_qk = [&](int s) {
 #pragma unroll
@@ -427,6 +486,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
     it.end = p.plan.fwd.offsets[tile + 1];
     it.m0 = m0;
 
+    trace(w, step, 1);
     mbar_wait_plain(bar_q_full, item_count & 1);
     // Every step is computed by both warpgroups (a warpgroup whose rows see none of a tile's keys gets
     // P = 0 from the mask): keeping the wgmmas out of data-dependent branches keeps them asynchronous.
@@ -438,6 +498,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
       // First step: S = Q K^T, softmax, P.
       int s = step % S;
       uint32_t parity = static_cast<uint32_t>(step / S) & 1;
+      trace(w, step, 2);
       mbar_wait_plain(bar_full_k(s), parity);
       schedule_wait();
       wgmma_fence();
@@ -463,7 +524,9 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
         valid = it.advance();
         s = step % S;
         parity = static_cast<uint32_t>(step / S) & 1;
+        trace(w, step, 3);
         mbar_wait_plain(bar_full_k(s), parity);
+        trace(w, step, 4);
         mbar_wait_plain(bar_full_v(prev_stage), prev_parity);
         fence_regs(o);
         fence_regs(pfrag);
@@ -491,6 +554,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
         prev_parity = parity;
         ++step;
       }
+      trace(w, step, 5);
       mbar_wait_plain(bar_full_v(prev_stage), prev_parity);
       fence_regs(o);
       fence_regs(pfrag);
@@ -519,6 +583,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
     // O (normalized, as T) into this warpgroup's rows of the O staging buffer in the 128-byte-swizzled
     // box layout of the output tensor map, then one TMA store per 64-column box (rows past total_q are
     // clipped by TMA). The previous item's store must have finished reading the buffer first.
+    trace(w, step, 6);
     if ((threadIdx.x & 127) == 0) tma_store_wait_read();
     named_barrier_sync(kBarEpilogue + cw, 128);
     unsigned char* o_bytes = smem + L::kOffO;
@@ -534,6 +599,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
       *reinterpret_cast<uint32_t*>(o_bytes + offset) = Elem<T>::pack(o[i] * inv[r], o[i + 1] * inv[r]);
     }
     fence_proxy_async_smem();  // generic stores before the TMA (async proxy) reads them
+    trace(w, step, 7);
     named_barrier_sync(kBarEpilogue + cw, 128);
     // (A warpgroup whose 64 rows all lie past total_q stores nothing: no box entirely out of bounds.)
     if ((threadIdx.x & 127) == 0 && wg_row0 < total_q) {
@@ -769,7 +835,9 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
     }
     if (pending) flush();
   }
+  trace(0xfff, 0, 8);
   if (cw == 0) schedule_wait();  // takes warpgroup 1's last pass, so no arrival is left pending
+  trace(0xfff, 0, 9);
   if ((threadIdx.x & 127) == 0) tma_store_wait_all();
   }
 #else
@@ -795,23 +863,34 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
   return fn;
 }
 
-// A thd tensor [rows, heads, D] as the 3-D tensor (D, heads, rows) with boxes of (64, 1, box_rows) and the
-// 128-byte swizzle; zero fill out of bounds.
 bool encode_thd(CUtensorMap* map, const void* pointer, int rows, int heads, int head_dim, int box_rows, int dtype) {
-  PFN_cuTensorMapEncodeTiled_v12000 fn = encode_fn();
-  if (fn == nullptr) return false;
-  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(heads),
-                              static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(head_dim) * 2,
-                                 static_cast<cuuint64_t>(head_dim) * 2 * static_cast<cuuint64_t>(heads)};
-  const cuuint32_t box[3] = {64, 1, static_cast<cuuint32_t>(box_rows)};
-  const cuuint32_t element_strides[3] = {1, 1, 1};
-  const CUtensorMapDataType type =
-      dtype == MAGI_FFA_DTYPE_BFLOAT16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-  const CUresult result = fn(map, type, 3, const_cast<void*>(pointer), dims, strides, box, element_strides,
-                             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return result == CUDA_SUCCESS;
+  return sm90_encode_thd(map, pointer, rows, heads, head_dim, 64, box_rows, dtype, false);
+}
+
+// The watchdog record: pinned, host-mapped memory allocated once per process (nullptr when that fails:
+// the watchdog then traps without a record).
+uint32_t* watchdog_record_host() {
+  static uint32_t* host = [] {
+    void* pointer = nullptr;
+    if (cudaHostAlloc(&pointer, kWatchdogWords * sizeof(uint32_t), cudaHostAllocMapped) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return static_cast<uint32_t*>(nullptr);
+    }
+    std::memset(pointer, 0, kWatchdogWords * sizeof(uint32_t));
+    return static_cast<uint32_t*>(pointer);
+  }();
+  return host;
+}
+
+uint32_t* watchdog_record_device() {
+  uint32_t* host = watchdog_record_host();
+  if (host == nullptr) return nullptr;
+  void* device = nullptr;
+  if (cudaHostGetDevicePointer(&device, host, 0) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return nullptr;
+  }
+  return static_cast<uint32_t*>(device);
 }
 
 // MAGI_FFA_SM90_PINGPONG=0 (read once) turns the consumer warpgroups' turn-taking off (for A/B timing).
@@ -825,7 +904,7 @@ bool pingpong_enabled() {
 
 // Persistent grid size: one CTA per SM of the current device (cached per device), or MAGI_FFA_SM90_CTAS
 // (read once; a test knob: a small value makes every CTA run many items).
-cudaError_t persistent_ctas(int* ctas) {
+cudaError_t persistent_ctas_impl(int* ctas) {
   static const int forced = [] {
     const char* value = std::getenv("MAGI_FFA_SM90_CTAS");
     return value != nullptr ? std::atoi(value) : 0;
@@ -891,8 +970,9 @@ cudaError_t launch_sm90_typed(const FwdParams& params, int dtype, cudaStream_t s
   }
   args.num_items = static_cast<int32_t>(blocks);
   args.pingpong = pingpong_enabled() ? 1 : 0;
+  args.watchdog = watchdog_record_device();
   int ctas = 0;
-  cudaError_t err = persistent_ctas(&ctas);
+  cudaError_t err = sm90_persistent_ctas(&ctas);
   if (err != cudaSuccess) return err;
   const int grid = static_cast<int>(std::min<int64_t>(blocks, ctas));
   return xitem_enabled() ? launch_sm90_variant<T, D, true>(args, grid, stream)
@@ -964,6 +1044,58 @@ int select_forward_kernel(int head_dim, int dtype, const char** why_not) {
   (void)sm90_device;
   (void)supported;
   return kForwardKernelSm80;
+}
+
+bool sm90_encode_thd(CUtensorMap* map, const void* pointer, int rows, int heads, int head_dim, int box_cols,
+                     int box_rows, int dtype, bool fp32) {
+  PFN_cuTensorMapEncodeTiled_v12000 fn = encode_fn();
+  if (fn == nullptr) return false;
+  const cuuint64_t element = fp32 ? 4 : 2;
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(heads),
+                              static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(head_dim) * element,
+                                 static_cast<cuuint64_t>(head_dim) * element * static_cast<cuuint64_t>(heads)};
+  const cuuint32_t box[3] = {static_cast<cuuint32_t>(box_cols), 1, static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  const CUtensorMapDataType type = fp32                                ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32
+                                   : dtype == MAGI_FFA_DTYPE_BFLOAT16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                                                      : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  const CUresult result = fn(map, type, 3, const_cast<void*>(pointer), dims, strides, box, element_strides,
+                             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return result == CUDA_SUCCESS;
+}
+
+cudaError_t sm90_persistent_ctas(int* ctas) { return persistent_ctas_impl(ctas); }
+
+bool sm90_current_device_is_sm90() {
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return device_is_sm90(device);
+}
+
+bool sm90_watchdog_report(char* text, size_t size) {
+  uint32_t* r = watchdog_record_host();
+  if (r == nullptr || size == 0) return false;
+  if (*reinterpret_cast<volatile uint32_t*>(r) != kWatchdogMagic) return false;
+  static const char* const kinds[] = {"Q empty", "K empty", "V empty", "V tail"};
+  const char* kind = r[3] < 4 ? kinds[r[3]] : "?";
+  int n = std::snprintf(text, size,
+                        "sm90 forward watchdog: CTA %u waited over 30 s on the %s barrier (item %u, step %u, parity %u); "
+                        "mbarriers:",
+                        r[1], kind, r[2], r[4], r[5]);
+  for (int b = 0; b < kWatchdogMaxBars && n > 0 && static_cast<size_t>(n) < size; ++b) {
+    n += std::snprintf(text + n, size - n, " %08x%08x", r[kWatchdogBarWords + 2 * b + 1], r[kWatchdogBarWords + 2 * b]);
+  }
+  if (n > 0 && static_cast<size_t>(n) < size) n += std::snprintf(text + n, size - n, "; consumer warps (item:step:where):");
+  for (int w = 0; w < 8 && n > 0 && static_cast<size_t>(n) < size; ++w) {
+    const uint32_t v = r[kWatchdogProgressWords + w];
+    n += std::snprintf(text + n, size - n, " %u:%u:%u", v >> 20, (v >> 4) & 0xffffu, v & 15u);
+  }
+  return true;
 }
 
 bool sm90_forward_supported(int head_dim, int dtype) {

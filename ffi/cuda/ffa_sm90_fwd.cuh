@@ -1,6 +1,7 @@
 // ffa_sm90_fwd.cuh: host interface of the Hopper forward (ffa_fwd_sm90.cu): wgmma + TMA, warp-specialized.
 #pragma once
 
+#include <cuda.h>  // CUtensorMap (types only)
 #include <cuda_runtime.h>
 
 #include "ffa_internal.cuh"
@@ -10,6 +11,22 @@ namespace magi_ffa {
 // Whether the sm90 forward handles this head dim and dtype (MAGI_FFA_DTYPE_*) at all (the device must also
 // be sm_90; the caller checks that).
 bool sm90_forward_supported(int head_dim, int dtype);
+
+// When an sm90 forward's producer watchdog fired in this process (a pipeline wait over 30 s, after which the
+// kernel traps): writes what it waited on, the CTA's raw mbarrier words and (trace builds) the consumer
+// warps' positions into text and returns true.
+bool sm90_watchdog_report(char* text, size_t size);
+
+// Shared with the sm90 backward (host code):
+// A thd tensor [rows, heads, head_dim] as the 3-D tensor map (head_dim, heads, rows) with boxes of
+// (box_cols, 1, box_rows), the 128-byte swizzle and zero fill; 16-bit elements of `dtype`, or fp32 when
+// `fp32` (then box_cols must be 32).
+bool sm90_encode_thd(CUtensorMap* map, const void* pointer, int rows, int heads, int head_dim, int box_cols,
+                     int box_rows, int dtype, bool fp32);
+// Persistent grid size: one CTA per SM of the current device, or MAGI_FFA_SM90_CTAS.
+cudaError_t sm90_persistent_ctas(int* ctas);
+// Whether the current device is compute capability 9.0.
+bool sm90_current_device_is_sm90();
 
 // Launches the sm90 forward (same contract as launch_forward). Returns cudaErrorInvalidValue for an
 // unsupported head dim / dtype, or the driver's failure to encode a tensor map as cudaErrorInvalidValue.

@@ -127,6 +127,15 @@ __device__ __forceinline__ void tma_store_3d(const void* tensor_map, int32_t c0,
                "r"(c0), "r"(c1), "r"(c2), "r"(src)
                : "memory");
 }
+// Element-wise add of a shared-memory box into global memory (fp32 here), in the bulk group like a store.
+__device__ __forceinline__ void tma_reduce_add_3d(const void* tensor_map, int32_t c0, int32_t c1, int32_t c2,
+                                                  uint32_t src) {
+  asm volatile(
+      "cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group [%0, {%1, %2, %3}], [%4];\n" ::"l"(
+          reinterpret_cast<uint64_t>(tensor_map)),
+      "r"(c0), "r"(c1), "r"(c2), "r"(src)
+      : "memory");
+}
 __device__ __forceinline__ void tma_store_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
 __device__ __forceinline__ void tma_store_wait_read() {
   asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");

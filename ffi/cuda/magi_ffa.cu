@@ -16,6 +16,7 @@
 #include "ffa_bwd_fused.cuh"
 #include "ffa_internal.cuh"
 #include "ffa_plan.cuh"
+#include "ffa_sm90_bwd.cuh"
 #include "ffa_sm90_fwd.cuh"
 #include "magi_ffa.h"
 
@@ -48,8 +49,12 @@ int32_t fail(int32_t status, const char* format, ...) {
 // the cudaError_t value. Clears the sticky per-thread "last error" so later calls start clean.
 int32_t cuda_fail(const char* function, const char* what, cudaError_t err) {
   (void)cudaGetLastError();
-  return fail(static_cast<int32_t>(err), "%s: %s failed: %s (%s)", function, what, cudaGetErrorName(err),
-              cudaGetErrorString(err));
+  fail(static_cast<int32_t>(err), "%s: %s failed: %s (%s)", function, what, cudaGetErrorName(err),
+       cudaGetErrorString(err));
+  // A kernel that trapped on a pipeline watchdog left a record of what it waited on: say so.
+  char report[1024];
+  if (magi_ffa::sm90_watchdog_report(report, sizeof(report))) g_last_error += std::string("; ") + report;
+  return static_cast<int32_t>(err);
 }
 
 #define MAGI_CUDA_CHECK(function, call)                                  \
@@ -478,6 +483,14 @@ int32_t magi_ffa_backward(const void* dout, const void* q, const void* k, const 
   if ((status = check_tensor(kFn, "dv", dv, has_k)) != 0) return status;
   if (!has_q && !has_k) return 0;
 
+  // Fast mode's main loop: the Hopper kernel where it applies (MAGI_FFA_BWD_KERNEL=sm80 / sm90 forces one).
+  bool sm90_main_loop = false;
+  if (deterministic == 0) {
+    const char* why_not = nullptr;
+    const int kernel = magi_ffa::select_backward_kernel(head_dim, dtype, &why_not);
+    if (kernel < 0) return fail(MAGI_FFA_E_UNSUPPORTED, "%s: %s", kFn, why_not);
+    sm90_main_loop = kernel == magi_ffa::kBackwardKernelSm90;
+  }
   const cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
   float* delta = nullptr;
   const size_t delta_bytes = static_cast<size_t>(total_q) * static_cast<size_t>(hq) * sizeof(float);
@@ -504,7 +517,7 @@ int32_t magi_ffa_backward(const void* dout, const void* q, const void* k, const 
   params.plan = host_plan->device_plan;
   const cudaError_t err =
       magi_ffa::launch_backward_mode(params, host_plan->dkv_wide, host_plan->dkv_wide_mean_stages, head_dim, dtype,
-                                     deterministic != 0, cuda_stream);
+                                     deterministic != 0, sm90_main_loop, cuda_stream);
   if (delta != nullptr) {
     const cudaError_t free_err = cudaFreeAsync(delta, cuda_stream);
     if (err == cudaSuccess && free_err != cudaSuccess) return cuda_fail(kFn, "cudaFreeAsync(delta)", free_err);
