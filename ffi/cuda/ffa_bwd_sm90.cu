@@ -192,6 +192,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
         __syncwarp();
         if (lane == 0) mbar_arrive(bar_kv_full);
       }
+      // Reconverge before the steps: lanes must not spin on different barriers at once (the sm90 forward
+      // hung that way, see ffa_fwd_sm90.cu).
+      __syncwarp();
       KeyTileWalker<BN, BM> it;
       it.slices = p.plan.slices;
       it.list = args.tiles.slices;

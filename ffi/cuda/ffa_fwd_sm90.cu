@@ -105,6 +105,24 @@ __device__ __forceinline__ void watchdog_fire(const WatchdogSite& site, int what
     __threadfence_system();
     r[0] = kWatchdogMagic;
     __threadfence_system();
+    // Let the posted writes to host memory drain before the context goes down (0.2 s).
+    const uint64_t start = sm90::global_timer_ns();
+    while (sm90::global_timer_ns() - start < 200000000ull) {
+    }
+  }
+  // The failure itself also says which wait it was: Q empty traps (cudaErrorIllegalInstruction), K empty
+  // reads an unmapped address (cudaErrorIllegalAddress), V empty (lane 0) makes a misaligned read
+  // (cudaErrorMisalignedAddress), V empty (other lanes) and the V tail hit a breakpoint.
+  if (what == 1) {
+    asm volatile("{\n.reg .u64 a;\n.reg .u32 t;\nmov.b64 a, {%0, %1};\nld.volatile.global.u32 t, [a];\n}\n"
+                 :
+                 : "r"(static_cast<uint32_t>(item)), "r"(0xdead0000u)
+                 : "memory");
+  } else if (what == 2 && (threadIdx.x & 31) == 0 && r != nullptr) {
+    asm volatile("{\n.reg .u32 t;\nld.volatile.global.u32 t, [%0];\n}\n" ::"l"(reinterpret_cast<uintptr_t>(r) + 1)
+                 : "memory");
+  } else if (what >= 2) {
+    asm volatile("brkpt;\n" ::: "memory");
   }
   __trap();
 }
@@ -330,8 +348,14 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
             tma_load_3d(v_dst + b * L::kKVBox, &args.tm_v, b * 64, hk, n0, bar_full_v(s));
           }
         }
+        // The producer warp's lanes reconverge every step and every item. Without this, lanes 1-31 (which
+        // skip lane 0's Q / K waits) ran ahead into later steps' empty-V waits while lane 0 spun on an
+        // empty-Q wait, and about one launch in a few hundred of 64 short documents never finished (the
+        // watchdog caught lane 0 on Q empty; 60,000 launches with the reconvergence ran clean).
+        __syncwarp();
         ++step;
       }
+      __syncwarp();
     }
   } else {
   // ------------------------------------------------------------------ consumers
@@ -1037,13 +1061,7 @@ int select_forward_kernel(int head_dim, int dtype, const char** why_not) {
     }
     return kForwardKernelSm90;
   }
-  // Opt-in until a hang is understood: on an H200 on 2026-11-27 the sm90 forward's producer watchdog
-  // trapped once (cudaErrorLaunchFailure after 30 s) in `deno task bench`'s 64-short-document case, a
-  // shape the self-test had just passed; see bench/NOTES.md. Until that is found and fixed, the default
-  // stays on the sm80 kernel, and MAGI_FFA_FWD_KERNEL=sm90 selects the Hopper kernel.
-  (void)sm90_device;
-  (void)supported;
-  return kForwardKernelSm80;
+  return sm90_device && supported ? kForwardKernelSm90 : kForwardKernelSm80;
 }
 
 bool sm90_encode_thd(CUtensorMap* map, const void* pointer, int rows, int heads, int head_dim, int box_cols,

@@ -42,11 +42,10 @@ namespace magi_ffa {
 constexpr int kForwardKernelSm80 = 0;
 constexpr int kForwardKernelSm90 = 1;
 
-// Picks the forward kernel: kForwardKernelSm80 unless the environment variable MAGI_FFA_FWD_KERNEL (read
-// once) asks for "sm90" (opt-in until an observed hang is understood: see select_forward_kernel); then an
-// unsupported device / head dim / dtype is an error. "sm80" forces the default explicitly. Returns
-// -1 with *why_not set (static text) when the forced choice is impossible or the variable's value is not
-// one of those.
+// Picks the forward kernel: kForwardKernelSm90 on an sm_90 device for head_dim 64 / 128 in bf16 / fp16,
+// else kForwardKernelSm80. The environment variable MAGI_FFA_FWD_KERNEL (read once) forces "sm80" or "sm90"
+// (then an unsupported device / head dim / dtype is an error). Returns -1 with *why_not set (static text)
+// when the forced choice is impossible or the variable's value is not one of those.
 int select_forward_kernel(int head_dim, int dtype, const char** why_not);
 
 }  // namespace magi_ffa
