@@ -51,84 +51,31 @@ constexpr int kSm90BlockN = 128;  // keys per pipeline stage
 constexpr int kSm90Threads = 384;  // producer warpgroup + 2 consumer warpgroups
 static_assert(kSm90BlockM == kFwdBlockM, "the plan's forward tile lists are built for kFwdBlockM rows");
 
-// Watchdog record, in host-mapped memory so that it survives the trap (the context is lost after it):
-// word 0 a magic value once complete, 1 block, 2 item, 3 kind (ProducerWait), 4 step, 5 parity, then the
-// raw 64-bit words of every mbarrier of the CTA (lo, hi), then, in a MAGI_FFA_SM90_TRACE build, each
-// consumer warp's last position (item << 20 | step << 4 | where).
-constexpr int kWatchdogWords = 64;
-constexpr uint32_t kWatchdogMagic = 0x5ad0beefu;
-constexpr int kWatchdogBarWords = 6;
-constexpr int kWatchdogMaxBars = 16;
-constexpr int kWatchdogProgressWords = kWatchdogBarWords + 2 * kWatchdogMaxBars;  // 38: 8 progress words
-
 #if defined(MAGI_FFA_SM90_ENABLED)
-// Which producer wait timed out (encoded in the watchdog's fault address, see producer_wait).
+// Which producer wait timed out (the watchdog fails differently for each, see watchdog_fire).
 enum ProducerWait : int { kWaitQEmpty = 0, kWaitEmptyK = 1, kWaitEmptyV = 2, kWaitVtmp = 3 };
 
 // The producer's mbarrier wait with a watchdog: a wait that lasts over 30 s can only be a lost arrival or
 // a deadlock, so the kernel stops instead of hanging the device. Elapsed time is summed from forward steps
 // of %globaltimer only (a step back, or a jump of over a second between two polls, counts as nothing), so a
-// timer adjustment can neither trap early nor hide a hang. No printf here: any function call in the kernel
-// makes ptxas serialize the consumers' wgmmas (C7510). Instead, before the trap, the lane writes the
-// watchdog record (above) into host-mapped memory; the library appends it to the error text of the next
-// failing call (sm90_watchdog_report).
-struct WatchdogSite {
-  uint32_t* record;   // host-mapped record, or nullptr
-  uint32_t bar0;      // shared address of the first mbarrier
-  int num_bars;
-  uint32_t progress;  // shared address of the consumer warps' progress words (0: none)
-};
-
-__device__ __forceinline__ void watchdog_fire(const WatchdogSite& site, int what, int item, int step, uint32_t parity) {
-  uint32_t* r = site.record;
-  // Plain stores (no atomics: PCIe may not carry them to host memory); CTAs that trap together may mix
-  // their records, the magic word is written last.
-  if (r != nullptr) {
-    r[1] = blockIdx.x;
-    r[2] = static_cast<uint32_t>(item);
-    r[3] = static_cast<uint32_t>(what);
-    r[4] = static_cast<uint32_t>(step);
-    r[5] = parity;
-    for (int b = 0; b < site.num_bars && b < kWatchdogMaxBars; ++b) {
-      uint64_t word;
-      asm volatile("ld.volatile.shared.b64 %0, [%1];\n" : "=l"(word) : "r"(site.bar0 + 8 * b));
-      r[kWatchdogBarWords + 2 * b] = static_cast<uint32_t>(word);
-      r[kWatchdogBarWords + 2 * b + 1] = static_cast<uint32_t>(word >> 32);
-    }
-    if (site.progress != 0) {
-      for (int w = 0; w < 8; ++w) {
-        uint32_t value;
-        asm volatile("ld.volatile.shared.u32 %0, [%1];\n" : "=r"(value) : "r"(site.progress + 4 * w));
-        r[kWatchdogProgressWords + w] = value;
-      }
-    }
-    __threadfence_system();
-    r[0] = kWatchdogMagic;
-    __threadfence_system();
-    // Let the posted writes to host memory drain before the context goes down (0.2 s).
-    const uint64_t start = sm90::global_timer_ns();
-    while (sm90::global_timer_ns() - start < 200000000ull) {
-    }
-  }
-  // The failure itself also says which wait it was: Q empty traps (cudaErrorIllegalInstruction), K empty
-  // reads an unmapped address (cudaErrorIllegalAddress), V empty (lane 0) makes a misaligned read
-  // (cudaErrorMisalignedAddress), V empty (other lanes) and the V tail hit a breakpoint.
-  if (what == 1) {
+// timer adjustment can neither trap early nor hide a hang. No printf here (any function call in the kernel
+// makes ptxas serialize the consumers' wgmmas, C7510); instead the failure itself says which wait it was:
+// Q empty traps (cudaErrorIllegalInstruction), K empty reads the unmapped address 0xdead0000'<item>
+// (cudaErrorIllegalAddress; compute-sanitizer prints the address and the block), V empty and the V tail
+// hit a breakpoint (cudaErrorLaunchFailure).
+__device__ __forceinline__ void watchdog_fire(int what, int item) {
+  if (what == kWaitEmptyK) {
     asm volatile("{\n.reg .u64 a;\n.reg .u32 t;\nmov.b64 a, {%0, %1};\nld.volatile.global.u32 t, [a];\n}\n"
                  :
                  : "r"(static_cast<uint32_t>(item)), "r"(0xdead0000u)
                  : "memory");
-  } else if (what == 2 && (threadIdx.x & 31) == 0 && r != nullptr) {
-    asm volatile("{\n.reg .u32 t;\nld.volatile.global.u32 t, [%0];\n}\n" ::"l"(reinterpret_cast<uintptr_t>(r) + 1)
-                 : "memory");
-  } else if (what >= 2) {
+  } else if (what != kWaitQEmpty) {
     asm volatile("brkpt;\n" ::: "memory");
   }
   __trap();
 }
 
-__device__ __forceinline__ void producer_wait(uint32_t bar, uint32_t parity, int what, int item, int step,
-                                              const WatchdogSite& site) {
+__device__ __forceinline__ void producer_wait(uint32_t bar, uint32_t parity, int what, int item) {
   if (sm90::mbar_try_wait(bar, parity)) return;
   // Low 32 bits of the timer (ns): a poll-to-poll step is their difference modulo 2^32; a step back shows
   // as a huge value and is dropped with the jumps. Waited time in units of 1024 ns (30 s = 29.3e6 units).
@@ -141,7 +88,7 @@ __device__ __forceinline__ void producer_wait(uint32_t bar, uint32_t parity, int
     const uint32_t delta = now - last;
     if (delta < 1000000000u) waited += delta >> 10;
     last = now;
-    if (waited > 30000000000u / 1024u) watchdog_fire(site, what, item, step, parity);
+    if (waited > 30000000000u / 1024u) watchdog_fire(what, item);
   }
 }
 #endif  // MAGI_FFA_SM90_ENABLED
@@ -154,7 +101,6 @@ struct Sm90FwdArgs {
   FwdParams p;
   int32_t num_items;  // query tiles x heads
   int32_t pingpong;   // 1: the consumer warpgroups take turns issuing wgmmas (MAGI_FFA_SM90_PINGPONG=0: off)
-  uint32_t* watchdog;  // host-mapped watchdog record (kWatchdogWords), or nullptr
 };
 
 template <int D, bool kXItem>
@@ -177,8 +123,7 @@ struct Sm90Layout {
   static constexpr int kOffBar = kOffV + kStages * kKVStage;
   // barriers: q_full, q_empty, vtmp, full_k[S], full_v[S], empty_k[S], empty_v[S], q_full_1, q_empty_1
   static constexpr int kNumBars = 5 + 4 * kStages;
-  static constexpr int kOffProgress = kOffBar + kNumBars * 8;  // 8 consumer-warp progress words (trace build)
-  static constexpr int kBytes = kOffProgress + 8 * 4;
+  static constexpr int kBytes = kOffBar + kNumBars * 8;
   static constexpr size_t kSmemBytes = static_cast<size_t>(kBytes) + 1024;  // + alignment slack
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per block");
 };
@@ -261,11 +206,6 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
       prefetch_tensor_map(&args.tm_k);
       prefetch_tensor_map(&args.tm_v);
     }
-#if defined(MAGI_FFA_SM90_TRACE)
-    const WatchdogSite site{args.watchdog, bar0, L::kNumBars, base + L::kOffProgress};
-#else
-    const WatchdogSite site{args.watchdog, bar0, L::kNumBars, 0};
-#endif
     int step = 0;
     uint32_t vtmp_phase = 0;
     int item_count = 0;
@@ -286,7 +226,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
         // Q only for items with steps, alternating between the two buffers (qi counts such items).
         if (valid && lane == 0) {
           const int qb = q_items & 1;
-          if (q_items >= 2) producer_wait(bar_qe(qb), ((q_items >> 1) - 1) & 1, kWaitQEmpty, w, step, site);
+          if (q_items >= 2) producer_wait(bar_qe(qb), ((q_items >> 1) - 1) & 1, kWaitQEmpty, w);
           mbar_arrive_expect_tx(bar_qf(qb), L::kQBytes);
 #pragma unroll
           for (int b = 0; b < L::kBoxes; ++b) {
@@ -296,7 +236,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
         if (valid) ++q_items;
       } else if (lane == 0) {
         // The consumers are done reading the previous item's Q (its last S = Q K^T has completed).
-        if (item_count > 0) producer_wait(bar_q_empty, (item_count - 1) & 1, kWaitQEmpty, w, step, site);
+        if (item_count > 0) producer_wait(bar_q_empty, (item_count - 1) & 1, kWaitQEmpty, w);
         mbar_arrive_expect_tx(bar_q_full, L::kQBytes);
 #pragma unroll
         for (int b = 0; b < L::kBoxes; ++b) tma_load_3d(sQ + b * L::kQBox, &args.tm_q, b * 64, h, m0, bar_q_full);
@@ -308,14 +248,14 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
         const int s = step % S;
         const uint32_t use = static_cast<uint32_t>(step / S);
         if (lane == 0) {
-          if (step >= S) producer_wait(bar_empty_k(s), (use - 1) & 1, kWaitEmptyK, w, step, site);
+          if (step >= S) producer_wait(bar_empty_k(s), (use - 1) & 1, kWaitEmptyK, w);
           mbar_arrive_expect_tx(bar_full_k(s), L::kKVStage);
 #pragma unroll
           for (int b = 0; b < L::kBoxes; ++b) {
             tma_load_3d(sK + s * L::kKVStage + b * L::kKVBox, &args.tm_k, b * 64, hk, n0, bar_full_k(s));
           }
         }
-        if (step >= S) producer_wait(bar_empty_v(s), (use - 1) & 1, kWaitEmptyV, w, step, site);
+        if (step >= S) producer_wait(bar_empty_v(s), (use - 1) & 1, kWaitEmptyV, w);
         // Keys [k_hi, min(n0 + BN, total_k)) are in the tensor but nobody in this step may see them (another
         // document, padding that may hold NaN): zero them in V, since 0 * NaN would leak into P V. TMA
         // zero-fills only past the tensor end. In S they are masked.
@@ -328,7 +268,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
 #pragma unroll
             for (int b = 0; b < L::kBoxes; ++b) tma_load_3d(v_dst + b * L::kKVBox, &args.tm_v, b * 64, hk, n0, bar_vtmp);
           }
-          producer_wait(bar_vtmp, vtmp_phase, kWaitVtmp, w, step, site);
+          producer_wait(bar_vtmp, vtmp_phase, kWaitVtmp, w);
           vtmp_phase ^= 1;
           // Whole 128-byte rows are zeroed, so the swizzle does not matter.
           const int chunks = (tail_hi - tail_lo) * 8;  // 16-byte chunks per box
@@ -401,19 +341,6 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
     if (pingpong) named_barrier_arrive(kBarSchedule + (cw ^ 1), 256);
   };
   if (pingpong && cw == 1) named_barrier_arrive(kBarSchedule, 256);
-#if defined(MAGI_FFA_SM90_TRACE)
-  // Debug build: each consumer warp records where it is (read by the producer's watchdog record).
-  const uint32_t progress_word = base + L::kOffProgress + 4 * (threadIdx.x / 32 - 4);
-  auto trace = [&](int item, int at_step, int where) {
-    if (lane == 0) {
-      const uint32_t value = (static_cast<uint32_t>(item) << 20) | ((static_cast<uint32_t>(at_step) & 0xffffu) << 4) |
-                             static_cast<uint32_t>(where);
-      asm volatile("st.volatile.shared.u32 [%0], %1;\n" ::"r"(progress_word), "r"(value) : "memory");
-    }
-  };
-#else
-  auto trace = [](int, int, int) {};
-#endif
 
   auto issue_qk = [&](int s) {
 #pragma unroll
@@ -510,7 +437,6 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
     it.end = p.plan.fwd.offsets[tile + 1];
     it.m0 = m0;
 
-    trace(w, step, 1);
     mbar_wait_plain(bar_q_full, item_count & 1);
     // Every step is computed by both warpgroups (a warpgroup whose rows see none of a tile's keys gets
     // P = 0 from the mask): keeping the wgmmas out of data-dependent branches keeps them asynchronous.
@@ -522,7 +448,6 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
       // First step: S = Q K^T, softmax, P.
       int s = step % S;
       uint32_t parity = static_cast<uint32_t>(step / S) & 1;
-      trace(w, step, 2);
       mbar_wait_plain(bar_full_k(s), parity);
       schedule_wait();
       wgmma_fence();
@@ -548,9 +473,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
         valid = it.advance();
         s = step % S;
         parity = static_cast<uint32_t>(step / S) & 1;
-        trace(w, step, 3);
         mbar_wait_plain(bar_full_k(s), parity);
-        trace(w, step, 4);
         mbar_wait_plain(bar_full_v(prev_stage), prev_parity);
         fence_regs(o);
         fence_regs(pfrag);
@@ -578,7 +501,6 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
         prev_parity = parity;
         ++step;
       }
-      trace(w, step, 5);
       mbar_wait_plain(bar_full_v(prev_stage), prev_parity);
       fence_regs(o);
       fence_regs(pfrag);
@@ -607,7 +529,6 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
     // O (normalized, as T) into this warpgroup's rows of the O staging buffer in the 128-byte-swizzled
     // box layout of the output tensor map, then one TMA store per 64-column box (rows past total_q are
     // clipped by TMA). The previous item's store must have finished reading the buffer first.
-    trace(w, step, 6);
     if ((threadIdx.x & 127) == 0) tma_store_wait_read();
     named_barrier_sync(kBarEpilogue + cw, 128);
     unsigned char* o_bytes = smem + L::kOffO;
@@ -623,7 +544,6 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
       *reinterpret_cast<uint32_t*>(o_bytes + offset) = Elem<T>::pack(o[i] * inv[r], o[i + 1] * inv[r]);
     }
     fence_proxy_async_smem();  // generic stores before the TMA (async proxy) reads them
-    trace(w, step, 7);
     named_barrier_sync(kBarEpilogue + cw, 128);
     // (A warpgroup whose 64 rows all lie past total_q stores nothing: no box entirely out of bounds.)
     if ((threadIdx.x & 127) == 0 && wg_row0 < total_q) {
@@ -859,9 +779,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
     }
     if (pending) flush();
   }
-  trace(0xfff, 0, 8);
   if (cw == 0) schedule_wait();  // takes warpgroup 1's last pass, so no arrival is left pending
-  trace(0xfff, 0, 9);
   if ((threadIdx.x & 127) == 0) tma_store_wait_all();
   }
 #else
@@ -889,32 +807,6 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
 
 bool encode_thd(CUtensorMap* map, const void* pointer, int rows, int heads, int head_dim, int box_rows, int dtype) {
   return sm90_encode_thd(map, pointer, rows, heads, head_dim, 64, box_rows, dtype, false);
-}
-
-// The watchdog record: pinned, host-mapped memory allocated once per process (nullptr when that fails:
-// the watchdog then traps without a record).
-uint32_t* watchdog_record_host() {
-  static uint32_t* host = [] {
-    void* pointer = nullptr;
-    if (cudaHostAlloc(&pointer, kWatchdogWords * sizeof(uint32_t), cudaHostAllocMapped) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return static_cast<uint32_t*>(nullptr);
-    }
-    std::memset(pointer, 0, kWatchdogWords * sizeof(uint32_t));
-    return static_cast<uint32_t*>(pointer);
-  }();
-  return host;
-}
-
-uint32_t* watchdog_record_device() {
-  uint32_t* host = watchdog_record_host();
-  if (host == nullptr) return nullptr;
-  void* device = nullptr;
-  if (cudaHostGetDevicePointer(&device, host, 0) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return nullptr;
-  }
-  return static_cast<uint32_t*>(device);
 }
 
 // MAGI_FFA_SM90_PINGPONG=0 (read once) turns the consumer warpgroups' turn-taking off (for A/B timing).
@@ -994,7 +886,6 @@ cudaError_t launch_sm90_typed(const FwdParams& params, int dtype, cudaStream_t s
   }
   args.num_items = static_cast<int32_t>(blocks);
   args.pingpong = pingpong_enabled() ? 1 : 0;
-  args.watchdog = watchdog_record_device();
   int ctas = 0;
   cudaError_t err = sm90_persistent_ctas(&ctas);
   if (err != cudaSuccess) return err;
@@ -1093,27 +984,6 @@ bool sm90_current_device_is_sm90() {
     return false;
   }
   return device_is_sm90(device);
-}
-
-bool sm90_watchdog_report(char* text, size_t size) {
-  uint32_t* r = watchdog_record_host();
-  if (r == nullptr || size == 0) return false;
-  if (*reinterpret_cast<volatile uint32_t*>(r) != kWatchdogMagic) return false;
-  static const char* const kinds[] = {"Q empty", "K empty", "V empty", "V tail"};
-  const char* kind = r[3] < 4 ? kinds[r[3]] : "?";
-  int n = std::snprintf(text, size,
-                        "sm90 forward watchdog: CTA %u waited over 30 s on the %s barrier (item %u, step %u, parity %u); "
-                        "mbarriers:",
-                        r[1], kind, r[2], r[4], r[5]);
-  for (int b = 0; b < kWatchdogMaxBars && n > 0 && static_cast<size_t>(n) < size; ++b) {
-    n += std::snprintf(text + n, size - n, " %08x%08x", r[kWatchdogBarWords + 2 * b + 1], r[kWatchdogBarWords + 2 * b]);
-  }
-  if (n > 0 && static_cast<size_t>(n) < size) n += std::snprintf(text + n, size - n, "; consumer warps (item:step:where):");
-  for (int w = 0; w < 8 && n > 0 && static_cast<size_t>(n) < size; ++w) {
-    const uint32_t v = r[kWatchdogProgressWords + w];
-    n += std::snprintf(text + n, size - n, " %u:%u:%u", v >> 20, (v >> 4) & 0xffffu, v & 15u);
-  }
-  return true;
 }
 
 bool sm90_forward_supported(int head_dim, int dtype) {

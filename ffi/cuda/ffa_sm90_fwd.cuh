@@ -12,11 +12,6 @@ namespace magi_ffa {
 // be sm_90; the caller checks that).
 bool sm90_forward_supported(int head_dim, int dtype);
 
-// When an sm90 forward's producer watchdog fired in this process (a pipeline wait over 30 s, after which the
-// kernel traps): writes what it waited on, the CTA's raw mbarrier words and (trace builds) the consumer
-// warps' positions into text and returns true.
-bool sm90_watchdog_report(char* text, size_t size);
-
 // Shared with the sm90 backward (host code):
 // A thd tensor [rows, heads, head_dim] as the 3-D tensor map (head_dim, heads, rows) with boxes of
 // (box_cols, 1, box_rows), the 128-byte swizzle and zero fill; 16-bit elements of `dtype`, or fp32 when

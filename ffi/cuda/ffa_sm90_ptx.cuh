@@ -30,12 +30,7 @@ __device__ __forceinline__ uint64_t make_desc_sw128(uint32_t smem_address, uint3
          (static_cast<uint64_t>((sbo_bytes >> 4) & 0x3FFFu) << 32) | (uint64_t{1} << 62);
 }
 
-__device__ __forceinline__ void wgmma_fence() {
-#if defined(MAGI_FFA_SM90_SYNCWARP)
-  __syncwarp();  // experiment: reconverge the warp before an .aligned instruction
-#endif
-  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void wgmma_wait() {
@@ -152,17 +147,11 @@ __device__ __forceinline__ void fence_proxy_async_smem() {
 
 // Named barrier `id` (1..15; 0 is __syncthreads) over `threads` threads (a multiple of 32).
 __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
-#if defined(MAGI_FFA_SM90_SYNCWARP)
-  __syncwarp();  // experiment: reconverge the warp before an .aligned instruction
-#endif
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
 // Arrives on named barrier `id` without waiting (the producer side of a bar.sync over `threads`).
 __device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
-#if defined(MAGI_FFA_SM90_SYNCWARP)
-  __syncwarp();  // experiment: reconverge the warp before an .aligned instruction
-#endif
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 

@@ -49,12 +49,8 @@ int32_t fail(int32_t status, const char* format, ...) {
 // the cudaError_t value. Clears the sticky per-thread "last error" so later calls start clean.
 int32_t cuda_fail(const char* function, const char* what, cudaError_t err) {
   (void)cudaGetLastError();
-  fail(static_cast<int32_t>(err), "%s: %s failed: %s (%s)", function, what, cudaGetErrorName(err),
-       cudaGetErrorString(err));
-  // A kernel that trapped on a pipeline watchdog left a record of what it waited on: say so.
-  char report[1024];
-  if (magi_ffa::sm90_watchdog_report(report, sizeof(report))) g_last_error += std::string("; ") + report;
-  return static_cast<int32_t>(err);
+  return fail(static_cast<int32_t>(err), "%s: %s failed: %s (%s)", function, what, cudaGetErrorName(err),
+              cudaGetErrorString(err));
 }
 
 #define MAGI_CUDA_CHECK(function, call)                                  \
