@@ -18,7 +18,14 @@ import { MagiAttnInputError } from "../lib/errors.ts";
 import type { HostTensor } from "../lib/tensor.ts";
 import type { FlexKey } from "../lib/types.ts";
 import { type ForwardShape, validateBackwardArgs, validateForwardArgs } from "../lib/validate.ts";
-import { allocateDevice, type DeviceTensor, downloadFrom, isDeviceTensor, uploadTo } from "./device.ts";
+import {
+  allocateDevice,
+  allocateDeviceShared,
+  type DeviceTensor,
+  downloadFrom,
+  isDeviceTensor,
+  uploadTo,
+} from "./device.ts";
 import { MAGI_FFA_DTYPE } from "./ffi.ts";
 import {
   checkStatus,
@@ -339,10 +346,16 @@ export async function cudaForward(
     const given = opts.outputs;
     checkOutput(given?.out, "out", q.shape, shape.dtype, library);
     checkOutput(given?.lse, "lse", lseShape, "float32", library);
-    const out = given?.out ?? allocateDevice(library, q.shape, shape.dtype);
+    // Both outputs fresh: one allocation for the two (each allocation costs microseconds of host time in
+    // the driver; lse is small, so keeping it alive with out costs little). Gradients stay separate: dq, dk
+    // and dv are large and often freed at different times.
+    const [freshOut, freshLse] = given?.out === undefined && given?.lse === undefined
+      ? allocateDeviceShared(library, [[q.shape, shape.dtype], [lseShape, "float32"]])
+      : [undefined, undefined];
+    const out = given?.out ?? freshOut ?? allocateDevice(library, q.shape, shape.dtype);
     let lse: DeviceTensor | undefined;
     try {
-      lse = given?.lse ?? allocateDevice(library, lseShape, "float32");
+      lse = given?.lse ?? freshLse ?? allocateDevice(library, lseShape, "float32");
       launch(q as DeviceTensor, k as DeviceTensor, v as DeviceTensor, out, lse);
     } catch (error) {
       if (given?.out === undefined) out.dispose();

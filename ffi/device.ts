@@ -1,9 +1,10 @@
 /**
  * Tensors in GPU memory, and copies between them and host tensors.
  *
- * A {@linkcode DeviceTensor} owns one `magi_ffa_malloc` allocation. Free it with `dispose()` (or a
- * `using` declaration); a tensor that is collected without it is freed by a `FinalizationRegistry`
- * backstop, which runs late or never, so do not rely on it for GPU memory.
+ * A {@linkcode DeviceTensor} owns one `magi_ffa_malloc` allocation, or a share of one (the outputs of one
+ * kernel call are carved out of a single allocation, which is freed when the last of them is disposed).
+ * Free it with `dispose()` (or a `using` declaration); a tensor that is collected without it is freed by a
+ * `FinalizationRegistry` backstop, which runs late or never, so do not rely on it for GPU memory.
  *
  * Every copy is ordered on a stream: the library-owned one unless a `stream` option is given, the same
  * stream the CUDA backend runs its kernels on by default, so upload → kernel → download needs no extra
@@ -36,6 +37,27 @@ const BYTES_PER_ELEMENT: Readonly<Record<DType, number>> = Object.freeze({
 /** Only allocation functions of this module may construct a DeviceTensor. */
 const constructorToken = Symbol("DeviceTensor constructor");
 
+/**
+ * One `magi_ffa_malloc` allocation and how many live tensors use it. The finalization backstop watches this
+ * object (reachable from every tensor that uses it), so it frees the memory only once all are collected.
+ */
+class DeviceAllocation {
+  constructor(readonly library: CudaLibrary, readonly address: bigint, public users: number) {
+    library.leakedMemory.register(this, address, this);
+  }
+
+  /** One user is done; the last one frees the memory. */
+  release(): void {
+    if (--this.users > 0) return;
+    this.library.leakedMemory.unregister(this);
+    checkStatus(
+      this.library,
+      this.library.symbols.magi_ffa_free(Deno.UnsafePointer.create(this.address)),
+      "magi_ffa_free",
+    );
+  }
+}
+
 /** A dense row-major tensor in GPU memory, owning its allocation until {@linkcode DeviceTensor.dispose}. */
 export class DeviceTensor {
   /** Dimensions, outermost first. */
@@ -50,6 +72,7 @@ export class DeviceTensor {
    */
   readonly library: CudaLibrary;
   #pointer: Deno.PointerValue;
+  #allocation: { release(): void } | null;
   #disposed = false;
 
   /** Not for direct use: create device tensors with {@linkcode toDevice} or {@linkcode emptyDevice}. */
@@ -59,6 +82,7 @@ export class DeviceTensor {
     pointer: Deno.PointerValue,
     shape: readonly number[],
     dtype: DType,
+    allocation?: { release(): void },
   ) {
     if (token !== constructorToken) {
       throw new TypeError(
@@ -70,7 +94,9 @@ export class DeviceTensor {
     this.shape = Object.freeze([...shape]);
     this.dtype = dtype;
     this.byteLength = numel(shape) * BYTES_PER_ELEMENT[dtype];
-    if (pointer !== null) library.leakedMemory.register(this, Deno.UnsafePointer.value(pointer), this);
+    this.#allocation = pointer === null
+      ? null
+      : allocation ?? new DeviceAllocation(library, BigInt(Deno.UnsafePointer.value(pointer)), 1);
   }
 
   /** The device address (`null` for an empty tensor). Throws once the tensor is disposed. */
@@ -99,11 +125,10 @@ export class DeviceTensor {
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
-    const pointer = this.#pointer;
     this.#pointer = null;
-    if (pointer === null) return;
-    this.library.leakedMemory.unregister(this);
-    checkStatus(this.library, this.library.symbols.magi_ffa_free(pointer), "magi_ffa_free");
+    const allocation = this.#allocation;
+    this.#allocation = null;
+    allocation?.release();
   }
 
   /** Same as {@linkcode DeviceTensor.dispose}, for `using` declarations. */
@@ -152,6 +177,48 @@ export function allocateDevice(library: CudaLibrary, shape: readonly number[], d
     Deno.UnsafePointer.create(allocationSlot[0]),
     shape,
     dtype,
+  );
+}
+
+/** Alignment of each tensor inside a shared allocation (bytes; TMA and vector loads want 16, 256 is safe). */
+const SHARE_ALIGN = 256;
+
+/**
+ * Allocates several uninitialised tensors with one `magi_ffa_malloc` (each 256-byte aligned), without
+ * validating the arguments: the outputs of one kernel call (an allocation costs microseconds of host time
+ * in the driver). Each tensor is disposed on its own; the memory is freed with the last one.
+ */
+export function allocateDeviceShared(
+  library: CudaLibrary,
+  specs: readonly (readonly [shape: readonly number[], dtype: DType])[],
+): DeviceTensor[] {
+  const offsets: number[] = [];
+  let total = 0;
+  for (const [shape, dtype] of specs) {
+    offsets.push(total);
+    total += Math.ceil((numel(shape) * BYTES_PER_ELEMENT[dtype]) / SHARE_ALIGN) * SHARE_ALIGN;
+  }
+  if (total === 0) {
+    return specs.map(([shape, dtype]) => new DeviceTensor(constructorToken, library, null, shape, dtype));
+  }
+  allocationSlot[0] = 0n;
+  checkStatus(
+    library,
+    library.symbols.magi_ffa_malloc(allocationSlot, BigInt(total)),
+    `magi_ffa_malloc(${total} bytes)`,
+  );
+  const base = allocationSlot[0];
+  const users = specs.filter(([shape]) => numel(shape) > 0).length;
+  const allocation = new DeviceAllocation(library, base, users);
+  return specs.map(([shape, dtype], index) =>
+    numel(shape) === 0 ? new DeviceTensor(constructorToken, library, null, shape, dtype) : new DeviceTensor(
+      constructorToken,
+      library,
+      Deno.UnsafePointer.create(base + BigInt(offsets[index])),
+      shape,
+      dtype,
+      allocation,
+    )
   );
 }
 

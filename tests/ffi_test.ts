@@ -678,6 +678,33 @@ Deno.test({
       assert.equal(lse.disposed, false);
     });
 
+    await t.step("fresh forward outputs share one allocation, freed with the last of them", async () => {
+      const { key, q, k, v } = smallInputs("bfloat16");
+      using qd = toDevice(q, { libraryPath });
+      using kd = toDevice(k, { libraryPath });
+      using vd = toDevice(v, { libraryPath });
+      const before = counters().liveAllocations;
+      const { out, lse } = await cudaForward(qd, kd, vd, key);
+      assert.equal(counters().liveAllocations, before + 1, "out and lse: one magi_ffa_malloc");
+      const outAddress = Deno.UnsafePointer.value(out.pointer);
+      const lseAddress = Deno.UnsafePointer.value(lse.pointer);
+      assert.equal(
+        BigInt(lseAddress) - BigInt(outAddress),
+        8n * 4n * 64n * 2n,
+        "lse right after out (256-aligned)",
+      );
+      // Both views really are separate storage: out = q, lse = the fake's pattern.
+      assert.deepEqual((await toHost(out)).data, q.data);
+      assert.deepEqual((await toHost(lse)).data, expectedLse(8, 4));
+      out.dispose();
+      assert.equal(counters().liveAllocations, before + 1, "lse still uses the allocation");
+      assert.throws(() => out.pointer, /used after dispose/);
+      assert.deepEqual((await toHost(lse)).data, expectedLse(8, 4), "lse readable after out is disposed");
+      lse.dispose();
+      lse.dispose();
+      assert.equal(counters().liveAllocations, before, "freed once, with the last user");
+    });
+
     await t.step("mixed host and device inputs give host outputs", async () => {
       const { key, q, k, v } = smallInputs("bfloat16");
       using kd = toDevice(k, { libraryPath });
