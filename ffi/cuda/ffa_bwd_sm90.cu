@@ -85,7 +85,13 @@ struct BwdLayout {
 __device__ __forceinline__ float bwd_lse2(float lse) { return lse == -INFINITY ? INFINITY : lse * kLog2e; }
 #endif
 
-template <typename T>
+// Timing ablations (MAGI_FFA_SM90_BWD_ABLATE, bf16 only; results are wrong): which part costs what.
+constexpr int kAblateNone = 0;
+constexpr int kAblateDqReduce = 1;  // dQ staged but not added to global memory
+constexpr int kAblateDq = 2;        // no dS^T buffer, no barrier, no dQ product, no dQ staging / reduce
+constexpr int kAblateSoftmax = 4;   // P^T = S^T scaled, no exp2, no mask
+
+template <typename T, int kAblate, bool kSoftcap>
 __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __grid_constant__ Sm90BwdArgs args) {
 #if defined(MAGI_FFA_SM90_ENABLED)
   using namespace sm90;
@@ -258,7 +264,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
     const int warp_in_wg = (threadIdx.x / 32) & 3;
     const int g = lane >> 2;
     const int t = lane & 3;
-    const bool softcap_on = p.softcap > 0.f;
+    // Softcap is a template parameter: its tanh / log2 paths cost registers even when not taken.
+    constexpr bool softcap_on = kSoftcap;
     const float cap_in = softcap_on ? p.scale / p.softcap : 0.f;
     const float cap_out = p.softcap * kLog2e;
     const float inv_cap_out = softcap_on ? 1.f / cap_out : 0.f;
@@ -328,30 +335,67 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
         wgmma_wait<1>();
         fence_regs(st);
 
-        // P^T. Column c of the accumulator is query m0 + c; rows are keys key_of[r].
+        // P^T. Column c of the accumulator is query m0 + c; rows are keys key_of[r]. Softcap and the mask
+        // are separate loops behind warpgroup-uniform branches: inside one loop the compiler evaluates both
+        // sides of a select for every element (tanh, the visibility test), which cost 40 % of the step.
         const float* rows = rows_f + s * 2 * BM;
-        const bool masked = tile_needs_mask(slice, m0, BM, n0 + 64 * cw, 64);
+        if constexpr ((kAblate & kAblateSoftmax) != 0) {
 #pragma unroll
-        for (int i = 0; i < BM / 2; ++i) {
-          const int c = 8 * (i >> 2) + 2 * t + (i & 1);
-          const int r = (i >> 1) & 1;
-          const bool visible = !masked || cell_visible(slice, m0 + c, key_of[r]);
-          const float s2 = softcap_on ? tanhf(st[i] * cap_in) * cap_out : st[i] * scale_log2;
-          st[i] = visible ? fast_exp2(s2 - rows[c]) : 0.f;
+          for (int i = 0; i < BM / 2; ++i) st[i] *= 0.001f;
+        } else {
+          if constexpr (softcap_on) {
+#pragma unroll
+            for (int i = 0; i < BM / 2; ++i) st[i] = tanhf(st[i] * cap_in) * cap_out;  // log2-domain score
+          }
+          const float mult = softcap_on ? 1.f : scale_log2;
+          if (tile_needs_mask(slice, m0, BM, n0 + 64 * cw, 64)) {
+            // Queries [lo, hi) (relative to m0) that see each of the thread's two keys; empty for a key
+            // outside the slice.
+            int lo[2], hi[2];
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+              const int key = key_of[r];
+              const bool in = key >= slice.ks && key < slice.ke;
+              int first = slice.qs, end = slice.qe;
+              if (slice.type & kTypeCausalBit) first = imax(first, key - (slice.ke - slice.qe));
+              if (slice.type & kTypeInvCausalBit) end = imin(end, key - (slice.ks - slice.qs) + 1);
+              lo[r] = in ? first - m0 : 0;
+              hi[r] = in ? end - m0 : 0;
+            }
+#pragma unroll
+            for (int i = 0; i < BM / 2; ++i) {
+              const int c = 8 * (i >> 2) + 2 * t + (i & 1);
+              const int r = (i >> 1) & 1;
+              const bool visible = c >= lo[r] && c < hi[r];
+              st[i] = visible ? fast_exp2(fmaf(st[i], mult, -rows[c])) : 0.f;
+            }
+          } else {
+#pragma unroll
+            for (int i = 0; i < BM / 2; ++i) {
+              const int c = 8 * (i >> 2) + 2 * t + (i & 1);
+              st[i] = fast_exp2(fmaf(st[i], mult, -rows[c]));
+            }
+          }
         }
         wgmma_wait<0>();
         fence_regs(dpt);
         // dS^T = P^T (dP^T - Delta) (times d(softcap)/dx); a select, so a NaN dP of a masked cell stays out.
+        if constexpr (softcap_on) {
 #pragma unroll
-        for (int i = 0; i < BM / 2; ++i) {
-          const int c = 8 * (i >> 2) + 2 * t + (i & 1);
-          float ds = st[i] * (dpt[i] - rows[BM + c]);
-          if (softcap_on) {
+          for (int i = 0; i < BM / 2; ++i) {
+            const int c = 8 * (i >> 2) + 2 * t + (i & 1);
             // s2 = log2(P) + lse2 recovers the capped logit (P > 0 only where it matters).
             const float th = (__log2f(st[i]) + rows[c]) * inv_cap_out;
-            ds *= 1.f - th * th;
+            const float ds = st[i] * (dpt[i] - rows[BM + c]) * (1.f - th * th);
+            dpt[i] = st[i] != 0.f ? ds : 0.f;
           }
-          dpt[i] = st[i] != 0.f ? ds : 0.f;
+        } else {
+#pragma unroll
+          for (int i = 0; i < BM / 2; ++i) {
+            const int c = 8 * (i >> 2) + 2 * t + (i & 1);
+            const float ds = st[i] * (dpt[i] - rows[BM + c]);
+            dpt[i] = st[i] != 0.f ? ds : 0.f;
+          }
         }
 #pragma unroll
         for (int kc = 0; kc < BM / 16; ++kc) {
@@ -369,6 +413,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
         for (int kc = 0; kc < BM / 16; ++kc) Wgmma<D, kBf16>::rs(dk, dsfrag[kc], desc_qdo_mn(sQ(s), kc), 1);
         wgmma_commit();
 
+        if constexpr ((kAblate & kAblateDq) == 0) {
         // dS^T half into the shared buffer: row = tile-local key, 64 queries = one 128-byte swizzled row.
         const int buffer = step & 1;
         unsigned char* ds_bytes = smem + (sDs(buffer) - base);
@@ -390,6 +435,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
                                  make_desc_sw128(sK + cw * L::kKBox + kc * 16 * 128, L::kKBox, 1024), kc > 0 ? 1 : 0);
         }
         wgmma_commit();
+        }
         wgmma_wait<0>();
         fence_regs(dv);
         fence_regs(dk);
@@ -398,6 +444,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
         fence_regs(dsfrag);
         if (lane == 0) mbar_arrive(bar_empty(s));  // Q, dO, lse, Delta of the stage are no longer read
 
+        if constexpr ((kAblate & kAblateDq) == 0) {
         // dQ half into this warpgroup's staging (two boxes of 32 fp32 columns, 128-byte swizzle), then
         // one TMA reduce-add per box. The previous reduce must have finished reading the staging first.
         if ((threadIdx.x & 127) == 0) tma_store_wait_read();
@@ -414,11 +461,12 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
         }
         fence_proxy_async_smem();
         named_barrier_sync(kBarDq + cw, 128);
-        if ((threadIdx.x & 127) == 0) {
+        if ((kAblate & kAblateDqReduce) == 0 && (threadIdx.x & 127) == 0) {
           const uint32_t staging = base + L::kOffDq + cw * 2 * L::kDqBox;
           tma_reduce_add_3d(&args.tm_dq, 64 * cw, h, m0, staging);
           tma_reduce_add_3d(&args.tm_dq, 64 * cw + 32, h, m0, staging + L::kDqBox);
           tma_store_commit();
+        }
         }
         ++step;
       }
@@ -444,7 +492,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
 #endif
 }
 
-template <typename T>
+template <typename T, int kAblate, bool kSoftcap = false>
 cudaError_t launch_typed(const BwdParams& params, const TileLists& tiles, float* dq_accum, int dtype,
                          cudaStream_t stream) {
   const int64_t items = static_cast<int64_t>(tiles.num_tiles) * params.hkv;
@@ -467,10 +515,19 @@ cudaError_t launch_typed(const BwdParams& params, const TileLists& tiles, float*
   cudaError_t err = sm90_persistent_ctas(&ctas);
   if (err != cudaSuccess) return err;
   const int grid = static_cast<int>(std::min<int64_t>(items, ctas));
-  err = ensure_dynamic_smem<ffa_bwd_sm90_kernel<T>>(BwdLayout::kSmemBytes);
+  err = ensure_dynamic_smem<ffa_bwd_sm90_kernel<T, kAblate, kSoftcap>>(BwdLayout::kSmemBytes);
   if (err != cudaSuccess) return err;
-  ffa_bwd_sm90_kernel<T><<<static_cast<unsigned>(grid), kBwdThreads, BwdLayout::kSmemBytes, stream>>>(args);
+  ffa_bwd_sm90_kernel<T, kAblate, kSoftcap><<<static_cast<unsigned>(grid), kBwdThreads, BwdLayout::kSmemBytes, stream>>>(args);
   return cudaGetLastError();
+}
+
+// MAGI_FFA_SM90_BWD_ABLATE (read once): a timing ablation (kAblate* bits), 0 = none.
+int ablation() {
+  static const int value = [] {
+    const char* text = std::getenv("MAGI_FFA_SM90_BWD_ABLATE");
+    return text != nullptr ? std::atoi(text) : 0;
+  }();
+  return value;
 }
 
 // MAGI_FFA_BWD_KERNEL, read once: 0 unset / empty (auto), 1 "sm80", 2 "sm90", 3 anything else.
@@ -509,8 +566,26 @@ int select_backward_kernel(int head_dim, int dtype, const char** why_not) {
 
 cudaError_t launch_backward_sm90(const BwdParams& params, const TileLists& tiles, float* dq_accum, int dtype,
                                  cudaStream_t stream) {
-  if (dtype == MAGI_FFA_DTYPE_BFLOAT16) return launch_typed<__nv_bfloat16>(params, tiles, dq_accum, dtype, stream);
-  if (dtype == MAGI_FFA_DTYPE_FLOAT16) return launch_typed<__half>(params, tiles, dq_accum, dtype, stream);
+  if (params.softcap > 0.f) {
+    return dtype == MAGI_FFA_DTYPE_BFLOAT16
+               ? launch_typed<__nv_bfloat16, kAblateNone, true>(params, tiles, dq_accum, dtype, stream)
+               : launch_typed<__half, kAblateNone, true>(params, tiles, dq_accum, dtype, stream);
+  }
+  if (dtype == MAGI_FFA_DTYPE_BFLOAT16) {
+    switch (ablation()) {
+      case kAblateDqReduce:
+        return launch_typed<__nv_bfloat16, kAblateDqReduce>(params, tiles, dq_accum, dtype, stream);
+      case kAblateDq:
+        return launch_typed<__nv_bfloat16, kAblateDq>(params, tiles, dq_accum, dtype, stream);
+      case kAblateSoftmax:
+        return launch_typed<__nv_bfloat16, kAblateSoftmax>(params, tiles, dq_accum, dtype, stream);
+      case kAblateDq | kAblateSoftmax:
+        return launch_typed<__nv_bfloat16, kAblateDq | kAblateSoftmax>(params, tiles, dq_accum, dtype, stream);
+      default:
+        return launch_typed<__nv_bfloat16, kAblateNone>(params, tiles, dq_accum, dtype, stream);
+    }
+  }
+  if (dtype == MAGI_FFA_DTYPE_FLOAT16) return launch_typed<__half, kAblateNone>(params, tiles, dq_accum, dtype, stream);
   return cudaErrorInvalidValue;
 }
 
