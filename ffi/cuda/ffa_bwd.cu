@@ -743,10 +743,9 @@ cudaError_t launch_backward(const BwdParams& params, int head_dim, int dtype, cu
 }
 
 // Fast mode with the sm90 main loop: delta (zeroing the dQ accumulator), the Hopper kernel, dq conversion.
-template <typename T>
+template <typename T, int D>
 cudaError_t launch_backward_sm90_path(const BwdParams& params, const TileLists& wide_keys, float* dq_accum, int dtype,
                                       cudaStream_t stream) {
-  constexpr int D = 128;
   const int64_t items = static_cast<int64_t>(params.plan.total_q) * params.hq;
   constexpr int kItemsPerBlock = 256 / (D / 8);
   const int64_t blocks = (items + kItemsPerBlock - 1) / kItemsPerBlock;
@@ -755,7 +754,7 @@ cudaError_t launch_backward_sm90_path(const BwdParams& params, const TileLists& 
       static_cast<const T*>(params.dout), static_cast<const T*>(params.out), params.delta, dq_accum, items);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  err = launch_backward_sm90(params, wide_keys, dq_accum, dtype, stream);
+  err = launch_backward_sm90(params, wide_keys, dq_accum, D, dtype, stream);
   if (err != cudaSuccess) return err;
   return launch_convert<T>(dq_accum, params.dq, params.scale, items * D, stream);
 }
@@ -766,14 +765,20 @@ cudaError_t launch_backward_mode(const BwdParams& params, const TileLists& wide_
   if (deterministic || params.plan.total_q == 0) {
     return launch_backward_dispatch(params, params.plan.dkv, head_dim, dtype, nullptr, stream);
   }
-  if (sm90_main_loop && head_dim == 128 && params.plan.total_k > 0) {
-    const size_t q_elements = static_cast<size_t>(params.plan.total_q) * static_cast<size_t>(params.hq) * 128;
+  if (sm90_main_loop && (head_dim == 64 || head_dim == 128) && params.plan.total_k > 0) {
+    const size_t q_elements =
+        static_cast<size_t>(params.plan.total_q) * static_cast<size_t>(params.hq) * static_cast<size_t>(head_dim);
     float* dq_accum = nullptr;
     cudaError_t err = cudaMallocAsync(reinterpret_cast<void**>(&dq_accum), q_elements * sizeof(float), stream);
     if (err != cudaSuccess) return err;
-    err = dtype == MAGI_FFA_DTYPE_BFLOAT16
-              ? launch_backward_sm90_path<__nv_bfloat16>(params, wide_keys, dq_accum, dtype, stream)
-              : launch_backward_sm90_path<__half>(params, wide_keys, dq_accum, dtype, stream);
+    const bool bf16 = dtype == MAGI_FFA_DTYPE_BFLOAT16;
+    if (head_dim == 64) {
+      err = bf16 ? launch_backward_sm90_path<__nv_bfloat16, 64>(params, wide_keys, dq_accum, dtype, stream)
+                 : launch_backward_sm90_path<__half, 64>(params, wide_keys, dq_accum, dtype, stream);
+    } else {
+      err = bf16 ? launch_backward_sm90_path<__nv_bfloat16, 128>(params, wide_keys, dq_accum, dtype, stream)
+                 : launch_backward_sm90_path<__half, 128>(params, wide_keys, dq_accum, dtype, stream);
+    }
     const cudaError_t free_err = cudaFreeAsync(dq_accum, stream);
     return err != cudaSuccess ? err : free_err;
   }

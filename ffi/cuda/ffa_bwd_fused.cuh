@@ -76,7 +76,7 @@ inline int fused_head_splits(int num_tiles, int hkv, int group, int num_sms) {
 // The backward with its mode: deterministic = false is the fused fast path (fp32 atomics into a dQ workspace
 // it allocates on the stream), walking `wide_keys` (tiles of kFusedBlockNWide keys, with fused_mean_stages
 // `wide_mean_stages`) or the plan's kDkvBlockN tiles, as fused_block_n says; true is the atomic-free,
-// bitwise-reproducible path. sm90_main_loop (fast mode, head_dim 128, an sm_90 device: see
+// bitwise-reproducible path. sm90_main_loop (fast mode, head_dim 64 / 128, an sm_90 device: see
 // select_backward_kernel) runs the Hopper main loop of ffa_bwd_sm90.cu on the wide tiles instead of the
 // mma.sync fused kernel.
 cudaError_t launch_backward_mode(const BwdParams& params, const TileLists& wide_keys, double wide_mean_stages,

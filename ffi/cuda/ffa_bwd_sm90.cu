@@ -22,7 +22,8 @@
 // Pipelines (mbarriers): kv_full / kv_empty (per item), full / empty per Q-dO stage (2 stages). The dS^T
 // buffer is double-buffered so one 256-thread barrier per step orders it.
 //
-// Head dim 128 only (bf16 / fp16); other head dims use the mma.sync backward.
+// Head dims 64 and 128 (bf16 / fp16). At D = 64 each warpgroup adds its own keys' dS K into all 64 dQ
+// columns instead (no shared dS^T, a warpgroup barrier only).
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
@@ -46,7 +47,6 @@ namespace {
 
 constexpr int kBwdBlockN = 128;  // keys per item: two consumer warpgroups x 64
 constexpr int kBwdBlockM = 64;   // query rows per step
-constexpr int kBwdHeadDim = 128;
 constexpr int kBwdStages = 2;    // Q / dO stages
 constexpr int kBwdThreads = 384;
 
@@ -91,12 +91,12 @@ constexpr int kAblateDqReduce = 1;  // dQ staged but not added to global memory
 constexpr int kAblateDq = 2;        // no dS^T buffer, no barrier, no dQ product, no dQ staging / reduce
 constexpr int kAblateSoftmax = 4;   // P^T = S^T scaled, no exp2, no mask
 
-template <typename T, int kAblate, bool kSoftcap>
+template <typename T, int D, int kAblate, bool kSoftcap>
 __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __grid_constant__ Sm90BwdArgs args) {
 #if defined(MAGI_FFA_SM90_ENABLED)
   using namespace sm90;
-  using L = BwdLayout;
-  constexpr int D = kBwdHeadDim;
+  using L = BwdLayout;  // sized for D = 128; D = 64 uses the first box of each K / V / Q / dO tile
+  constexpr int kBoxes = D / 64;  // 64-column boxes per row
   constexpr int BM = kBwdBlockM;
   constexpr int BN = kBwdBlockN;
   constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
@@ -176,8 +176,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
       const uint32_t kv_bar = zero_kv ? bar_tmp : bar_kv_full;
       if (lane == 0) {
         if (item_count > 0) mbar_wait(bar_kv_empty, (item_count - 1) & 1);
-        mbar_arrive_expect_tx(kv_bar, 4 * L::kKBox);
-        for (int b = 0; b < 2; ++b) {
+        mbar_arrive_expect_tx(kv_bar, 2 * kBoxes * L::kKBox);
+        for (int b = 0; b < kBoxes; ++b) {
           tma_load_3d(sK + b * L::kKBox, &args.tm_k, b * 64, hk, n0, kv_bar);
           tma_load_3d(sV + b * L::kKBox, &args.tm_v, b * 64, hk, n0, kv_bar);
         }
@@ -188,7 +188,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
         for (int r = 0; r < BN / 32; ++r) {
           if (!(uncovered & (1u << r))) continue;
           const int row = lane + 32 * r;
-          for (int b = 0; b < 2; ++b) {
+          for (int b = 0; b < kBoxes; ++b) {
             uint4* k_row = reinterpret_cast<uint4*>(smem + L::kOffK + b * L::kKBox + row * 128);
             uint4* v_row = reinterpret_cast<uint4*>(smem + L::kOffV + b * L::kKBox + row * 128);
             for (int c = 0; c < 8; ++c) k_row[c] = v_row[c] = make_uint4(0, 0, 0, 0);
@@ -224,8 +224,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
         const bool zero_tail = tail_lo < tail_hi;
         const uint32_t q_bar = zero_tail ? bar_tmp : bar_full(s);
         if (lane == 0) {
-          mbar_arrive_expect_tx(q_bar, 4 * L::kQBox);
-          for (int b = 0; b < 2; ++b) {
+          mbar_arrive_expect_tx(q_bar, 2 * kBoxes * L::kQBox);
+          for (int b = 0; b < kBoxes; ++b) {
             tma_load_3d(sQ(s) + b * L::kQBox, &args.tm_q, b * 64, h, m0, q_bar);
             tma_load_3d(sDo(s) + b * L::kQBox, &args.tm_do, b * 64, h, m0, q_bar);
           }
@@ -234,7 +234,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
           mbar_wait(bar_tmp, tmp_phase);
           tmp_phase ^= 1;
           const int chunks = (tail_hi - tail_lo) * 8;  // 16-byte chunks per box
-          for (int b = 0; b < 2; ++b) {
+          for (int b = 0; b < kBoxes; ++b) {
             uint4* q_rows = reinterpret_cast<uint4*>(smem + L::kOffQ + s * 2 * L::kQBox + b * L::kQBox + tail_lo * 128);
             uint4* do_rows = reinterpret_cast<uint4*>(smem + L::kOffDo + s * 2 * L::kQBox + b * L::kQBox + tail_lo * 128);
             for (int c = lane; c < chunks; c += 32) q_rows[c] = do_rows[c] = make_uint4(0, 0, 0, 0);
@@ -425,14 +425,28 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
           *reinterpret_cast<uint32_t*>(ds_bytes + offset) = dsfrag[i >> 3][(i & 7) >> 1];
         }
         fence_proxy_async_smem();
-        named_barrier_sync(kBarDs, 256);
-
-        // dQ[:, 64 cw .. + 64) = dS K[:, 64 cw .. + 64): A = dS (queries x keys) read from dS^T, B = K.
-        wgmma_fence();
+        if constexpr (D == 128) {
+          // dQ[:, 64 cw .. + 64) = dS K[:, 64 cw .. + 64): A = dS (queries x keys) read from dS^T (both
+          // warpgroups' halves), B = K.
+          named_barrier_sync(kBarDs, 256);
+          wgmma_fence();
 #pragma unroll
-        for (int kc = 0; kc < BN / 16; ++kc) {
-          WgmmaMN<64, kBf16>::ss(dq, make_desc_sw128(sDs(buffer) + kc * 16 * 128, L::kDsBytes, 1024),
-                                 make_desc_sw128(sK + cw * L::kKBox + kc * 16 * 128, L::kKBox, 1024), kc > 0 ? 1 : 0);
+          for (int kc = 0; kc < BN / 16; ++kc) {
+            WgmmaMN<64, kBf16>::ss(dq, make_desc_sw128(sDs(buffer) + kc * 16 * 128, L::kDsBytes, 1024),
+                                   make_desc_sw128(sK + cw * L::kKBox + kc * 16 * 128, L::kKBox, 1024),
+                                   kc > 0 ? 1 : 0);
+          }
+        } else {
+          // D = 64: each warpgroup adds its own keys' part, dQ += dS[:, its 64 keys] K[its 64 keys, :], so it
+          // needs only its own half of dS^T (a warpgroup barrier).
+          named_barrier_sync(kBarDq + cw, 128);
+          wgmma_fence();
+#pragma unroll
+          for (int kc = 0; kc < 64 / 16; ++kc) {
+            const uint32_t key_rows = (64 * cw + 16 * kc) * 128;
+            WgmmaMN<64, kBf16>::ss(dq, make_desc_sw128(sDs(buffer) + key_rows, L::kDsBytes, 1024),
+                                   make_desc_sw128(sK + key_rows, L::kKBox, 1024), kc > 0 ? 1 : 0);
+          }
         }
         wgmma_commit();
         }
@@ -463,8 +477,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
         named_barrier_sync(kBarDq + cw, 128);
         if ((kAblate & kAblateDqReduce) == 0 && (threadIdx.x & 127) == 0) {
           const uint32_t staging = base + L::kOffDq + cw * 2 * L::kDqBox;
-          tma_reduce_add_3d(&args.tm_dq, 64 * cw, h, m0, staging);
-          tma_reduce_add_3d(&args.tm_dq, 64 * cw + 32, h, m0, staging + L::kDqBox);
+          const int col0 = D == 128 ? 64 * cw : 0;  // D = 64: both warpgroups add into all 64 columns
+          tma_reduce_add_3d(&args.tm_dq, col0, h, m0, staging);
+          tma_reduce_add_3d(&args.tm_dq, col0 + 32, h, m0, staging + L::kDqBox);
           tma_store_commit();
         }
         }
@@ -492,7 +507,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
 #endif
 }
 
-template <typename T, int kAblate, bool kSoftcap = false>
+template <typename T, int D, int kAblate, bool kSoftcap = false>
 cudaError_t launch_typed(const BwdParams& params, const TileLists& tiles, float* dq_accum, int dtype,
                          cudaStream_t stream) {
   const int64_t items = static_cast<int64_t>(tiles.num_tiles) * params.hkv;
@@ -502,7 +517,6 @@ cudaError_t launch_typed(const BwdParams& params, const TileLists& tiles, float*
   args.p = params;
   args.tiles = tiles;
   args.num_items = static_cast<int32_t>(items);
-  const int D = kBwdHeadDim;
   const int tq = params.plan.total_q, tk = params.plan.total_k;
   if (!sm90_encode_thd(&args.tm_q, params.q, tq, params.hq, D, 64, kBwdBlockM, dtype, false) ||
       !sm90_encode_thd(&args.tm_do, params.dout, tq, params.hq, D, 64, kBwdBlockM, dtype, false) ||
@@ -515,9 +529,9 @@ cudaError_t launch_typed(const BwdParams& params, const TileLists& tiles, float*
   cudaError_t err = sm90_persistent_ctas(&ctas);
   if (err != cudaSuccess) return err;
   const int grid = static_cast<int>(std::min<int64_t>(items, ctas));
-  err = ensure_dynamic_smem<ffa_bwd_sm90_kernel<T, kAblate, kSoftcap>>(BwdLayout::kSmemBytes);
+  err = ensure_dynamic_smem<ffa_bwd_sm90_kernel<T, D, kAblate, kSoftcap>>(BwdLayout::kSmemBytes);
   if (err != cudaSuccess) return err;
-  ffa_bwd_sm90_kernel<T, kAblate, kSoftcap><<<static_cast<unsigned>(grid), kBwdThreads, BwdLayout::kSmemBytes, stream>>>(args);
+  ffa_bwd_sm90_kernel<T, D, kAblate, kSoftcap><<<static_cast<unsigned>(grid), kBwdThreads, BwdLayout::kSmemBytes, stream>>>(args);
   return cudaGetLastError();
 }
 
@@ -542,6 +556,33 @@ int forced_bwd_kernel() {
   return forced;
 }
 
+template <int D>
+cudaError_t launch_dim(const BwdParams& params, const TileLists& tiles, float* dq_accum, int dtype,
+                       cudaStream_t stream) {
+  const bool bf16 = dtype == MAGI_FFA_DTYPE_BFLOAT16;
+  if (!bf16 && dtype != MAGI_FFA_DTYPE_FLOAT16) return cudaErrorInvalidValue;
+  if (params.softcap > 0.f) {
+    return bf16 ? launch_typed<__nv_bfloat16, D, kAblateNone, true>(params, tiles, dq_accum, dtype, stream)
+                : launch_typed<__half, D, kAblateNone, true>(params, tiles, dq_accum, dtype, stream);
+  }
+  if (!bf16) return launch_typed<__half, D, kAblateNone>(params, tiles, dq_accum, dtype, stream);
+  if constexpr (D == 128) {
+    switch (ablation()) {
+      case kAblateDqReduce:
+        return launch_typed<__nv_bfloat16, D, kAblateDqReduce>(params, tiles, dq_accum, dtype, stream);
+      case kAblateDq:
+        return launch_typed<__nv_bfloat16, D, kAblateDq>(params, tiles, dq_accum, dtype, stream);
+      case kAblateSoftmax:
+        return launch_typed<__nv_bfloat16, D, kAblateSoftmax>(params, tiles, dq_accum, dtype, stream);
+      case kAblateDq | kAblateSoftmax:
+        return launch_typed<__nv_bfloat16, D, kAblateDq | kAblateSoftmax>(params, tiles, dq_accum, dtype, stream);
+      default:
+        break;
+    }
+  }
+  return launch_typed<__nv_bfloat16, D, kAblateNone>(params, tiles, dq_accum, dtype, stream);
+}
+
 }  // namespace
 
 int select_backward_kernel(int head_dim, int dtype, const char** why_not) {
@@ -551,12 +592,12 @@ int select_backward_kernel(int head_dim, int dtype, const char** why_not) {
     *why_not = "the environment variable MAGI_FFA_BWD_KERNEL must be sm80, sm90 or unset";
     return -1;
   }
-  const bool supported = head_dim == kBwdHeadDim &&
+  const bool supported = (head_dim == 64 || head_dim == 128) &&
                          (dtype == MAGI_FFA_DTYPE_BFLOAT16 || dtype == MAGI_FFA_DTYPE_FLOAT16) &&
                          sm90_current_device_is_sm90();
   if (forced == 2) {
     if (!supported) {
-      *why_not = "MAGI_FFA_BWD_KERNEL=sm90 needs an sm_90 device, head_dim 128 and bf16 / fp16";
+      *why_not = "MAGI_FFA_BWD_KERNEL=sm90 needs an sm_90 device, head_dim 64 or 128 and bf16 / fp16";
       return -1;
     }
     return kBackwardKernelSm90;
@@ -564,28 +605,10 @@ int select_backward_kernel(int head_dim, int dtype, const char** why_not) {
   return supported ? kBackwardKernelSm90 : kBackwardKernelSm80;
 }
 
-cudaError_t launch_backward_sm90(const BwdParams& params, const TileLists& tiles, float* dq_accum, int dtype,
-                                 cudaStream_t stream) {
-  if (params.softcap > 0.f) {
-    return dtype == MAGI_FFA_DTYPE_BFLOAT16
-               ? launch_typed<__nv_bfloat16, kAblateNone, true>(params, tiles, dq_accum, dtype, stream)
-               : launch_typed<__half, kAblateNone, true>(params, tiles, dq_accum, dtype, stream);
-  }
-  if (dtype == MAGI_FFA_DTYPE_BFLOAT16) {
-    switch (ablation()) {
-      case kAblateDqReduce:
-        return launch_typed<__nv_bfloat16, kAblateDqReduce>(params, tiles, dq_accum, dtype, stream);
-      case kAblateDq:
-        return launch_typed<__nv_bfloat16, kAblateDq>(params, tiles, dq_accum, dtype, stream);
-      case kAblateSoftmax:
-        return launch_typed<__nv_bfloat16, kAblateSoftmax>(params, tiles, dq_accum, dtype, stream);
-      case kAblateDq | kAblateSoftmax:
-        return launch_typed<__nv_bfloat16, kAblateDq | kAblateSoftmax>(params, tiles, dq_accum, dtype, stream);
-      default:
-        return launch_typed<__nv_bfloat16, kAblateNone>(params, tiles, dq_accum, dtype, stream);
-    }
-  }
-  if (dtype == MAGI_FFA_DTYPE_FLOAT16) return launch_typed<__half, kAblateNone>(params, tiles, dq_accum, dtype, stream);
+cudaError_t launch_backward_sm90(const BwdParams& params, const TileLists& tiles, float* dq_accum, int head_dim,
+                                 int dtype, cudaStream_t stream) {
+  if (head_dim == 64) return launch_dim<64>(params, tiles, dq_accum, dtype, stream);
+  if (head_dim == 128) return launch_dim<128>(params, tiles, dq_accum, dtype, stream);
   return cudaErrorInvalidValue;
 }
 
