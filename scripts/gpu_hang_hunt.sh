@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# gpu_hang_hunt.sh: the sm90 forward hang experiment of bench/NOTES-fwd-sm90.md, bounded in time, plus
-# (optionally) the full benchmark. Expects build/ (and build-hard/: the same sources built with
-# MAGI_FFA_NVCC_FLAGS=-DMAGI_FFA_SM90_SYNCWARP=1) next to it; logs go to $OUT (or ./hang-hunt).
+# gpu_hang_hunt.sh: the sm90 forward hang hunt (bench/NOTES.md v3), bounded in time, plus (optionally) the
+# full benchmark. Expects build/ (`deno task build --selftest`); an optional build-hard/ holds a variant
+# built with experiment flags (MAGI_FFA_NVCC_FLAGS) to compare. Logs go to $OUT (or ./hang-hunt).
+# The hang it found is fixed; this stays as the regression loop for pipeline hangs.
 # Usage: scripts/gpu_hang_hunt.sh [--full-bench]
 set -u
 out="${OUT:-hang-hunt}"
@@ -23,7 +24,7 @@ step "3. short docs, ping-pong off"
 MAGI_FFA_SM90_PINGPONG=0 timeout 60 "$st" --fwd-hammer 20000 --filter short_docs >>"$log" 2>&1; echo "rc=$?" >>"$log"
 step "4. short docs, 8 CTAs"
 MAGI_FFA_SM90_CTAS=8 timeout 60 "$st" --fwd-hammer 2000 --filter short_docs >>"$log" 2>&1; echo "rc=$?" >>"$log"
-step "5. short docs, __syncwarp before aligned barriers (build-hard)"
+step "5. short docs, the build-hard/ variant (if any)"
 [[ -x "$hard" ]] && { timeout 60 "$hard" --fwd-hammer 20000 --filter short_docs >>"$log" 2>&1; echo "rc=$?" >>"$log"; }
 step "6. timings, default variant and cross-item"
 timeout 60 "$st" --fwd-time >>"$log" 2>&1
