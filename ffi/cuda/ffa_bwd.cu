@@ -18,6 +18,8 @@
 // split over CTAs, which then add dK / dV into fp32 workspaces too (converted the same way). Atomic order
 // varies between runs, so dq (and split dk / dv) may differ in the last bits; out, lse and unsplit dk / dv
 // do not.
+// On sm_90 devices the fast mode's main loop is the Hopper kernel of ffa_bwd_sm90.cu instead (wgmma, TMA,
+// dQ added by TMA reduce-adds); the delta and conversion launches here are shared (launch_backward_mode).
 // With softcap c > 0 the logit is s = c * tanh(scale * x / c), so ds/dx = scale * (1 - (s / c)^2).
 #include "ffa_bwd_fused.cuh"
 #include "ffa_common.cuh"
