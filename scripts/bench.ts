@@ -460,6 +460,11 @@ export interface BenchReport {
   gpu: string;
   /** CUDA library path. */
   libraryPath?: string;
+  /**
+   * The `MAGI_FFA_*` environment variables set for the run (kernel choices such as `MAGI_FFA_FWD_KERNEL`,
+   * tuning and timing knobs): empty for the default kernels; absent in files written before it existed.
+   */
+  kernelSettings?: Record<string, string>;
   /** Deno, V8 and TypeScript versions. */
   deno: { deno: string; v8: string; typescript: string };
   /** torch, CUDA, cuDNN and Triton versions as the peers saw them (null without peers). */
@@ -1078,6 +1083,15 @@ function fromFileUrl(url: URL): string {
   return decodeURIComponent(url.pathname);
 }
 
+/** The `MAGI_FFA_*` environment variables (sorted), which change what the library runs. */
+export function magiEnvironment(env: Record<string, string> = Deno.env.toObject()): Record<string, string> {
+  const settings: Record<string, string> = {};
+  for (const name of Object.keys(env).filter((key) => key.startsWith("MAGI_FFA_")).sort()) {
+    settings[name] = env[name];
+  }
+  return settings;
+}
+
 // ----- main -----------------------------------------------------------------------------------------------
 
 const startedAt = performance.now();
@@ -1135,6 +1149,9 @@ export async function main(argv: readonly string[]): Promise<number> {
   await Deno.mkdir(outDir, { recursive: true });
   const workDir = await Deno.makeTempDir({ prefix: "magi-bench-work-" });
   progress(`GPU: ${runner.gpu}${runner.libraryPath ? ` (library ${runner.libraryPath})` : ""}`);
+  const kernelSettings = magiEnvironment();
+  const settingsText = Object.entries(kernelSettings).map(([name, value]) => `${name}=${value}`).join(" ");
+  progress(`kernel settings: ${settingsText || "defaults (no MAGI_FFA_* variable set)"}`);
   progress(`${cases.length} case(s): ${cases.map((item) => item.name).join(", ")}`);
 
   const report: BenchReport = {
@@ -1144,6 +1161,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     args: [...argv],
     gpu: runner.gpu,
     libraryPath: runner.libraryPath,
+    kernelSettings,
     deno: { deno: Deno.version.deno, v8: Deno.version.v8, typescript: Deno.version.typescript },
     torch: null,
     ceilings: null,

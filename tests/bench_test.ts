@@ -35,6 +35,7 @@ import {
   formatNotes,
   formatResultsTable,
   gpuSlug,
+  magiEnvironment,
   main,
   measureBatches,
   measureIssue,
@@ -572,6 +573,16 @@ Deno.test("flags and file names", () => {
   );
 });
 
+Deno.test("magiEnvironment keeps only MAGI_FFA_* variables, sorted", () => {
+  assert.deepEqual(
+    Object.entries(
+      magiEnvironment({ PATH: "/bin", MAGI_FFA_FWD_KERNEL: "sm80", MAGI_FFA_BWD_KERNEL: "sm90" }),
+    ),
+    [["MAGI_FFA_BWD_KERNEL", "sm90"], ["MAGI_FFA_FWD_KERNEL", "sm80"]],
+  );
+  assert.deepEqual(magiEnvironment({ HOME: "/root" }), {});
+});
+
 /** Runs `main` with console output captured. */
 async function runMain(argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   const out: string[] = [], err: string[] = [];
@@ -765,6 +776,12 @@ Deno.test("dry run end to end: table, JSON and SVG files", async (t) => {
         report.cases.every((item) => item.ours.tflopsFwd! > 0 && item.ours.check?.out.nonFinite === 0),
       );
       assert.ok(report.hostOverhead && report.hostOverhead.publicApi.issueUs > 0);
+      assert.deepEqual(
+        report.kernelSettings,
+        magiEnvironment(),
+        "the run's MAGI_FFA_* variables are recorded",
+      );
+      assert.match(stderr, /kernel settings: /);
       const svg = Deno.readTextFileSync(`${outDir}/${json.replace(/\.json$/, ".svg")}`);
       assert.equal(parseXml(svg).root, "svg");
     });
