@@ -29,8 +29,9 @@ export interface FlexAttnOptions {
   /** Implementation to use; default `"auto"`. */
   backend?: Backend;
   /**
-   * Bitwise-reproducible backward on the GPU (an atomic-free path, slower). Default false: dQ is added
-   * with fp32 atomics. The forward and the CPU reference are deterministic either way.
+   * Bitwise-reproducible backward on the GPU (an atomic-free path, slower). Default false: dQ is summed in
+   * fp32 by unordered adds (TMA reduce-adds on Hopper, atomics elsewhere), so its last bits may vary between
+   * runs. The forward and the CPU reference are deterministic either way.
    */
   deterministic?: boolean;
   /** Path of the CUDA library, overriding `MAGI_FFA_LIBRARY` and the local build. */
