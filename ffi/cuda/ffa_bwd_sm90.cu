@@ -1,8 +1,8 @@
 // ffa_bwd_sm90.cu: the Hopper (sm_90a) fast-mode backward main loop: dK, dV and dQ from one pass over
 // (key tile, query tile) pairs, with wgmma, TMA loads and TMA reduce-adds of dQ.
 //
-// Work item = (key tile of 128 keys, kv head); persistent CTAs (one per SM) take items in the plan's
-// costliest-first order with a static stride. Each item is owned by one CTA, which walks every slice
+// Work item = (key tile of 128 keys, kv head); persistent CTAs (one per SM) take items head-major (every
+// key tile of one kv head, costliest first, then the next head: head_major_item) with a static stride. Each item is owned by one CTA, which walks every slice
 // touching its keys, every query head of the GQA group and every query tile of 64 rows that can see the
 // keys (KeyTileWalker: the same schedule as the mma.sync backward), so dK / dV of the tile are summed in
 // registers and written once, with no atomics.
@@ -12,11 +12,12 @@
 // (query tile [m0, m0 + 64) of head h), each consumer warpgroup computes
 //   S^T = K_wg Q^T, dP^T = V_wg dO^T                          (wgmma, both operands in shared memory)
 //   P^T = exp2(S^T * scale * log2 e - lse2), dS^T = P^T (dP^T - Delta)   (masked cells: 0, by select)
-//   dV_wg += P^T dO, dK_wg += dS^T Q                          (wgmma, P^T / dS^T from registers)
+//   dV_wg += P^T dO                                           (wgmma, P^T from registers)
 // then writes its dS^T half (bf16 / fp16) to shared memory; after both halves are there each warpgroup
-// computes dQ[:, 64 wg .. + 64) = dS K[:, 64 wg .. + 64) (wgmma, both operands transposed from shared
-// memory) and adds it to the fp32 dQ accumulator [total_q, hq, D] with one TMA reduce-add per 32 columns
-// (rows past total_q are clipped by TMA). Delta, zeroing and the final dq = accumulator * scale conversion
+// issues dQ[:, 64 wg .. + 64) = dS K[:, 64 wg .. + 64) (wgmma, both operands transposed from shared
+// memory) and then dK_wg += dS^T Q (dS^T from registers). It waits for dQ only, and stages and adds it to
+// the fp32 dQ accumulator [total_q, hq, D] (one TMA reduce-add per 32 columns; rows past total_q are
+// clipped by TMA) while dK runs on the tensor cores: the issue order dV, dQ, dK hides the staging. Delta, zeroing and the final dq = accumulator * scale conversion
 // are the mma.sync backward's own launches (ffa_bwd.cu).
 //
 // Pipelines (mbarriers): kv_full / kv_empty (per item), full / empty per Q-dO stage (2 stages). The dS^T
@@ -155,8 +156,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
     int item_count = 0;
     uint32_t tmp_phase = 0;
     for (int w = blockIdx.x; w < args.num_items; w += gridDim.x, ++item_count) {
-      const int tile = args.tiles.order[w / p.hkv];
-      const int hk = w % p.hkv;
+      const TileHead item = head_major_item(args.tiles, w);
+      const int tile = item.tile;
+      const int hk = item.head;
       const int n0 = tile * BN;
       // Keys of the tile that no listed slice covers (padding, which may hold NaN) are zeroed in K and V
       // before release: a NaN K row would leak into dQ through 0 * NaN. Keys past total_k are zero-filled
@@ -295,8 +297,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
     int step = 0;
     int item_count = 0;
     for (int w = blockIdx.x; w < args.num_items; w += gridDim.x, ++item_count) {
-      const int tile = args.tiles.order[w / p.hkv];
-      const int hk = w % p.hkv;
+      const TileHead item = head_major_item(args.tiles, w);
+      const int tile = item.tile;
+      const int hk = item.head;
       const int n0 = tile * BN;
       const int key_of[2] = {n0 + key_row0, n0 + key_row0 + 8};
 #pragma unroll
@@ -324,13 +327,13 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
 
         // S^T = K_wg Q^T and dP^T = V_wg dO^T.
         wgmma_fence();
+        Wgmma<64, kBf16>::ss_zero(st, desc_kv(sK, 0), desc_qdo(sQ(s), 0));
 #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) Wgmma<64, kBf16>::ss(st, desc_kv(sK, kk), desc_qdo(sQ(s), kk), kk > 0 ? 1 : 0);
+        for (int kk = 1; kk < D / 16; ++kk) Wgmma<64, kBf16>::ss(st, desc_kv(sK, kk), desc_qdo(sQ(s), kk), 1);
         wgmma_commit();
+        Wgmma<64, kBf16>::ss_zero(dpt, desc_kv(sV, 0), desc_qdo(sDo(s), 0));
 #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-          Wgmma<64, kBf16>::ss(dpt, desc_kv(sV, kk), desc_qdo(sDo(s), kk), kk > 0 ? 1 : 0);
-        }
+        for (int kk = 1; kk < D / 16; ++kk) Wgmma<64, kBf16>::ss(dpt, desc_kv(sV, kk), desc_qdo(sDo(s), kk), 1);
         wgmma_commit();
         wgmma_wait<1>();
         fence_regs(st);
@@ -405,86 +408,96 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
             dsfrag[kc][j] = Elem<T>::pack(dpt[8 * kc + 2 * j], dpt[8 * kc + 2 * j + 1]);
           }
         }
-        // dV += P^T dO, dK += dS^T Q (B operands read transposed from the Q / dO stage).
+        // dV += P^T dO (B read transposed from the dO stage).
         wgmma_fence();
 #pragma unroll
         for (int kc = 0; kc < BM / 16; ++kc) Wgmma<D, kBf16>::rs(dv, pfrag[kc], desc_qdo_mn(sDo(s), kc), 1);
-#pragma unroll
-        for (int kc = 0; kc < BM / 16; ++kc) Wgmma<D, kBf16>::rs(dk, dsfrag[kc], desc_qdo_mn(sQ(s), kc), 1);
         wgmma_commit();
+        // dK += dS^T Q (B read transposed from the Q stage).
+        auto issue_dk = [&] {
+#pragma unroll
+          for (int kc = 0; kc < BM / 16; ++kc) Wgmma<D, kBf16>::rs(dk, dsfrag[kc], desc_qdo_mn(sQ(s), kc), 1);
+          wgmma_commit();
+        };
 
         if constexpr ((kAblate & kAblateDq) == 0) {
-        // dS^T half into the shared buffer: row = tile-local key, 64 queries = one 128-byte swizzled row.
-        const int buffer = step & 1;
-        unsigned char* ds_bytes = smem + (sDs(buffer) - base);
+          // dS^T half into the shared buffer: row = tile-local key, 64 queries = one 128-byte swizzled row.
+          const int buffer = step & 1;
+          unsigned char* ds_bytes = smem + (sDs(buffer) - base);
 #pragma unroll
-        for (int i = 0; i < BM / 2; i += 2) {
-          const int row = key_row0 + 8 * ((i >> 1) & 1);
-          const int c = 8 * (i >> 2) + 2 * t;
-          const int offset = row * 128 + (((c >> 3) ^ (row & 7)) << 4) + (c & 7) * 2;
-          *reinterpret_cast<uint32_t*>(ds_bytes + offset) = dsfrag[i >> 3][(i & 7) >> 1];
-        }
-        fence_proxy_async_smem();
-        if constexpr (D == 128) {
-          // dQ[:, 64 cw .. + 64) = dS K[:, 64 cw .. + 64): A = dS (queries x keys) read from dS^T (both
-          // warpgroups' halves), B = K.
-          named_barrier_sync(kBarDs, 256);
-          wgmma_fence();
+          for (int i = 0; i < BM / 2; i += 2) {
+            const int row = key_row0 + 8 * ((i >> 1) & 1);
+            const int c = 8 * (i >> 2) + 2 * t;
+            const int offset = row * 128 + (((c >> 3) ^ (row & 7)) << 4) + (c & 7) * 2;
+            *reinterpret_cast<uint32_t*>(ds_bytes + offset) = dsfrag[i >> 3][(i & 7) >> 1];
+          }
+          fence_proxy_async_smem();
+          if constexpr (D == 128) {
+            // dQ[:, 64 cw .. + 64) = dS K[:, 64 cw .. + 64): A = dS (queries x keys) read from dS^T (both
+            // warpgroups' halves), B = K.
+            named_barrier_sync(kBarDs, 256);
+            auto ds_desc = [&](int kc) { return make_desc_sw128(sDs(buffer) + kc * 16 * 128, L::kDsBytes, 1024); };
+            auto k_desc = [&](int kc) { return make_desc_sw128(sK + cw * L::kKBox + kc * 16 * 128, L::kKBox, 1024); };
+            wgmma_fence();
+            WgmmaMN<64, kBf16>::ss_zero(dq, ds_desc(0), k_desc(0));
 #pragma unroll
-          for (int kc = 0; kc < BN / 16; ++kc) {
-            WgmmaMN<64, kBf16>::ss(dq, make_desc_sw128(sDs(buffer) + kc * 16 * 128, L::kDsBytes, 1024),
-                                   make_desc_sw128(sK + cw * L::kKBox + kc * 16 * 128, L::kKBox, 1024),
-                                   kc > 0 ? 1 : 0);
+            for (int kc = 1; kc < BN / 16; ++kc) WgmmaMN<64, kBf16>::ss(dq, ds_desc(kc), k_desc(kc), 1);
+          } else {
+            // D = 64: each warpgroup adds its own keys' part, dQ += dS[:, its 64 keys] K[its 64 keys, :], so
+            // it needs only its own half of dS^T (a warpgroup barrier).
+            named_barrier_sync(kBarDq + cw, 128);
+            auto ds_desc = [&](int kc) {
+              return make_desc_sw128(sDs(buffer) + (64 * cw + 16 * kc) * 128, L::kDsBytes, 1024);
+            };
+            auto k_desc = [&](int kc) { return make_desc_sw128(sK + (64 * cw + 16 * kc) * 128, L::kKBox, 1024); };
+            wgmma_fence();
+            WgmmaMN<64, kBf16>::ss_zero(dq, ds_desc(0), k_desc(0));
+#pragma unroll
+            for (int kc = 1; kc < 64 / 16; ++kc) WgmmaMN<64, kBf16>::ss(dq, ds_desc(kc), k_desc(kc), 1);
+          }
+          wgmma_commit();
+          issue_dk();
+          wgmma_wait<1>();  // dV and dQ; dK runs on during the staging below
+          fence_regs(dq);
+
+          // dQ half into this warpgroup's staging (two boxes of 32 fp32 columns, 128-byte swizzle), then one
+          // TMA reduce-add per box. The previous reduce must have finished reading the staging first.
+          if ((threadIdx.x & 127) == 0) tma_store_wait_read();
+          named_barrier_sync(kBarDq + cw, 128);
+          unsigned char* dq_bytes = smem + L::kOffDq + cw * 2 * L::kDqBox;
+#pragma unroll
+          for (int i = 0; i < 32; i += 2) {
+            const int row = 16 * warp_in_wg + g + 8 * ((i >> 1) & 1);
+            const int c = 8 * (i >> 2) + 2 * t;  // 0..63
+            const int box = c >> 5;
+            const int cb = c & 31;
+            const int offset = box * L::kDqBox + row * 128 + (((cb >> 2) ^ (row & 7)) << 4) + (cb & 3) * 4;
+            *reinterpret_cast<float2*>(dq_bytes + offset) = make_float2(dq[i], dq[i + 1]);
+          }
+          fence_proxy_async_smem();
+          named_barrier_sync(kBarDq + cw, 128);
+          if ((kAblate & kAblateDqReduce) == 0 && (threadIdx.x & 127) == 0) {
+            const uint32_t staging = base + L::kOffDq + cw * 2 * L::kDqBox;
+            const int col0 = D == 128 ? 64 * cw : 0;  // D = 64: both warpgroups add into all 64 columns
+            tma_reduce_add_3d(&args.tm_dq, col0, h, m0, staging);
+            tma_reduce_add_3d(&args.tm_dq, col0 + 32, h, m0, staging + L::kDqBox);
+            tma_store_commit();
           }
         } else {
-          // D = 64: each warpgroup adds its own keys' part, dQ += dS[:, its 64 keys] K[its 64 keys, :], so it
-          // needs only its own half of dS^T (a warpgroup barrier).
-          named_barrier_sync(kBarDq + cw, 128);
-          wgmma_fence();
-#pragma unroll
-          for (int kc = 0; kc < 64 / 16; ++kc) {
-            const uint32_t key_rows = (64 * cw + 16 * kc) * 128;
-            WgmmaMN<64, kBf16>::ss(dq, make_desc_sw128(sDs(buffer) + key_rows, L::kDsBytes, 1024),
-                                   make_desc_sw128(sK + key_rows, L::kKBox, 1024), kc > 0 ? 1 : 0);
-          }
-        }
-        wgmma_commit();
+          issue_dk();
         }
         wgmma_wait<0>();
         fence_regs(dv);
         fence_regs(dk);
-        fence_regs(dq);
         fence_regs(pfrag);
         fence_regs(dsfrag);
+        // Every lane's reads of the stage's lse / Delta rows come before the warp's arrive (lane 0 arrives for
+        // the warp; without the sync the producer's next writes of the rows race with lagging lanes' reads).
+        __syncwarp();
         if (lane == 0) mbar_arrive(bar_empty(s));  // Q, dO, lse, Delta of the stage are no longer read
-
-        if constexpr ((kAblate & kAblateDq) == 0) {
-        // dQ half into this warpgroup's staging (two boxes of 32 fp32 columns, 128-byte swizzle), then
-        // one TMA reduce-add per box. The previous reduce must have finished reading the staging first.
-        if ((threadIdx.x & 127) == 0) tma_store_wait_read();
-        named_barrier_sync(kBarDq + cw, 128);
-        unsigned char* dq_bytes = smem + L::kOffDq + cw * 2 * L::kDqBox;
-#pragma unroll
-        for (int i = 0; i < 32; i += 2) {
-          const int row = 16 * warp_in_wg + g + 8 * ((i >> 1) & 1);
-          const int c = 8 * (i >> 2) + 2 * t;  // 0..63
-          const int box = c >> 5;
-          const int cb = c & 31;
-          const int offset = box * L::kDqBox + row * 128 + (((cb >> 2) ^ (row & 7)) << 4) + (cb & 3) * 4;
-          *reinterpret_cast<float2*>(dq_bytes + offset) = make_float2(dq[i], dq[i + 1]);
-        }
-        fence_proxy_async_smem();
-        named_barrier_sync(kBarDq + cw, 128);
-        if ((kAblate & kAblateDqReduce) == 0 && (threadIdx.x & 127) == 0) {
-          const uint32_t staging = base + L::kOffDq + cw * 2 * L::kDqBox;
-          const int col0 = D == 128 ? 64 * cw : 0;  // D = 64: both warpgroups add into all 64 columns
-          tma_reduce_add_3d(&args.tm_dq, col0, h, m0, staging);
-          tma_reduce_add_3d(&args.tm_dq, col0 + 32, h, m0, staging + L::kDqBox);
-          tma_store_commit();
-        }
-        }
         ++step;
       }
+      __syncwarp();
       if (lane == 0) mbar_arrive(bar_kv_empty);  // K / V of the item are no longer read
 
       // dK (times the softmax scale) and dV of the warpgroup's 64 keys, straight from registers.

@@ -193,8 +193,8 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
   }
   __syncthreads();
 
-  // Persistent CTAs: item w = (query tile order[w / hq], head w % hq), costliest tiles first; CTA b takes
-  // items b, b + gridDim.x, ... Each item is computed entirely by one CTA, so results do not depend on
+  // Persistent CTAs: item w = (query tile, head), head-major (head_major_item: costliest tiles first within
+  // a head); CTA b takes items b, b + gridDim.x, ... Each item is computed entirely by one CTA, so results do not depend on
   // the assignment. The producer and both consumer warpgroups walk the same items and steps in the same
   // order; ring stages and barrier phases run on across items.
   if (warpgroup == 0) {
@@ -211,8 +211,9 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
     int item_count = 0;
     int q_items = 0;
     for (int w = blockIdx.x; w < args.num_items; w += gridDim.x, ++item_count) {
-      const int h = w % p.hq;
-      const int tile = p.plan.fwd.order[w / p.hq];
+      const TileHead item = head_major_item(p.plan.fwd, w);
+      const int h = item.head;
+      const int tile = item.tile;
       const int m0 = tile * BM;
       const int hk = h / p.group;
       QueryTileWalker<BM, BN> it;
@@ -366,8 +367,9 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
   int step = 0;
   int item_count = 0;
   for (int w = blockIdx.x; w < args.num_items; w += gridDim.x, ++item_count) {
-    const int h = w % p.hq;
-    const int tile = p.plan.fwd.order[w / p.hq];
+    const TileHead item = head_major_item(p.plan.fwd, w);
+    const int h = item.head;
+    const int tile = item.tile;
     const int m0 = tile * BM;
     const int wg_row0 = m0 + 64 * cw;
     const int row_of[2] = {wg_row0 + 16 * warp_in_wg + g, wg_row0 + 16 * warp_in_wg + g + 8};
@@ -684,8 +686,9 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
     };
     reset_item();
     for (int w = blockIdx.x; w < args.num_items; w += gridDim.x) {
-      const int h = w % p.hq;
-      const int tile = p.plan.fwd.order[w / p.hq];
+      const TileHead item = head_major_item(p.plan.fwd, w);
+      const int h = item.head;
+      const int tile = item.tile;
       const int m0 = tile * BM;
       const int wg_row0 = m0 + 64 * cw;
       const int row_of[2] = {wg_row0 + 16 * warp_in_wg + g, wg_row0 + 16 * warp_in_wg + g + 8};

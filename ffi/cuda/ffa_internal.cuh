@@ -38,6 +38,19 @@ struct TileLists {
   const int32_t* order;    // tile indices, costliest first
 };
 
+// Item w of a persistent grid over (tile, head) pairs, head-major: every tile of head 0 (costliest first),
+// then every tile of head 1, ... CTAs running at the same time then share one head (or a few), so the
+// rows they all stream (K / V in the forward; Q, dO and the dQ accumulator in the backward) stay in L2.
+// Interleaving heads (item w = tile w / heads, head w % heads) spread the CTAs over every head at once and
+// put the whole of Q, K, V (hundreds of MB at 16k) in the working set.
+struct TileHead {
+  int tile;
+  int head;
+};
+__device__ __forceinline__ TileHead head_major_item(const TileLists& tiles, int w) {
+  return TileHead{tiles.order[w % tiles.num_tiles], w / tiles.num_tiles};
+}
+
 // The device part of a plan.
 struct DevicePlan {
   const Slice* slices;

@@ -3,7 +3,9 @@
 //   ss: D(64 x N, f32) (+)= A(64 x 16, shared, K-major) * B(16 x N, shared, K-major)
 //   rs: D(64 x N, f32) (+)= A(64 x 16, registers) * B(16 x N, shared, N-major: transpose bit set)
 // The accumulator d[i] of a thread (warp w of the warpgroup, lane = 4 g + t) holds row 16 w + g + 8 ((i / 2) % 2),
-// column 8 (i / 4) + 2 t + (i % 2). scale_d = 0 overwrites D, 1 accumulates.
+// column 8 (i / 4) + 2 t + (i % 2). scale_d = 0 overwrites D, 1 accumulates. ss_zero overwrites D and
+// declares d write-only ("=f"): the registers' old values are dead before it, so a chain that starts with
+// it does not keep its accumulator live across the whole loop (the "+f" of scale_d = 0 does).
 #pragma once
 
 #include <stdint.h>
@@ -32,6 +34,20 @@ struct Wgmma<64, true> {
         : "l"(desc_a), "l"(desc_b), "r"(scale_d));
 #else
     (void)d; (void)desc_a; (void)desc_b; (void)scale_d;
+#endif
+  }
+  static __device__ __forceinline__ void ss_zero(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
+#ifdef MAGI_FFA_SM90_ENABLED
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"
+        "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]), "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]), "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]), "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]), "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31])
+        : "l"(desc_a), "l"(desc_b), "n"(0));
+#else
+    (void)d; (void)desc_a; (void)desc_b;
 #endif
   }
   static __device__ __forceinline__ void rs(float (&d)[32], const uint32_t (&a)[4], uint64_t desc_b, int scale_d) {
@@ -64,6 +80,20 @@ struct Wgmma<64, false> {
         : "l"(desc_a), "l"(desc_b), "r"(scale_d));
 #else
     (void)d; (void)desc_a; (void)desc_b; (void)scale_d;
+#endif
+  }
+  static __device__ __forceinline__ void ss_zero(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
+#ifdef MAGI_FFA_SM90_ENABLED
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
+        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"
+        "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]), "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]), "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]), "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]), "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31])
+        : "l"(desc_a), "l"(desc_b), "n"(0));
+#else
+    (void)d; (void)desc_a; (void)desc_b;
 #endif
   }
   static __device__ __forceinline__ void rs(float (&d)[32], const uint32_t (&a)[4], uint64_t desc_b, int scale_d) {
@@ -177,6 +207,20 @@ struct WgmmaMN<64, true> {
     (void)d; (void)desc_a; (void)desc_b; (void)scale_d;
 #endif
   }
+  static __device__ __forceinline__ void ss_zero(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
+#ifdef MAGI_FFA_SM90_ENABLED
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"
+        "}, %32, %33, p, 1, 1, 1, 1;\n}\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]), "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]), "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]), "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]), "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31])
+        : "l"(desc_a), "l"(desc_b), "n"(0));
+#else
+    (void)d; (void)desc_a; (void)desc_b;
+#endif
+  }
 };
 
 template <>
@@ -193,6 +237,20 @@ struct WgmmaMN<64, false> {
         : "l"(desc_a), "l"(desc_b), "r"(scale_d));
 #else
     (void)d; (void)desc_a; (void)desc_b; (void)scale_d;
+#endif
+  }
+  static __device__ __forceinline__ void ss_zero(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
+#ifdef MAGI_FFA_SM90_ENABLED
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
+        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"
+        "}, %32, %33, p, 1, 1, 1, 1;\n}\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]), "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]), "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]), "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]), "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31])
+        : "l"(desc_a), "l"(desc_b), "n"(0));
+#else
+    (void)d; (void)desc_a; (void)desc_b;
 #endif
   }
 };
