@@ -14,10 +14,10 @@
  * @module
  */
 
-import { MagiAttnInputError } from "../lib/errors.ts";
-import type { HostTensor } from "../lib/tensor.ts";
-import type { FlexKey } from "../lib/types.ts";
-import { type ForwardShape, validateBackwardArgs, validateForwardArgs } from "../lib/validate.ts";
+import { MagiAttnInputError } from "../lib/core/errors.ts";
+import type { HostTensor } from "../lib/core/tensor.ts";
+import type { FlexKey } from "../lib/core/types.ts";
+import { type ForwardShape, validateBackwardArgs, validateForwardArgs } from "../lib/core/validate.ts";
 import {
   allocateDevice,
   allocateDeviceShared,

@@ -24,11 +24,17 @@ import {
   sampleRows,
   selectCases,
   specOfMask,
-} from "../bench/cases.ts";
-import { type BarChart, escapeXml, formatTable, niceAxis, renderBarChartSvg } from "../bench/chart.ts";
-import { MagiAttnInputError } from "../lib/errors.ts";
-import { compileFlexKey } from "../lib/flex_key.ts";
-import type { FlexKey } from "../lib/types.ts";
+} from "../scripts/bench/cases.ts";
+import {
+  type BarChart,
+  escapeXml,
+  formatTable,
+  niceAxis,
+  renderBarChartSvg,
+} from "../scripts/bench/chart.ts";
+import { MagiAttnInputError } from "../lib/core/errors.ts";
+import { compileFlexKey } from "../lib/masks/flex_key.ts";
+import type { FlexKey } from "../lib/core/types.ts";
 import {
   type BenchReport,
   extractRows,
@@ -45,7 +51,7 @@ import {
   resultsStem,
   scanBf16,
   SimulatedGpu,
-} from "../scripts/bench.ts";
+} from "../scripts/bench/main.ts";
 
 /** Small mask parameters, so that brute force over S² cells stays fast. */
 const SMALL: MaskParams = {
@@ -612,7 +618,7 @@ async function hasPython(): Promise<boolean> {
 }
 
 /**
- * Runs bench/peers.py's mask_mods and input hash under a minimal numpy stand-in for torch (the ops they
+ * Runs scripts/bench/peers.py's mask_mods and input hash under a minimal numpy stand-in for torch (the ops they
  * use: arange, indexing, comparisons, bit ops, where, repeat_interleave), printing JSON: the dense mask of
  * each case as a 0/1 string, and the first elements of each input stream as int16 bit patterns.
  */
@@ -722,7 +728,7 @@ Deno.test({
         `${dir}/cases.json`,
         JSON.stringify({ inputs, cases: cases.map((item) => item.json) }),
       );
-      const benchDir = decodeURIComponent(new URL("../bench/", import.meta.url).pathname);
+      const benchDir = decodeURIComponent(new URL("../scripts/bench/", import.meta.url).pathname);
       const run = await new Deno.Command(Deno.env.get("PYTHON") ?? "python3", {
         args: [`${dir}/harness.py`, benchDir, `${dir}/cases.json`],
         stdout: "piped",

@@ -8,9 +8,9 @@
  */
 
 import assert from "node:assert/strict";
-import { BackendUnavailableError, MagiAttnInputError } from "../lib/errors.ts";
-import { bf16ToFloat32, type DType, type HostTensor, randomTensor } from "../lib/tensor.ts";
-import type { FlexKey } from "../lib/types.ts";
+import { BackendUnavailableError, MagiAttnInputError } from "../lib/core/errors.ts";
+import { bf16ToFloat32, type DType, type HostTensor, randomTensor } from "../lib/core/tensor.ts";
+import type { FlexKey } from "../lib/core/types.ts";
 import {
   checkStatus,
   libraryCandidates,
@@ -326,8 +326,8 @@ Deno.test("loader: default candidates are the local build then the versioned use
 /** Copies the loader's modules into `root` so that its "local build" is `root/build/libmagi_ffa.so`. */
 function copyLoaderTo(root: string): void {
   Deno.mkdirSync(`${root}/ffi`, { recursive: true });
-  Deno.mkdirSync(`${root}/lib`, { recursive: true });
-  for (const file of ["ffi/library.ts", "ffi/ffi.ts", "lib/errors.ts", "deno.json"]) {
+  Deno.mkdirSync(`${root}/lib/core`, { recursive: true });
+  for (const file of ["ffi/library.ts", "ffi/ffi.ts", "lib/core/errors.ts", "deno.json"]) {
     Deno.copyFileSync(`${REPO_ROOT}${file}`, `${root}/${file}`);
   }
 }
@@ -786,7 +786,7 @@ Deno.test({
     const code = `
       import { cudaForward, retiredPlanCount } from "${REPO_ROOT}ffi/cuda_backend.ts";
       import { loadCudaLibrary } from "${REPO_ROOT}ffi/library.ts";
-      import { randomTensor } from "${REPO_ROOT}lib/tensor.ts";
+      import { randomTensor } from "${REPO_ROOT}lib/core/tensor.ts";
       const libraryPath = "${fakes.good}";
       const library = loadCudaLibrary({ libraryPath });
       const introspection = Deno.dlopen(libraryPath, { fake_counters: { parameters: ["buffer"], result: "void" } });

@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { MagiAttnInputError } from "../lib/errors.ts";
+import { MagiAttnInputError } from "../lib/core/errors.ts";
 import {
   clearFlexKeyCache,
   compileFlexKey,
@@ -14,10 +14,10 @@ import {
   isFlexKey,
   sliceArea,
   toFlexKey,
-} from "../lib/flex_key.ts";
-import { AttnMaskSpec } from "../lib/spec.ts";
-import { seededRandom } from "../lib/tensor.ts";
-import type { FlexKey, PlainFlexKey } from "../lib/types.ts";
+} from "../lib/masks/flex_key.ts";
+import { AttnMaskSpec } from "../lib/masks/spec.ts";
+import { seededRandom } from "../lib/core/tensor.ts";
+import type { FlexKey, PlainFlexKey } from "../lib/core/types.ts";
 
 type Slice = [qs: number, qe: number, ks: number, ke: number, type: number];
 

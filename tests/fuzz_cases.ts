@@ -9,13 +9,13 @@
  */
 
 import assert from "node:assert/strict";
-import { MagiAttnInputError } from "../lib/errors.ts";
-import { compileFlexKey, denseMask, isFlexKey, toFlexKey } from "../lib/flex_key.ts";
-import { referenceBackward, referenceForward } from "../lib/reference.ts";
-import { AttnMaskSpec } from "../lib/spec.ts";
-import { type DType, type HostTensor, randomTensor, seededRandom, toFloat32 } from "../lib/tensor.ts";
-import type { FlexKey, MaskType } from "../lib/types.ts";
-import { denseAttentionBackwardOracle, denseAttentionOracle, relativeError } from "./oracle.ts";
+import { MagiAttnInputError } from "../lib/core/errors.ts";
+import { compileFlexKey, denseMask, isFlexKey, toFlexKey } from "../lib/masks/flex_key.ts";
+import { referenceBackward, referenceForward } from "../lib/backends/reference.ts";
+import { AttnMaskSpec } from "../lib/masks/spec.ts";
+import { type DType, type HostTensor, randomTensor, seededRandom, toFloat32 } from "../lib/core/tensor.ts";
+import type { FlexKey, MaskType } from "../lib/core/types.ts";
+import { denseAttentionBackwardOracle, denseAttentionOracle, relativeError } from "./support/oracle.ts";
 
 /** Seed base used when `MAGI_FUZZ_SEED` is not set (fixed, so CI runs are reproducible). */
 export const DEFAULT_FUZZ_SEED = 20250611;

@@ -1,14 +1,21 @@
 /**
- * The CPU reference FFA against the dense float64 oracle (tests/oracle.ts), finite differences, and the
+ * The CPU reference FFA against the dense float64 oracle (tests/support/oracle.ts), finite differences, and the
  * shared argument validation.
  */
 
 import assert from "node:assert/strict";
-import { MagiAttnInputError } from "../lib/errors.ts";
-import { referenceBackward, referenceForward } from "../lib/reference.ts";
-import { type DType, type HostTensor, randomTensor, seededRandom, tensor, toFloat32 } from "../lib/tensor.ts";
-import type { FlexKey } from "../lib/types.ts";
-import { type ShapedTensor, validateBackwardArgs, validateForwardArgs } from "../lib/validate.ts";
+import { MagiAttnInputError } from "../lib/core/errors.ts";
+import { referenceBackward, referenceForward } from "../lib/backends/reference.ts";
+import {
+  type DType,
+  type HostTensor,
+  randomTensor,
+  seededRandom,
+  tensor,
+  toFloat32,
+} from "../lib/core/tensor.ts";
+import type { FlexKey } from "../lib/core/types.ts";
+import { type ShapedTensor, validateBackwardArgs, validateForwardArgs } from "../lib/core/validate.ts";
 import {
   denseAttentionBackwardOracle,
   denseAttentionOracle,
@@ -16,7 +23,7 @@ import {
   maxAbsDiff,
   relativeError,
   type Visibility,
-} from "./oracle.ts";
+} from "./support/oracle.ts";
 
 const FULL = 0;
 const CAUSAL = 1;
@@ -26,7 +33,7 @@ const BICAUSAL = 3;
 /** One slice written by hand: `[qStart, qEnd, kStart, kEnd, type]`. */
 type Slice = readonly [number, number, number, number, number];
 
-/** A FlexKey built by hand (no dependency on lib/flex_key.ts). */
+/** A FlexKey built by hand (no dependency on lib/masks/flex_key.ts). */
 function makeKey(slices: readonly Slice[], totalQ: number, totalK: number): FlexKey {
   const qRanges = Int32Array.from(slices.flatMap(([qs, qe]) => [qs, qe]));
   const kRanges = Int32Array.from(slices.flatMap(([, , ks, ke]) => [ks, ke]));

@@ -5,21 +5,21 @@
  */
 
 import assert from "node:assert/strict";
-import { MagiAttnInputError } from "../lib/errors.ts";
-import { compileFlexKey, denseMask } from "../lib/flex_key.ts";
+import { MagiAttnInputError } from "../lib/core/errors.ts";
+import { compileFlexKey, denseMask } from "../lib/masks/flex_key.ts";
 import {
   AttnMaskSpec,
   attnTypeToMaskType,
   maskTypeToAttnType,
   prefixTreeLayout,
   specSliceArrays,
-} from "../lib/spec.ts";
-import { seededRandom } from "../lib/tensor.ts";
-import type { FlexKey, MaskType } from "../lib/types.ts";
+} from "../lib/masks/spec.ts";
+import { seededRandom } from "../lib/core/tensor.ts";
+import type { FlexKey, MaskType } from "../lib/core/types.ts";
 
 const CASES = 1000;
 
-/** The FFA cell rule of ffa-semantics.md, evaluated cell by cell (independent of lib/flex_key.ts). */
+/** The FFA cell rule of ffa-semantics.md, evaluated cell by cell (independent of lib/masks/flex_key.ts). */
 function cellVisible(
   i: number,
   j: number,

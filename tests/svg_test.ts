@@ -5,12 +5,12 @@
  */
 
 import assert from "node:assert/strict";
-import { MagiAttnInputError } from "../lib/errors.ts";
-import { compileFlexKey, denseMask } from "../lib/flex_key.ts";
-import { AttnMaskSpec } from "../lib/spec.ts";
-import { maskToSvg } from "../lib/svg.ts";
-import { seededRandom } from "../lib/tensor.ts";
-import type { FlexKey } from "../lib/types.ts";
+import { MagiAttnInputError } from "../lib/core/errors.ts";
+import { compileFlexKey, denseMask } from "../lib/masks/flex_key.ts";
+import { AttnMaskSpec } from "../lib/masks/spec.ts";
+import { maskToSvg } from "../lib/masks/svg.ts";
+import { seededRandom } from "../lib/core/tensor.ts";
+import type { FlexKey } from "../lib/core/types.ts";
 
 const TYPE_NAMES = ["full", "causal", "inv_causal", "bi_causal"];
 

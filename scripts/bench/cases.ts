@@ -1,15 +1,15 @@
 /**
- * Benchmark cases shared by our runner (`scripts/bench.ts`) and the PyTorch peers (`bench/peers.py`):
+ * Benchmark cases shared by our runner (`scripts/bench/main.ts`) and the PyTorch peers (`scripts/bench/peers.py`):
  * shapes, the mask of each case both as slices (what our kernel runs) and as a semantic description
  * (what the peers rebuild as a FlexAttention mask_mod), and the area-counted FLOPs both sides report.
  * @module
  */
 
-import { MagiAttnInputError } from "../lib/errors.ts";
-import { compileFlexKey, sliceArea } from "../lib/flex_key.ts";
-import { AttnMaskSpec } from "../lib/spec.ts";
-import { seededRandom } from "../lib/tensor.ts";
-import type { FlexKey } from "../lib/types.ts";
+import { MagiAttnInputError } from "../../lib/core/errors.ts";
+import { compileFlexKey, sliceArea } from "../../lib/masks/flex_key.ts";
+import { AttnMaskSpec } from "../../lib/masks/spec.ts";
+import { seededRandom } from "../../lib/core/tensor.ts";
+import type { FlexKey } from "../../lib/core/types.ts";
 
 /**
  * What a case's mask means, independent of how it is sliced. The peers rebuild the mask from this, so
@@ -212,7 +212,7 @@ export function specOfMask(mask: MaskDescription, seqlen: number): AttnMaskSpec 
 
 /**
  * Whether query i sees key j under `mask`, straight from its meaning (no slices): the oracle the tests
- * count areas with, and the same logic `bench/peers.py` gives FlexAttention as a mask_mod.
+ * count areas with, and the same logic `scripts/bench/peers.py` gives FlexAttention as a mask_mod.
  */
 export function maskVisibility(mask: MaskDescription, seqlen: number): (i: number, j: number) => boolean {
   switch (mask.kind) {
@@ -364,7 +364,7 @@ export function selectCases(options: SelectOptions = {}): BenchCase[] {
   return cases;
 }
 
-/** A case as `bench/peers.py` reads it from `cases.json` (snake_case, plain JSON). */
+/** A case as `scripts/bench/peers.py` reads it from `cases.json` (snake_case, plain JSON). */
 export interface PeerCaseJson {
   /** Case name. */
   name: string;
@@ -439,7 +439,7 @@ export const INPUT_RECIPES: Readonly<Record<InputRole, { seed: number; expLo: nu
 /**
  * bf16 bit patterns of elements `0 … count−1` of a counter-based pseudo-random stream: element i depends
  * only on (i, seed), so a tensor of n elements is the prefix of any longer one, whatever its shape, and
- * `bench/peers.py` rebuilds the same values on the GPU (`hash_bf16`) to compare outputs with ours.
+ * `scripts/bench/peers.py` rebuilds the same values on the GPU (`hash_bf16`) to compare outputs with ours.
  * Element i: `h = fmix32((i + 1)·0x9E3779B1 mod 2^32 XOR seed)` (MurmurHash3's finalizer); sign = bit 31,
  * mantissa = bits 0–6, exponent = expLo + ((h >>> 7) & 0xFFFF) mod (expHi − expLo + 1).
  */

@@ -9,10 +9,10 @@
  * @module
  */
 
-import { MagiAttnInputError } from "./errors.ts";
+import { MagiAttnInputError } from "../core/errors.ts";
 import { compileFlexKey, isFlexKey, toFlexKey } from "./flex_key.ts";
 import { AttnMaskSpec, describeValue } from "./spec.ts";
-import type { FlexKey, MaskType } from "./types.ts";
+import type { FlexKey, MaskType } from "../core/types.ts";
 
 /** Options of {@linkcode maskToSvg}. */
 export interface MaskSvgOptions {

@@ -1,6 +1,6 @@
 /**
  * `deno task bench`: times our flex flash attention (forward and backward, bf16) on the benchmark cases of
- * `bench/cases.ts`, runs the PyTorch peers (`bench/peers.py`: cuDNN SDPA, flash SDPA, FlexAttention) on
+ * `scripts/bench/cases.ts`, runs the PyTorch peers (`scripts/bench/peers.py`: cuDNN SDPA, flash SDPA, FlexAttention) on
  * the same cases with the same area-counted FLOPs, and prints one table; writes
  * `results-<gpu>-<date>.json` and `.svg` (grouped bar chart) into the output directory.
  *
@@ -28,10 +28,10 @@ import {
   peerCaseJson,
   sampleRows,
   selectCases,
-} from "../bench/cases.ts";
-import { type BarChart, formatTable, renderBarChartSvg } from "../bench/chart.ts";
-import { MagiAttnInputError } from "../lib/errors.ts";
-import type { FlexKey } from "../lib/types.ts";
+} from "./cases.ts";
+import { type BarChart, formatTable, renderBarChartSvg } from "./chart.ts";
+import { MagiAttnInputError } from "../../lib/core/errors.ts";
+import type { FlexKey } from "../../lib/core/types.ts";
 
 // ----- arguments ------------------------------------------------------------------------------------------
 
@@ -41,9 +41,9 @@ export interface BenchArgs {
   quick: boolean;
   /** Only these case names (empty: all selected by `quick`). */
   cases: string[];
-  /** Do not run `bench/peers.py`. */
+  /** Do not run `scripts/bench/peers.py`. */
   skipPeers: boolean;
-  /** Which peers `bench/peers.py` runs. */
+  /** Which peers `scripts/bench/peers.py` runs. */
   peers: string[];
   /** No GPU: simulated timings, everything else real. */
   dryRun: boolean;
@@ -53,7 +53,7 @@ export interface BenchArgs {
   help: boolean;
 }
 
-/** The peers `bench/peers.py` knows. */
+/** The peers `scripts/bench/peers.py` knows. */
 export const PEER_NAMES: readonly string[] = Object.freeze(["cudnn", "flash", "flex"]);
 
 /** Usage text of `deno task bench`. */
@@ -61,7 +61,7 @@ export const USAGE = `usage: deno task bench [--quick] [--cases a,b] [--skip-pee
                        [--dry-run] [--out-dir DIR]
   --quick       only the main masks at S = 16k
   --cases a,b   only these cases (names: ${allCases().map((item) => item.name).join(", ")})
-  --skip-peers  do not run bench/peers.py (PyTorch cuDNN / flash SDPA and FlexAttention)
+  --skip-peers  do not run scripts/bench/peers.py (PyTorch cuDNN / flash SDPA and FlexAttention)
   --peers list  peers to run (default cudnn,flash,flex)
   --dry-run     no GPU: simulated timings; still writes the JSON and SVG (into a temp dir unless --out-dir)
   --out-dir DIR where results-<gpu>-<date>.json/.svg go (default bench/)
@@ -374,7 +374,7 @@ export interface OursSamples {
   dv: number[];
 }
 
-/** One peer's result on one case, as `bench/peers.py` writes it (snake_case). */
+/** One peer's result on one case, as `scripts/bench/peers.py` writes it (snake_case). */
 export interface PeerResult {
   /** Forward ms (median). */
   ms_fwd?: number;
@@ -813,15 +813,15 @@ function simulatedRunner(): OursRunner {
  * that the pure parts of this script (and its tests) never load the FFI layer.
  */
 async function cudaRunner(): Promise<OursRunner | { unavailable: string }> {
-  const ffa = await import("../lib/ffa.ts");
+  const ffa = await import("../../lib/backends/ffa.ts");
   const info = ffa.backendInfo();
   if (info.backend !== "cuda") return { unavailable: info.reason ?? "backendInfo() chose the CPU" };
-  const device = await import("../ffi/device.ts");
-  const backend = await import("../ffi/cuda_backend.ts");
-  const libraryModule = await import("../ffi/library.ts");
-  const { compileFlexKey } = await import("../lib/flex_key.ts");
-  const { AttnMaskSpec } = await import("../lib/spec.ts");
-  const { tensor } = await import("../lib/tensor.ts");
+  const device = await import("../../ffi/device.ts");
+  const backend = await import("../../ffi/cuda_backend.ts");
+  const libraryModule = await import("../../ffi/library.ts");
+  const { compileFlexKey } = await import("../../lib/masks/flex_key.ts");
+  const { AttnMaskSpec } = await import("../../lib/masks/spec.ts");
+  const { tensor } = await import("../../lib/core/tensor.ts");
   const library = libraryModule.loadCudaLibrary();
   const sync = (): Promise<void> => device.synchronize();
   const clock: Clock = () => performance.now();
@@ -1017,7 +1017,7 @@ const INPUT_POOL_TINY: Record<"q" | "k" | "v", Uint16Array> = {
 
 // ----- peers ----------------------------------------------------------------------------------------------
 
-/** What `bench/peers.py` writes (the parts this script reads). */
+/** What `scripts/bench/peers.py` writes (the parts this script reads). */
 interface PeersOutput {
   torch_version?: string | null;
   cuda_version?: string | null;
@@ -1034,7 +1034,7 @@ interface PeersOutput {
 }
 
 /**
- * Runs `python3 bench/peers.py cases.json out.json` (unbuffered, its progress on our stderr) and reads
+ * Runs `python3 scripts/bench/peers.py cases.json out.json` (unbuffered, its progress on our stderr) and reads
  * out.json, also after a failure (the script rewrites it after every case). `--fake` makes the script
  * simulate numbers without torch (for `--dry-run`).
  */
@@ -1045,7 +1045,7 @@ async function runPeers(
   fake: boolean,
 ): Promise<{ output?: PeersOutput; error?: string }> {
   const python = Deno.env.get("PYTHON") ?? "python3";
-  const script = fromFileUrl(new URL("../bench/peers.py", import.meta.url));
+  const script = fromFileUrl(new URL("./peers.py", import.meta.url));
   const args = [script, casesPath, outPath, "--peers", peers.join(",")];
   if (fake) args.push("--fake");
   progress(`peers: ${python} ${args.join(" ")}`);
@@ -1060,7 +1060,9 @@ async function runPeers(
     }).spawn();
     const status = await child.status;
     if (!status.success) {
-      failure = `bench/peers.py exited with code ${status.code}${status.signal ? ` (${status.signal})` : ""}`;
+      failure = `scripts/bench/peers.py exited with code ${status.code}${
+        status.signal ? ` (${status.signal})` : ""
+      }`;
     }
   } catch (error) {
     failure = error instanceof Deno.errors.NotFound
@@ -1145,7 +1147,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   const outDir = args.outDir ??
     (args.dryRun
       ? await Deno.makeTempDir({ prefix: "magi-bench-dry-" })
-      : fromFileUrl(new URL("../bench/", import.meta.url)));
+      : fromFileUrl(new URL("../../bench/", import.meta.url)));
   await Deno.mkdir(outDir, { recursive: true });
   const workDir = await Deno.makeTempDir({ prefix: "magi-bench-work-" });
   progress(`GPU: ${runner.gpu}${runner.libraryPath ? ` (library ${runner.libraryPath})` : ""}`);

@@ -10,8 +10,8 @@
  * @module
  */
 
-import { MagiAttnInputError } from "./errors.ts";
-import type { AttnTypeValue, MaskType } from "./types.ts";
+import { MagiAttnInputError } from "../core/errors.ts";
+import type { AttnTypeValue, MaskType } from "../core/types.ts";
 
 /** Largest token count a range may reach: the kernels take int32 indices. */
 const INT32_MAX = 2147483647;

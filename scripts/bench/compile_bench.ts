@@ -1,12 +1,12 @@
 /**
  * Mask spec builders and the flex key compiler at 1,048,576 tokens.
  *
- * Run: `deno bench bench/compile_bench.ts` (or `deno task bench:compile`).
+ * Run: `deno bench scripts/bench/compile_bench.ts` (or `deno task bench:compile`).
  */
 
-import { clearFlexKeyCache, compileFlexKey } from "../lib/flex_key.ts";
-import { AttnMaskSpec } from "../lib/spec.ts";
-import { seededRandom } from "../lib/tensor.ts";
+import { clearFlexKeyCache, compileFlexKey } from "../../lib/masks/flex_key.ts";
+import { AttnMaskSpec } from "../../lib/masks/spec.ts";
+import { seededRandom } from "../../lib/core/tensor.ts";
 
 const TOTAL_TOKENS = 1 << 20;
 

@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
 """PyTorch peers of the magi-attn benchmark: cuDNN SDPA, flash SDPA and FlexAttention.
 
-Usage: python3 bench/peers.py <cases.json> <out.json> [--peers cudnn,flash,flex] [--fake]
+Usage: python3 scripts/bench/peers.py <cases.json> <out.json> [--peers cudnn,flash,flex] [--fake]
 
-cases.json is written by scripts/bench.ts. Every case carries its shape, its area (visible cells; the
+cases.json is written by scripts/bench/main.ts. Every case carries its shape, its area (visible cells; the
 FLOPs of every peer are counted from this same area, so TFLOP/s compare like for like) and the semantic
 description of its mask, from which this script rebuilds the SAME mask as a FlexAttention mask_mod. The
 mask_mod's area is recounted on the GPU and compared with the case's area before any timing.
 
-Inputs are the same values as ours (bench/cases.ts hashBf16, rebuilt here by hash_bf16 on the GPU), so
-each peer's out, dq, dk and dv are compared with the rows of ours that bench.ts put in cases.json
+Inputs are the same values as ours (scripts/bench/cases.ts hashBf16, rebuilt here by hash_bf16 on the GPU), so
+each peer's out, dq, dk and dv are compared with the rows of ours that scripts/bench/main.ts put in cases.json
 (checks: ours_vs_<peer>_<tensor>_rel_err), and FlexAttention's out with the SDPA backends'.
 
 Timing: CUDA events, warm-up first, median. Forward (with autograd on, as in training): batches of
@@ -44,7 +44,7 @@ except Exception as error:  # no torch: say so in the output file, do not crash 
 else:
     TORCH_IMPORT_ERROR = None
 
-# Timing knobs, the same as scripts/bench.ts uses for ours: 20 samples, or 0.5 s once there are 5.
+# Timing knobs, the same as scripts/bench/main.ts uses for ours: 20 samples, or 0.5 s once there are 5.
 MIN_TIME_S = 0.5
 MAX_SAMPLES = 20
 MIN_SAMPLES = 5
@@ -230,7 +230,7 @@ def mul32(a, b):
 
 
 def hash_bf16(count, seed, exp_lo, exp_hi, device):
-    """The same bf16 values as bench/cases.ts hashBf16: element i from fmix32((i+1)*0x9E3779B1 ^ seed)."""
+    """The same bf16 values as scripts/bench/cases.ts hashBf16: element i from fmix32((i+1)*0x9E3779B1 ^ seed)."""
     index = torch.arange(1, count + 1, device=device, dtype=torch.int64)
     h = mul32(index, 0x9E3779B1) ^ seed
     h = h ^ (h >> 16)
@@ -258,7 +258,7 @@ def bits_to_rows(bits, rows, heads, dim, device):
 
 
 def compare_with_ours(case, peer, out, grads, entry):
-    """Relative errors of this peer's out/dq/dk/dv against our rows (bench.ts sent them in cases.json)."""
+    """Relative errors of this peer's out/dq/dk/dv against our rows (scripts/bench/main.ts sent them in cases.json)."""
     samples = case.get("ours_samples")
     if not samples:
         return
@@ -392,7 +392,7 @@ def error_text(error):
 
 
 def fake_case(case, peers, entry, last):
-    """--fake (bench.ts --dry-run): deterministic made-up numbers in the real schema, no torch, no GPU.
+    """--fake (scripts/bench/main.ts --dry-run): deterministic made-up numbers in the real schema, no torch, no GPU.
     cuDNN "fails" on the last case, to exercise the error path."""
     samples = case.get("ours_samples")
     if samples:
@@ -514,7 +514,7 @@ def main():
         entry = {"peers": {}, "checks": {}}
         report["cases"][name] = entry
         try:
-            # The same values as ours (bench/cases.ts hashBf16), in the [1, H, S, D] layout.
+            # The same values as ours (scripts/bench/cases.ts hashBf16), in the [1, H, S, D] layout.
             q = make_input(recipes["q"], case["S"], case["Hq"], case["D"], device).requires_grad_(True)
             k = make_input(recipes["k"], case["S"], case["Hkv"], case["D"], device).requires_grad_(True)
             v = make_input(recipes["v"], case["S"], case["Hkv"], case["D"], device).requires_grad_(True)

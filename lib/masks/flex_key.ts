@@ -17,9 +17,9 @@
  * @module
  */
 
-import { MagiAttnInputError } from "./errors.ts";
+import { MagiAttnInputError } from "../core/errors.ts";
 import { AttnMaskSpec, describeValue, sharedSpecArrays, specFromRangesNamed } from "./spec.ts";
-import type { FlexKey, PlainFlexKey } from "./types.ts";
+import type { FlexKey, PlainFlexKey } from "../core/types.ts";
 
 const INT32_MAX = 2147483647;
 

@@ -1,11 +1,11 @@
 /**
  * A float64 dense attention oracle for tests: it materializes the full score matrix S = QKᵀ of every
  * head, masks it with a dense visibility, and applies the textbook softmax and gradient formulas. It
- * shares no code with `lib/reference.ts` (which walks slices and intervals), so the two check each other.
+ * shares no code with `lib/backends/reference.ts` (which walks slices and intervals), so the two check each other.
  * @module
  */
 
-import { type HostTensor, toFloat64 } from "../lib/tensor.ts";
+import { type HostTensor, toFloat64 } from "../../lib/core/tensor.ts";
 
 /** A float64 tensor for the oracle (e.g. a perturbed copy for finite differences). */
 export interface Float64Tensor {
