@@ -43,14 +43,11 @@ export {
 export {
   type AttnMaskRanges,
   AttnMaskSpec,
-  attnTypeToMaskType,
-  maskTypeToAttnType,
-  type PrefixTreeLayout,
-  prefixTreeLayout,
   type Range,
   type SlidingWindowOptions,
   type VarlenOptions,
 } from "./lib/masks/spec.ts";
+export { type PrefixTreeLayout, prefixTreeLayout } from "./lib/masks/prefix_tree.ts";
 export {
   clearFlexKeyCache,
   compileFlexKey,

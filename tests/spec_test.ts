@@ -7,15 +7,10 @@
 import assert from "node:assert/strict";
 import { MagiAttnInputError } from "../lib/core/errors.ts";
 import { compileFlexKey, denseMask } from "../lib/masks/flex_key.ts";
-import {
-  AttnMaskSpec,
-  attnTypeToMaskType,
-  maskTypeToAttnType,
-  prefixTreeLayout,
-  specSliceArrays,
-} from "../lib/masks/spec.ts";
+import { AttnMaskSpec, specSliceArrays } from "../lib/masks/spec.ts";
+import { prefixTreeLayout } from "../lib/masks/prefix_tree.ts";
 import { seededRandom } from "../lib/core/tensor.ts";
-import type { FlexKey, MaskType } from "../lib/core/types.ts";
+import { attnTypeToMaskType, type FlexKey, type MaskType, maskTypeToAttnType } from "../lib/core/types.ts";
 
 const CASES = 1000;
 

@@ -1,7 +1,10 @@
 /**
- * Shared types of the flex key, the unit every backend consumes.
+ * Shared types of the flex key, the unit every backend consumes, and the mask type names with their
+ * numeric codes.
  * @module
  */
+
+import { describeValue, MagiAttnInputError } from "./errors.ts";
 
 /** Numeric attention types of a slice, as the kernels take them. */
 export const AttnType: Readonly<{ FULL: 0; CAUSAL: 1; INVCAUSAL: 2; BICAUSAL: 3 }> = Object.freeze(
@@ -13,6 +16,29 @@ export type AttnTypeValue = (typeof AttnType)[keyof typeof AttnType];
 
 /** Mask type names used by {@linkcode AttnMaskSpec}. */
 export type MaskType = "full" | "causal" | "inv_causal" | "bi_causal";
+
+/**
+ * The one table linking mask type names to their {@linkcode AttnType} codes (TypeScript checks that
+ * every name is present).
+ */
+const ATTN_TYPE_OF_MASK_TYPE: Readonly<Record<MaskType, AttnTypeValue>> = Object.freeze({
+  full: AttnType.FULL,
+  causal: AttnType.CAUSAL,
+  inv_causal: AttnType.INVCAUSAL,
+  bi_causal: AttnType.BICAUSAL,
+});
+
+/** Internal (not re-exported by mod.ts): mask type names indexed by AttnType code (`[1]` is `"causal"`). */
+export const MASK_TYPE_NAMES: readonly MaskType[] = Object.freeze(
+  (Object.keys(ATTN_TYPE_OF_MASK_TYPE) as MaskType[]).sort((a, b) =>
+    ATTN_TYPE_OF_MASK_TYPE[a] - ATTN_TYPE_OF_MASK_TYPE[b]
+  ),
+);
+
+/** Internal: whether `value` is an AttnType code (an integer 0 to 3). */
+export function isAttnTypeValue(value: unknown): value is AttnTypeValue {
+  return typeof value === "number" && Number.isInteger(value) && value >= 0 && value < MASK_TYPE_NAMES.length;
+}
 
 /**
  * A compiled mask: N slices `[qRanges[n], kRanges[n], attnTypeMap[n]]` in canonical order, validated
@@ -49,4 +75,29 @@ export interface PlainFlexKey {
   totalSeqlenQ?: number;
   /** Key tokens; default: the largest key range end. */
   totalSeqlenK?: number;
+}
+
+/** The numeric {@linkcode AttnType} of a mask type name (`"causal"` → 1). Throws for an unknown name. */
+export function maskTypeToAttnType(maskType: MaskType, field = "maskType"): AttnTypeValue {
+  const index = MASK_TYPE_NAMES.indexOf(maskType);
+  if (index < 0) {
+    throw new MagiAttnInputError(
+      field,
+      `is ${describeValue(maskType)}, not a mask type`,
+      `use one of ${MASK_TYPE_NAMES.map((name) => `"${name}"`).join(", ")} (or the AttnType numbers 0-3)`,
+    );
+  }
+  return index as AttnTypeValue;
+}
+
+/** The mask type name of a numeric {@linkcode AttnType} (1 → `"causal"`). Throws for an unknown value. */
+export function attnTypeToMaskType(attnType: number, field = "attnType"): MaskType {
+  if (!isAttnTypeValue(attnType)) {
+    throw new MagiAttnInputError(
+      field,
+      `is ${describeValue(attnType)}, not an attention type`,
+      "use 0 (FULL), 1 (CAUSAL), 2 (INVCAUSAL) or 3 (BICAUSAL)",
+    );
+  }
+  return MASK_TYPE_NAMES[attnType];
 }
