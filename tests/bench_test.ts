@@ -35,6 +35,7 @@ import {
 import { MagiAttnInputError } from "../lib/core/errors.ts";
 import { compileFlexKey } from "../lib/masks/flex_key.ts";
 import type { FlexKey } from "../lib/core/types.ts";
+import { coverCounts, slicesOfKey } from "./support/mask_check.ts";
 import {
   type BenchReport,
   extractRows,
@@ -64,23 +65,9 @@ const SMALL: MaskParams = {
   shortDocs: 8,
 };
 
-/** The FFA cell rule (ffa-semantics.md), cell by cell from a key's slices: independent of lib's dense mask. */
+/** The FFA cell rule (docs/semantics.md), cell by cell from a key's slices: independent of lib's dense mask. */
 function keyVisibility(key: FlexKey): Uint8Array {
-  const mask = new Uint8Array(key.totalQ * key.totalK);
-  for (let n = 0; n < key.attnTypeMap.length; n++) {
-    const qs = key.qRanges[2 * n], qe = key.qRanges[2 * n + 1];
-    const ks = key.kRanges[2 * n], ke = key.kRanges[2 * n + 1];
-    const type = key.attnTypeMap[n];
-    for (let i = qs; i < qe; i++) {
-      for (let j = ks; j < ke; j++) {
-        const causalOk = j - i <= ke - qe, invOk = j - i >= ks - qs;
-        const visible = type === 0 || (type === 1 && causalOk) || (type === 2 && invOk) ||
-          (type === 3 && causalOk && invOk);
-        if (visible) mask[i * key.totalK + j]++;
-      }
-    }
-  }
-  return mask;
+  return coverCounts(slicesOfKey(key), key.totalQ, key.totalK);
 }
 
 Deno.test("FLOP counting", async (t) => {

@@ -10,7 +10,6 @@
 import assert from "node:assert/strict";
 import { BackendUnavailableError, MagiAttnInputError } from "../lib/core/errors.ts";
 import { bf16ToFloat32, type DType, type HostTensor, randomTensor } from "../lib/core/tensor.ts";
-import type { FlexKey } from "../lib/core/types.ts";
 import {
   checkStatus,
   libraryCandidates,
@@ -29,6 +28,7 @@ import {
 } from "../ffi/device.ts";
 import { cudaBackward, cudaForward } from "../ffi/cuda_backend.ts";
 import { MAGI_FFA_ABI_VERSION } from "../ffi/ffi.ts";
+import { handMadeKey } from "./support/fixtures.ts";
 
 const FAKE_SOURCE = String.raw`
 #include <stdint.h>
@@ -562,25 +562,8 @@ Deno.test({
   },
 });
 
-/** A flex key written out by hand (the binding only needs well-formed arrays); `[qs, qe, ks, ke, type]`. */
-function handKey(
-  slices: readonly (readonly [number, number, number, number, number])[],
-  total: number,
-): FlexKey {
-  return Object.freeze({
-    qRanges: Int32Array.from(slices.flatMap(([qs, qe]) => [qs, qe])),
-    kRanges: Int32Array.from(slices.flatMap(([, , ks, ke]) => [ks, ke])),
-    attnTypeMap: Int32Array.from(slices.map((slice) => slice[4])),
-    totalQ: total,
-    totalK: total,
-    maxSeqlenQ: Math.max(...slices.map(([qs, qe]) => qe - qs)),
-    maxSeqlenK: Math.max(...slices.map(([, , ks, ke]) => ke - ks)),
-    area: 0,
-  });
-}
-
 /** Two causal documents of 5 and 3 tokens, one key object shared by every call (as compiled keys are). */
-const packedKey = handKey([[0, 5, 0, 5, 1], [5, 8, 5, 8, 1]], 8);
+const packedKey = handMadeKey([[0, 5, 0, 5, 1], [5, 8, 5, 8, 1]], 8);
 
 /** Small q/k/v for the backend marshalling tests. */
 function smallInputs(dtype: DType, headsQ = 4, headsKV = 2, headDim = 64) {
@@ -643,7 +626,7 @@ Deno.test({
       assert.equal(counters().plansCreated, created, "same key as the previous step: no new plan");
       assert.equal(lastCall().dtype, 0, "float16 code");
       assert.equal(lastCall().softmaxScale, 0.5);
-      const other = handKey([[0, 8, 0, 8, 1]], 8);
+      const other = handMadeKey([[0, 8, 0, 8, 1]], 8);
       await cudaForward(q, k, v, other, { libraryPath });
       assert.equal(counters().plansCreated, created + 1);
       assert.equal(lastCall().numSlices, 1);
