@@ -377,6 +377,54 @@ export async function cudaForward(
   return result;
 }
 
+/**
+ * A forward call bound once to device tensors, a key and options, for measuring the floor of a call's
+ * host cost (the benchmark's "raw FFI" figure): the arguments are validated and the key's plan is looked
+ * up (or uploaded) here, once; each call of the returned function only queues `magi_ffa_forward` on the
+ * stream. The tensors must stay alive and unchanged in shape while the function is used.
+ */
+export function bindForwardLaunch(
+  q: DeviceTensor,
+  k: DeviceTensor,
+  v: DeviceTensor,
+  key: FlexKey,
+  outputs: { out: DeviceTensor; lse: DeviceTensor },
+  opts: CudaKernelOptions = {},
+): () => void {
+  const shape = validateForwardArgs(q, k, v, key, opts);
+  const dtypeCode = checkGpuSupport(shape);
+  const inputs = [q, k, v];
+  if (!allOnDevice(inputs)) throw outputsNeedDeviceInputs();
+  const library = resolveLibrary(inputs, opts);
+  checkSameLibrary(inputs, ["q", "k", "v"], library);
+  checkOutput(outputs.out, "out", q.shape, shape.dtype, library);
+  checkOutput(outputs.lse, "lse", [shape.totalQ, shape.numHeadsQ], "float32", library);
+  const stream = opts.stream === undefined ? library.stream() : opts.stream;
+  const plan = planFor(stateFor(library), key, Deno.UnsafePointer.value(stream));
+  const pointers = [q.pointer, k.pointer, v.pointer, outputs.out.pointer, outputs.lse.pointer];
+  const deterministic = opts.deterministic ? 1 : 0;
+  const { symbols } = library;
+  return () => {
+    const status = symbols.magi_ffa_forward(
+      pointers[0],
+      pointers[1],
+      pointers[2],
+      pointers[3],
+      pointers[4],
+      plan,
+      shape.numHeadsQ,
+      shape.numHeadsKV,
+      shape.headDim,
+      dtypeCode,
+      shape.softmaxScale,
+      shape.softcap,
+      deterministic,
+      stream,
+    );
+    if (status !== 0) checkStatus(library, status, "magi_ffa_forward");
+  };
+}
+
 function outputsNeedDeviceInputs(): MagiAttnInputError {
   return new MagiAttnInputError(
     "opts.outputs",

@@ -14,8 +14,6 @@ import {
   describeMask,
   drawDocumentLengths,
   flexKeyOf,
-  hashBf16,
-  INPUT_RECIPES,
   MASK_LABELS,
   type MaskDescription,
   type MaskParams,
@@ -33,26 +31,31 @@ import {
   renderBarChartSvg,
 } from "../scripts/bench/chart.ts";
 import { MagiAttnInputError } from "../lib/core/errors.ts";
+import { bf16BitsToFloat32 } from "../lib/core/tensor.ts";
 import { compileFlexKey } from "../lib/masks/flex_key.ts";
 import type { FlexKey } from "../lib/core/types.ts";
 import { coverCounts, slicesOfKey } from "./support/mask_check.ts";
+import { parseBenchArgs } from "../scripts/bench/args.ts";
+import {
+  extractRows,
+  hashBf16,
+  INPUT_RECIPES,
+  makeInputPools,
+  randnBf16,
+  scanBf16,
+} from "../scripts/bench/inputs.ts";
+import { main } from "../scripts/bench/main.ts";
 import {
   type BenchReport,
-  extractRows,
   formatNotes,
   formatResultsTable,
   gpuSlug,
   magiEnvironment,
-  main,
-  measureBatches,
-  measureIssue,
-  median,
-  parseBenchArgs,
   resultsChart,
   resultsStem,
-  scanBf16,
-  SimulatedGpu,
-} from "../scripts/bench/main.ts";
+} from "../scripts/bench/report.ts";
+import { SimulatedGpu } from "../scripts/bench/simulate.ts";
+import { measureBatches, measureIssue, median } from "../scripts/bench/timing.ts";
 
 /** Small mask parameters, so that brute force over S² cells stays fast. */
 const SMALL: MaskParams = {
@@ -241,6 +244,52 @@ Deno.test("shared input hash matches a BigInt oracle, never zero or non-finite",
     assert.deepEqual(hashBf16(100, recipe.seed, recipe.expLo, recipe.expHi), bits.subarray(0, 100));
   }
   assert.notDeepEqual(hashBf16(64, 1, 120, 126), hashBf16(64, 2, 120, 126));
+});
+
+/** bf16 bits of a float64 value by an independent route: float32 bits through a DataView, nearest even. */
+function bf16BitsOracle(value: number): number {
+  const view = new DataView(new ArrayBuffer(4));
+  view.setFloat32(0, value);
+  const bits = BigInt(view.getUint32(0));
+  return Number(((bits + 0x7fffn + ((bits >> 16n) & 1n)) >> 16n) & 0xffffn);
+}
+
+Deno.test("randn inputs: Box-Muller over the BigInt hash, standard normal, prefix property", () => {
+  const fmix = (counter: number, seed: number): number => {
+    let hash = mul32(BigInt(counter), 0x9e3779b1n) ^ BigInt(seed);
+    hash ^= hash >> 16n;
+    hash = mul32(hash, 0x85ebca6bn);
+    hash ^= hash >> 13n;
+    hash = mul32(hash, 0xc2b2ae35n);
+    return Number(hash ^ (hash >> 16n));
+  };
+  for (const recipe of Object.values(INPUT_RECIPES)) {
+    const bits = randnBf16(2001, recipe.seed);
+    for (let index = 0; index < bits.length; index++) {
+      const pair = index >> 1;
+      const u1 = (fmix(2 * pair + 1, recipe.seed) + 1) / 2 ** 32,
+        u2 = fmix(2 * pair + 2, recipe.seed) / 2 ** 32;
+      const radius = Math.sqrt(-2 * Math.log(u1));
+      const value = radius * (index % 2 === 0 ? Math.cos(2 * Math.PI * u2) : Math.sin(2 * Math.PI * u2));
+      assert.equal(bits[index], bf16BitsOracle(value), `element ${index}`);
+    }
+    assert.deepEqual(randnBf16(100, recipe.seed), bits.subarray(0, 100));
+  }
+  const sample = Array.from(randnBf16(200_000, 7), (bits) => bf16BitsToFloat32(bits));
+  const mean = sample.reduce((sum, value) => sum + value, 0) / sample.length;
+  const variance = sample.reduce((sum, value) => sum + (value - mean) ** 2, 0) / sample.length;
+  assert.ok(Math.abs(mean) < 0.01, `mean ${mean}`);
+  assert.ok(Math.abs(variance - 1) < 0.02, `variance ${variance}`);
+  const within1 = sample.filter((value) => Math.abs(value) <= 1).length / sample.length;
+  assert.ok(Math.abs(within1 - 0.6827) < 0.01, `P(|x| ≤ 1) = ${within1}`);
+  const scan = scanBf16(randnBf16(200_000, 7));
+  assert.deepEqual([scan.nonFinite, scan.zeros], [0, 0]);
+  const small = [{ seqlen: 16, headsQ: 2, headsKv: 1, headDim: 8 }];
+  assert.deepEqual(makeInputPools(small).q, randnBf16(256, INPUT_RECIPES.q.seed));
+  assert.deepEqual(
+    makeInputPools(small, "hashed").v,
+    hashBf16(256, INPUT_RECIPES.v.seed, INPUT_RECIPES.v.expLo, INPUT_RECIPES.v.expHi),
+  );
 });
 
 Deno.test("sampled rows and row extraction", () => {
@@ -535,6 +584,7 @@ Deno.test("flags and file names", () => {
     skipPeers: false,
     peers: ["cudnn", "flash", "flex"],
     dryRun: false,
+    inputs: "randn",
     help: false,
   });
   const parsed = parseBenchArgs([
@@ -557,6 +607,12 @@ Deno.test("flags and file names", () => {
   );
   assert.throws(() => parseBenchArgs(["--peers", "xformers"]), /unknown peer/);
   assert.throws(() => parseBenchArgs(["--out-dir"]), /has no value/);
+  assert.equal(parseBenchArgs(["--inputs", "hashed"]).inputs, "hashed");
+  assert.equal(parseBenchArgs(["--inputs=randn"]).inputs, "randn");
+  assert.throws(
+    () => parseBenchArgs(["--inputs", "uniform"]),
+    (error: unknown) => error instanceof MagiAttnInputError && error.field === "--inputs",
+  );
   assert.equal(gpuSlug("NVIDIA H100 80GB HBM3 (sm_90)"), "h100-80gb-hbm3-sm-90");
   assert.equal(gpuSlug("NVIDIA H200"), "h200");
   assert.equal(gpuSlug("!!"), "unknown-gpu");
@@ -629,6 +685,10 @@ class T(np.ndarray):
 wrap = lambda a: np.asarray(a).view(T)
 torch = types.ModuleType("torch")
 torch.int64, torch.int32, torch.int16, torch.bool, torch.bfloat16 = np.int64, np.int32, np.int16, np.bool_, BF16
+torch.float64, torch.float32 = np.float64, np.float32
+for name in ("sqrt", "log", "cos", "sin"):
+    setattr(torch, name, (lambda f: lambda x: wrap(f(np.asarray(x))))(getattr(np, name)))
+torch.stack = lambda tensors, dim=0: wrap(np.stack([np.asarray(x) for x in tensors], axis=dim))
 torch.arange = lambda *a, device=None, dtype=None: wrap(np.arange(*a, dtype=dtype))
 torch.zeros = lambda *shape, dtype=None, device=None: wrap(np.zeros(shape if shape and not isinstance(shape[0], tuple) else shape[0], dtype=dtype))
 torch.tensor = lambda data, dtype=None: wrap(np.array(data, dtype=dtype))
@@ -642,7 +702,7 @@ sys.dont_write_bytecode = True  # leave no __pycache__ in the repository
 import peers
 assert peers.torch is torch
 spec = json.load(open(sys.argv[2]))
-result = {"masks": {}, "areas": {}, "hashes": {}}
+result = {"masks": {}, "areas": {}, "hashes": {}, "randn": {}}
 for case in spec["cases"]:
     total = case["S"]
     mod = peers.build_mask_mod(case, "cpu")
@@ -655,6 +715,7 @@ for case in spec["cases"]:
 for role, recipe in spec["inputs"].items():
     bits = peers.hash_bf16(3000, recipe["seed"], recipe["exp_lo"], recipe["exp_hi"], "cpu")
     result["hashes"][role] = [int(value) for value in np.asarray(bits)]
+    result["randn"][role] = [int(value) for value in np.asarray(peers.randn_bf16(3001, recipe["seed"], "cpu"))]
 print(json.dumps(result))
 `;
 
@@ -726,6 +787,7 @@ Deno.test({
         masks: Record<string, string>;
         areas: Record<string, number>;
         hashes: Record<string, number[]>;
+        randn: Record<string, number[]>;
       };
       for (const { json, key } of cases) {
         const ours = keyVisibility(key);
@@ -739,6 +801,8 @@ Deno.test({
       for (const [role, recipe] of Object.entries(INPUT_RECIPES)) {
         const ours = Int16Array.from(hashBf16(3000, recipe.seed, recipe.expLo, recipe.expHi));
         assert.deepEqual(result.hashes[role], [...ours], `hash ${role}`);
+        const normal = Int16Array.from(randnBf16(3001, recipe.seed));
+        assert.deepEqual(result.randn[role], [...normal], `randn ${role}`);
       }
     } finally {
       await Deno.remove(dir, { recursive: true });
@@ -775,6 +839,7 @@ Deno.test("dry run end to end: table, JSON and SVG files", async (t) => {
         "the run's MAGI_FFA_* variables are recorded",
       );
       assert.match(stderr, /kernel settings: /);
+      assert.equal(report.inputs, "randn", "the input distribution is recorded");
       const svg = Deno.readTextFileSync(`${outDir}/${json.replace(/\.json$/, ".svg")}`);
       assert.equal(parseXml(svg).root, "svg");
     });
