@@ -1,5 +1,5 @@
 /**
- * AttnMaskSpec builders: the worked examples of ffa-semantics.md, seeded property tests of every builder
+ * AttnMaskSpec builders: the worked examples of docs/semantics.md, seeded property tests of every builder
  * against oracles written here from each mask's definition, bad-input errors, immutability and
  * fingerprints.
  */
@@ -100,7 +100,7 @@ function sliceList(spec: AttnMaskSpec): [number, number, number, number, MaskTyp
   return spec.qRanges.map((q, n) => [q[0], q[1], spec.kRanges[n][0], spec.kRanges[n][1], spec.maskTypes[n]]);
 }
 
-Deno.test("worked examples of ffa-semantics.md", async (t) => {
+Deno.test("worked examples of docs/semantics.md", async (t) => {
   await t.step("sliding windows for S = 10", () => {
     assert.deepEqual(sliceList(AttnMaskSpec.slidingWindow(10, { left: 2, right: 0 })), [
       [0, 2, 0, 2, "causal"],
