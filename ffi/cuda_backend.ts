@@ -270,6 +270,34 @@ async function withUploads<T>(
   }
 }
 
+/** Queues `magi_ffa_forward` on `pointers` = q, k, v, out, lse; returns the library's status. */
+function queueForward(
+  library: CudaLibrary,
+  pointers: readonly Deno.PointerValue[],
+  plan: Deno.PointerValue,
+  shape: ForwardShape,
+  dtypeCode: number,
+  deterministic: number,
+  stream: Deno.PointerValue,
+): number {
+  return library.symbols.magi_ffa_forward(
+    pointers[0],
+    pointers[1],
+    pointers[2],
+    pointers[3],
+    pointers[4],
+    plan,
+    shape.numHeadsQ,
+    shape.numHeadsKV,
+    shape.headDim,
+    dtypeCode,
+    shape.softmaxScale,
+    shape.softcap,
+    deterministic,
+    stream,
+  );
+}
+
 /** Flex flash attention forward on the GPU; device inputs give device outputs without copies. */
 export function cudaForward(
   q: DeviceTensor,
@@ -320,26 +348,9 @@ export async function cudaForward(
     out: DeviceTensor,
     lse: DeviceTensor,
   ) => {
-    checkStatus(
-      library,
-      library.symbols.magi_ffa_forward(
-        qd.pointer,
-        kd.pointer,
-        vd.pointer,
-        out.pointer,
-        lse.pointer,
-        plan,
-        shape.numHeadsQ,
-        shape.numHeadsKV,
-        shape.headDim,
-        dtypeCode,
-        shape.softmaxScale,
-        shape.softcap,
-        deterministic,
-        stream,
-      ),
-      "magi_ffa_forward",
-    );
+    const pointers = [qd.pointer, kd.pointer, vd.pointer, out.pointer, lse.pointer];
+    const status = queueForward(library, pointers, plan, shape, dtypeCode, deterministic, stream);
+    checkStatus(library, status, "magi_ffa_forward");
   };
 
   if (allOnDevice(inputs)) {
@@ -403,24 +414,8 @@ export function bindForwardLaunch(
   const plan = planFor(stateFor(library), key, Deno.UnsafePointer.value(stream));
   const pointers = [q.pointer, k.pointer, v.pointer, outputs.out.pointer, outputs.lse.pointer];
   const deterministic = opts.deterministic ? 1 : 0;
-  const { symbols } = library;
   return () => {
-    const status = symbols.magi_ffa_forward(
-      pointers[0],
-      pointers[1],
-      pointers[2],
-      pointers[3],
-      pointers[4],
-      plan,
-      shape.numHeadsQ,
-      shape.numHeadsKV,
-      shape.headDim,
-      dtypeCode,
-      shape.softmaxScale,
-      shape.softcap,
-      deterministic,
-      stream,
-    );
+    const status = queueForward(library, pointers, plan, shape, dtypeCode, deterministic, stream);
     if (status !== 0) checkStatus(library, status, "magi_ffa_forward");
   };
 }

@@ -19,7 +19,7 @@ import { AttnMaskSpec } from "../lib/masks/spec.ts";
 import { seededRandom } from "../lib/core/tensor.ts";
 import type { FlexKey, PlainFlexKey } from "../lib/core/types.ts";
 import { documentLengths } from "./support/fixtures.ts";
-import { sliceCoversCell } from "./support/mask_check.ts";
+import { sliceCoversCell, slicesOfKey } from "./support/mask_check.ts";
 
 type Slice = [qs: number, qe: number, ks: number, ke: number, type: number];
 
@@ -53,16 +53,6 @@ function plainKey(slices: Slice[], totalQ?: number, totalK?: number): PlainFlexK
     totalSeqlenQ: totalQ,
     totalSeqlenK: totalK,
   };
-}
-
-function slicesOfKey(key: FlexKey): Slice[] {
-  return Array.from(key.attnTypeMap, (type, n) => [
-    key.qRanges[2 * n],
-    key.qRanges[2 * n + 1],
-    key.kRanges[2 * n],
-    key.kRanges[2 * n + 1],
-    type,
-  ]);
 }
 
 function randomInt(random: () => number, low: number, high: number): number {

@@ -6,6 +6,7 @@
 
 import { seededRandom } from "../../lib/core/tensor.ts";
 import type { FlexKey } from "../../lib/core/types.ts";
+import type { MaskParams } from "../../scripts/bench/cases.ts";
 import { coverCounts, type SliceTuple } from "./mask_check.ts";
 
 /**
@@ -47,3 +48,14 @@ export function documentLengths(count: number, total: number, seed: number): num
   lengths[count - 1] += total - lengths.reduce((a, b) => a + b, 0);
   return lengths;
 }
+
+/** Small benchmark mask parameters, so that brute force over S² cells stays fast. */
+export const SMALL_MASK_PARAMS: MaskParams = Object.freeze({
+  docMin: 3,
+  docMax: 17,
+  docSeed: 7,
+  window: 5,
+  promptLength: 16,
+  branches: 4,
+  shortDocs: 8,
+});
