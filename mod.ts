@@ -15,7 +15,7 @@
  * @module
  */
 
-export { BackendUnavailableError, MagiAttnInputError } from "./lib/errors.ts";
+export { BackendUnavailableError, MagiAttnInputError } from "./lib/core/errors.ts";
 export {
   bf16BitsToFloat32,
   bf16ToFloat32,
@@ -32,19 +32,22 @@ export {
   type TensorData,
   toFloat32,
   toFloat64,
-} from "./lib/tensor.ts";
-export { AttnType, type AttnTypeValue, type FlexKey, type MaskType, type PlainFlexKey } from "./lib/types.ts";
+} from "./lib/core/tensor.ts";
+export {
+  AttnType,
+  type AttnTypeValue,
+  type FlexKey,
+  type MaskType,
+  type PlainFlexKey,
+} from "./lib/core/types.ts";
 export {
   type AttnMaskRanges,
   AttnMaskSpec,
-  attnTypeToMaskType,
-  maskTypeToAttnType,
-  type PrefixTreeLayout,
-  prefixTreeLayout,
   type Range,
   type SlidingWindowOptions,
   type VarlenOptions,
-} from "./lib/spec.ts";
+} from "./lib/masks/spec.ts";
+export { type PrefixTreeLayout, prefixTreeLayout } from "./lib/masks/prefix_tree.ts";
 export {
   clearFlexKeyCache,
   compileFlexKey,
@@ -54,7 +57,7 @@ export {
   isFlexKey,
   sliceArea,
   toFlexKey,
-} from "./lib/flex_key.ts";
+} from "./lib/masks/flex_key.ts";
 export {
   type AnyTensor,
   type Backend,
@@ -65,15 +68,19 @@ export {
   type FlexAttnOptions,
   flexFlashAttnBackward,
   flexFlashAttnForward,
-} from "./lib/ffa.ts";
+} from "./lib/backends/ffa.ts";
 export {
   type AttentionFunction,
   type AttentionMask,
   type AttentionOptions,
   type BoolAttentionMask,
-} from "./lib/attention_types.ts";
-export { type MaskSvgOptions, maskToSvg } from "./lib/svg.ts";
-export { ALL_ATTENTION_FUNCTIONS, AttentionInterface, sdpaAttentionForward } from "./lib/registry.ts";
+} from "./lib/attention/attention_types.ts";
+export { type MaskSvgOptions, maskToSvg } from "./lib/masks/svg.ts";
+export {
+  ALL_ATTENTION_FUNCTIONS,
+  AttentionInterface,
+  sdpaAttentionForward,
+} from "./lib/attention/registry.ts";
 export {
   getActiveAttnSpec,
   magiAttentionForward,
@@ -81,7 +88,7 @@ export {
   type MagiAttnFunc,
   makeMagiAttnFunc,
   setActiveAttnSpec,
-} from "./lib/magi.ts";
+} from "./lib/attention/magi.ts";
 export {
   AttnSpecNotConsumedError,
   closeAttnSpecStep,
@@ -89,7 +96,7 @@ export {
   type ModelLike,
   resetAttnSpecGuard,
   setAttnSpecOnAttention,
-} from "./lib/stamping.ts";
+} from "./lib/attention/stamping.ts";
 export {
   deviceMemoryInfo,
   type DeviceOptions,

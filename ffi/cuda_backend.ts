@@ -14,10 +14,10 @@
  * @module
  */
 
-import { MagiAttnInputError } from "../lib/errors.ts";
-import type { HostTensor } from "../lib/tensor.ts";
-import type { FlexKey } from "../lib/types.ts";
-import { type ForwardShape, validateBackwardArgs, validateForwardArgs } from "../lib/validate.ts";
+import { MagiAttnInputError } from "../lib/core/errors.ts";
+import type { HostTensor } from "../lib/core/tensor.ts";
+import type { FlexKey } from "../lib/core/types.ts";
+import { type ForwardShape, validateBackwardArgs, validateForwardArgs } from "../lib/core/validate.ts";
 import {
   allocateDevice,
   allocateDeviceShared,
@@ -270,6 +270,34 @@ async function withUploads<T>(
   }
 }
 
+/** Queues `magi_ffa_forward` on `pointers` = q, k, v, out, lse; returns the library's status. */
+function queueForward(
+  library: CudaLibrary,
+  pointers: readonly Deno.PointerValue[],
+  plan: Deno.PointerValue,
+  shape: ForwardShape,
+  dtypeCode: number,
+  deterministic: number,
+  stream: Deno.PointerValue,
+): number {
+  return library.symbols.magi_ffa_forward(
+    pointers[0],
+    pointers[1],
+    pointers[2],
+    pointers[3],
+    pointers[4],
+    plan,
+    shape.numHeadsQ,
+    shape.numHeadsKV,
+    shape.headDim,
+    dtypeCode,
+    shape.softmaxScale,
+    shape.softcap,
+    deterministic,
+    stream,
+  );
+}
+
 /** Flex flash attention forward on the GPU; device inputs give device outputs without copies. */
 export function cudaForward(
   q: DeviceTensor,
@@ -320,26 +348,9 @@ export async function cudaForward(
     out: DeviceTensor,
     lse: DeviceTensor,
   ) => {
-    checkStatus(
-      library,
-      library.symbols.magi_ffa_forward(
-        qd.pointer,
-        kd.pointer,
-        vd.pointer,
-        out.pointer,
-        lse.pointer,
-        plan,
-        shape.numHeadsQ,
-        shape.numHeadsKV,
-        shape.headDim,
-        dtypeCode,
-        shape.softmaxScale,
-        shape.softcap,
-        deterministic,
-        stream,
-      ),
-      "magi_ffa_forward",
-    );
+    const pointers = [qd.pointer, kd.pointer, vd.pointer, out.pointer, lse.pointer];
+    const status = queueForward(library, pointers, plan, shape, dtypeCode, deterministic, stream);
+    checkStatus(library, status, "magi_ffa_forward");
   };
 
   if (allOnDevice(inputs)) {
@@ -375,6 +386,38 @@ export async function cudaForward(
   });
   if (state.retired.length > 0) await destroyRetiredPlans(state);
   return result;
+}
+
+/**
+ * A forward call bound once to device tensors, a key and options, for measuring the floor of a call's
+ * host cost (the benchmark's "raw FFI" figure): the arguments are validated and the key's plan is looked
+ * up (or uploaded) here, once; each call of the returned function only queues `magi_ffa_forward` on the
+ * stream. The tensors must stay alive and unchanged in shape while the function is used.
+ */
+export function bindForwardLaunch(
+  q: DeviceTensor,
+  k: DeviceTensor,
+  v: DeviceTensor,
+  key: FlexKey,
+  outputs: { out: DeviceTensor; lse: DeviceTensor },
+  opts: CudaKernelOptions = {},
+): () => void {
+  const shape = validateForwardArgs(q, k, v, key, opts);
+  const dtypeCode = checkGpuSupport(shape);
+  const inputs = [q, k, v];
+  if (!allOnDevice(inputs)) throw outputsNeedDeviceInputs();
+  const library = resolveLibrary(inputs, opts);
+  checkSameLibrary(inputs, ["q", "k", "v"], library);
+  checkOutput(outputs.out, "out", q.shape, shape.dtype, library);
+  checkOutput(outputs.lse, "lse", [shape.totalQ, shape.numHeadsQ], "float32", library);
+  const stream = opts.stream === undefined ? library.stream() : opts.stream;
+  const plan = planFor(stateFor(library), key, Deno.UnsafePointer.value(stream));
+  const pointers = [q.pointer, k.pointer, v.pointer, outputs.out.pointer, outputs.lse.pointer];
+  const deterministic = opts.deterministic ? 1 : 0;
+  return () => {
+    const status = queueForward(library, pointers, plan, shape, dtypeCode, deterministic, stream);
+    if (status !== 0) checkStatus(library, status, "magi_ffa_forward");
+  };
 }
 
 function outputsNeedDeviceInputs(): MagiAttnInputError {

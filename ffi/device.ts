@@ -12,8 +12,8 @@
  * @module
  */
 
-import { MagiAttnInputError } from "../lib/errors.ts";
-import { type DType, type HostTensor, numel, tensor, type TensorData } from "../lib/tensor.ts";
+import { MagiAttnInputError } from "../lib/core/errors.ts";
+import { type DType, type HostTensor, numel, tensor, type TensorData } from "../lib/core/tensor.ts";
 import {
   checkStatus,
   checkWorkerStatus,

@@ -20,7 +20,7 @@
  */
 
 import denoConfig from "../deno.json" with { type: "json" };
-import { BackendUnavailableError } from "../lib/errors.ts";
+import { BackendUnavailableError } from "../lib/core/errors.ts";
 import {
   MAGI_FFA_ABI_VERSION,
   MAGI_FFA_ERROR,

@@ -19,7 +19,7 @@ import {
   seededRandom,
   setAttnSpecOnAttention,
 } from "../mod.ts";
-import { DEFAULT_TINY_CONFIG, TinyForCausalLM } from "./tiny_model.ts";
+import { DEFAULT_TINY_CONFIG, TinyForCausalLM } from "../tests/support/tiny_model.ts";
 
 const PROMPT_LENGTH = 40;
 const COMPLETION_LENGTHS = [24, 9, 31];

@@ -6,8 +6,8 @@
  * @module
  */
 
-import { AttnMaskSpec } from "../lib/spec.ts";
-import { maskToSvg } from "../lib/svg.ts";
+import { AttnMaskSpec } from "../lib/masks/spec.ts";
+import { maskToSvg } from "../lib/masks/svg.ts";
 
 /** One picture: the file's base name, its heading and the spec it draws. */
 interface Picture {

@@ -11,7 +11,7 @@
  * @module
  */
 
-import { backendInfo } from "../lib/ffa.ts";
+import { backendInfo } from "../lib/backends/ffa.ts";
 import {
   BAD_INPUT_CASES,
   type BadInputResult,
@@ -178,7 +178,7 @@ function tableSection(results: readonly BadInputResult[]): string[] {
       );
     }
     lines.push(
-      "- (an ignored test in tests/bad_input_test.ts) lib/ffa.ts resolveBackend probes the default library for",
+      "- (an ignored test in tests/bad_input_test.ts) lib/backends/ffa.ts resolveBackend probes the default library for",
       "  DeviceTensor inputs instead of the library that allocated them: tensors made with",
       "  `toDevice(x, { libraryPath })` fail in `flexFlashAttnForward(q, k, v, key)` with BackendUnavailableError unless",
       "  libraryPath is passed again.",

@@ -27,10 +27,10 @@
  * @module
  */
 
-import { clearFlexKeyCache, compileFlexKey, denseMask } from "../lib/flex_key.ts";
-import { type AnyTensor, flexFlashAttnBackward, flexFlashAttnForward } from "../lib/ffa.ts";
-import { referenceBackward, referenceForward } from "../lib/reference.ts";
-import { AttnMaskSpec } from "../lib/spec.ts";
+import { clearFlexKeyCache, compileFlexKey, denseMask } from "../lib/masks/flex_key.ts";
+import { type AnyTensor, flexFlashAttnBackward, flexFlashAttnForward } from "../lib/backends/ffa.ts";
+import { referenceBackward, referenceForward } from "../lib/backends/reference.ts";
+import { AttnMaskSpec } from "../lib/masks/spec.ts";
 import {
   type DType,
   type HostTensor,
@@ -39,11 +39,15 @@ import {
   seededRandom,
   tensor,
   toFloat32,
-} from "../lib/tensor.ts";
+} from "../lib/core/tensor.ts";
 import { deviceMemoryInfo, type DeviceTensor, toDevice, toHost } from "../ffi/device.ts";
 import { cudaBackward, cudaForward } from "../ffi/cuda_backend.ts";
 import { loadCudaLibrary, probeCudaBackend } from "../ffi/library.ts";
-import { denseAttentionBackwardOracle, denseAttentionOracle, relativeError } from "../tests/oracle.ts";
+import {
+  denseAttentionBackwardOracle,
+  denseAttentionOracle,
+  relativeError,
+} from "../tests/support/oracle.ts";
 
 /** Parsed command line. */
 export interface SoakArgs {

@@ -11,16 +11,16 @@
  * @module
  */
 
-import { MagiAttnInputError } from "../lib/errors.ts";
-import { compileFlexKey, denseMask, flexKeyCacheSize, sliceArea, toFlexKey } from "../lib/flex_key.ts";
-import { flexFlashAttnBackward, flexFlashAttnForward } from "../lib/ffa.ts";
-import { magiAttentionForward, makeMagiAttnFunc } from "../lib/magi.ts";
-import { ALL_ATTENTION_FUNCTIONS, AttentionInterface } from "../lib/registry.ts";
-import { AttnMaskSpec, specSliceArrays } from "../lib/spec.ts";
-import { closeAttnSpecStep, resetAttnSpecGuard, setAttnSpecOnAttention } from "../lib/stamping.ts";
-import { maskToSvg } from "../lib/svg.ts";
-import { type DType, type HostTensor, randomTensor, tensor } from "../lib/tensor.ts";
-import type { FlexKey } from "../lib/types.ts";
+import { MagiAttnInputError } from "../lib/core/errors.ts";
+import { compileFlexKey, denseMask, flexKeyCacheSize, sliceArea, toFlexKey } from "../lib/masks/flex_key.ts";
+import { flexFlashAttnBackward, flexFlashAttnForward } from "../lib/backends/ffa.ts";
+import { magiAttentionForward, makeMagiAttnFunc } from "../lib/attention/magi.ts";
+import { ALL_ATTENTION_FUNCTIONS, AttentionInterface } from "../lib/attention/registry.ts";
+import { AttnMaskSpec, specSliceArrays } from "../lib/masks/spec.ts";
+import { closeAttnSpecStep, resetAttnSpecGuard, setAttnSpecOnAttention } from "../lib/attention/stamping.ts";
+import { maskToSvg } from "../lib/masks/svg.ts";
+import { type DType, type HostTensor, randomTensor, tensor } from "../lib/core/tensor.ts";
+import type { FlexKey } from "../lib/core/types.ts";
 import { DeviceTensor, emptyDevice, toDevice, toHost } from "../ffi/device.ts";
 import { probeCudaBackend } from "../ffi/library.ts";
 

@@ -6,13 +6,13 @@
  */
 
 import assert from "node:assert/strict";
-import { BackendUnavailableError, MagiAttnInputError } from "../lib/errors.ts";
-import { backendInfo, flexFlashAttnForward } from "../lib/ffa.ts";
-import { compileFlexKey, flexKeyCacheSize, toFlexKey } from "../lib/flex_key.ts";
-import { referenceBackward, referenceForward } from "../lib/reference.ts";
-import { AttnMaskSpec } from "../lib/spec.ts";
-import { fromFloat32, type HostTensor, randomTensor, toFloat32 } from "../lib/tensor.ts";
-import { validateBackwardArgs, validateForwardArgs } from "../lib/validate.ts";
+import { BackendUnavailableError, MagiAttnInputError } from "../lib/core/errors.ts";
+import { backendInfo, flexFlashAttnForward } from "../lib/backends/ffa.ts";
+import { compileFlexKey, flexKeyCacheSize, toFlexKey } from "../lib/masks/flex_key.ts";
+import { referenceBackward, referenceForward } from "../lib/backends/reference.ts";
+import { AttnMaskSpec } from "../lib/masks/spec.ts";
+import { fromFloat32, type HostTensor, randomTensor, toFloat32 } from "../lib/core/tensor.ts";
+import { validateBackwardArgs, validateForwardArgs } from "../lib/core/validate.ts";
 import { toDevice } from "../ffi/device.ts";
 import { probeCudaBackend } from "../ffi/library.ts";
 import {
@@ -22,7 +22,7 @@ import {
   prepareBadInputEnv,
   runBadInputCase,
 } from "./bad_input_cases.ts";
-import { denseAttentionOracle, maxAbsDiff, relativeError } from "./oracle.ts";
+import { denseAttentionOracle, maxAbsDiff, relativeError } from "./support/oracle.ts";
 
 const env = prepareBadInputEnv();
 globalThis.addEventListener("unload", () => disposeBadInputEnv(env));

@@ -14,74 +14,59 @@ import {
   describeMask,
   drawDocumentLengths,
   flexKeyOf,
-  hashBf16,
-  INPUT_RECIPES,
   MASK_LABELS,
   type MaskDescription,
-  type MaskParams,
   maskVisibility,
   peerCaseJson,
   sampleRows,
   selectCases,
   specOfMask,
-} from "../bench/cases.ts";
-import { type BarChart, escapeXml, formatTable, niceAxis, renderBarChartSvg } from "../bench/chart.ts";
-import { MagiAttnInputError } from "../lib/errors.ts";
-import { compileFlexKey } from "../lib/flex_key.ts";
-import type { FlexKey } from "../lib/types.ts";
+} from "../scripts/bench/cases.ts";
+import {
+  type BarChart,
+  escapeXml,
+  formatTable,
+  niceAxis,
+  renderBarChartSvg,
+} from "../scripts/bench/chart.ts";
+import { MagiAttnInputError } from "../lib/core/errors.ts";
+import { bf16BitsToFloat32 } from "../lib/core/tensor.ts";
+import { compileFlexKey } from "../lib/masks/flex_key.ts";
+import type { FlexKey } from "../lib/core/types.ts";
+import { SMALL_MASK_PARAMS } from "./support/fixtures.ts";
+import { coverCounts, slicesOfKey } from "./support/mask_check.ts";
+import { parseXml } from "./support/xml.ts";
+import { parseBenchArgs } from "../scripts/bench/args.ts";
+import {
+  extractRows,
+  hashBf16,
+  INPUT_RECIPES,
+  makeInputPools,
+  randnBf16,
+  scanBf16,
+} from "../scripts/bench/inputs.ts";
 import {
   type BenchReport,
-  extractRows,
   formatNotes,
   formatResultsTable,
   gpuSlug,
   magiEnvironment,
-  main,
-  measureBatches,
-  measureIssue,
-  median,
-  parseBenchArgs,
   resultsChart,
   resultsStem,
-  scanBf16,
-  SimulatedGpu,
-} from "../scripts/bench.ts";
+} from "../scripts/bench/report.ts";
+import { SimulatedGpu } from "../scripts/bench/simulate.ts";
+import { measureBatches, measureIssue, median } from "../scripts/bench/timing.ts";
 
-/** Small mask parameters, so that brute force over S² cells stays fast. */
-const SMALL: MaskParams = {
-  docMin: 3,
-  docMax: 17,
-  docSeed: 7,
-  window: 5,
-  promptLength: 16,
-  branches: 4,
-  shortDocs: 8,
-};
-
-/** The FFA cell rule (ffa-semantics.md), cell by cell from a key's slices: independent of lib's dense mask. */
+/** The FFA cell rule (docs/semantics.md), cell by cell from a key's slices: independent of lib's dense mask. */
 function keyVisibility(key: FlexKey): Uint8Array {
-  const mask = new Uint8Array(key.totalQ * key.totalK);
-  for (let n = 0; n < key.attnTypeMap.length; n++) {
-    const qs = key.qRanges[2 * n], qe = key.qRanges[2 * n + 1];
-    const ks = key.kRanges[2 * n], ke = key.kRanges[2 * n + 1];
-    const type = key.attnTypeMap[n];
-    for (let i = qs; i < qe; i++) {
-      for (let j = ks; j < ke; j++) {
-        const causalOk = j - i <= ke - qe, invOk = j - i >= ks - qs;
-        const visible = type === 0 || (type === 1 && causalOk) || (type === 2 && invOk) ||
-          (type === 3 && causalOk && invOk);
-        if (visible) mask[i * key.totalK + j]++;
-      }
-    }
-  }
-  return mask;
+  return coverCounts(slicesOfKey(key), key.totalQ, key.totalK);
 }
 
 Deno.test("FLOP counting", async (t) => {
   await t.step("every mask family at small sizes: key area = brute-force count of the semantic mask", () => {
     for (const seqlen of [48, 64, 80]) {
       for (const label of MASK_LABELS) {
-        const mask = describeMask(label, seqlen, SMALL);
+        const mask = describeMask(label, seqlen, SMALL_MASK_PARAMS);
         const key = compileFlexKey(specOfMask(mask, seqlen));
         const flops = countFlops(key, 3, 8);
         const expected = bruteForceArea(mask, seqlen);
@@ -106,7 +91,7 @@ Deno.test("FLOP counting", async (t) => {
         : mask.kind === "prefix_tree"
         ? mask.nodeLengths.reduce((a, b) => a + b, 0)
         : 40;
-    const masks = [...MASK_LABELS.map((label) => describeMask(label, 64, SMALL)), ...extra];
+    const masks = [...MASK_LABELS.map((label) => describeMask(label, 64, SMALL_MASK_PARAMS)), ...extra];
     for (const mask of masks) {
       const seqlen = seqlenOf(mask) || 64;
       const visible = maskVisibility(mask, seqlen);
@@ -250,6 +235,52 @@ Deno.test("shared input hash matches a BigInt oracle, never zero or non-finite",
   assert.notDeepEqual(hashBf16(64, 1, 120, 126), hashBf16(64, 2, 120, 126));
 });
 
+/** bf16 bits of a float64 value by an independent route: float32 bits through a DataView, nearest even. */
+function bf16BitsOracle(value: number): number {
+  const view = new DataView(new ArrayBuffer(4));
+  view.setFloat32(0, value);
+  const bits = BigInt(view.getUint32(0));
+  return Number(((bits + 0x7fffn + ((bits >> 16n) & 1n)) >> 16n) & 0xffffn);
+}
+
+Deno.test("randn inputs: Box-Muller over the BigInt hash, standard normal, prefix property", () => {
+  const fmix = (counter: number, seed: number): number => {
+    let hash = mul32(BigInt(counter), 0x9e3779b1n) ^ BigInt(seed);
+    hash ^= hash >> 16n;
+    hash = mul32(hash, 0x85ebca6bn);
+    hash ^= hash >> 13n;
+    hash = mul32(hash, 0xc2b2ae35n);
+    return Number(hash ^ (hash >> 16n));
+  };
+  for (const recipe of Object.values(INPUT_RECIPES)) {
+    const bits = randnBf16(2001, recipe.seed);
+    for (let index = 0; index < bits.length; index++) {
+      const pair = index >> 1;
+      const u1 = (fmix(2 * pair + 1, recipe.seed) + 1) / 2 ** 32,
+        u2 = fmix(2 * pair + 2, recipe.seed) / 2 ** 32;
+      const radius = Math.sqrt(-2 * Math.log(u1));
+      const value = radius * (index % 2 === 0 ? Math.cos(2 * Math.PI * u2) : Math.sin(2 * Math.PI * u2));
+      assert.equal(bits[index], bf16BitsOracle(value), `element ${index}`);
+    }
+    assert.deepEqual(randnBf16(100, recipe.seed), bits.subarray(0, 100));
+  }
+  const sample = Array.from(randnBf16(200_000, 7), (bits) => bf16BitsToFloat32(bits));
+  const mean = sample.reduce((sum, value) => sum + value, 0) / sample.length;
+  const variance = sample.reduce((sum, value) => sum + (value - mean) ** 2, 0) / sample.length;
+  assert.ok(Math.abs(mean) < 0.01, `mean ${mean}`);
+  assert.ok(Math.abs(variance - 1) < 0.02, `variance ${variance}`);
+  const within1 = sample.filter((value) => Math.abs(value) <= 1).length / sample.length;
+  assert.ok(Math.abs(within1 - 0.6827) < 0.01, `P(|x| ≤ 1) = ${within1}`);
+  const scan = scanBf16(randnBf16(200_000, 7));
+  assert.deepEqual([scan.nonFinite, scan.zeros], [0, 0]);
+  const small = [{ seqlen: 16, headsQ: 2, headsKv: 1, headDim: 8 }];
+  assert.deepEqual(makeInputPools(small).q, randnBf16(256, INPUT_RECIPES.q.seed));
+  assert.deepEqual(
+    makeInputPools(small, "hashed").v,
+    hashBf16(256, INPUT_RECIPES.v.seed, INPUT_RECIPES.v.expLo, INPUT_RECIPES.v.expHi),
+  );
+});
+
 Deno.test("sampled rows and row extraction", () => {
   assert.deepEqual(sampleRows(8192), [0, 1170, 2340, 3510, 4681, 5851, 7021, 8191]);
   assert.deepEqual(sampleRows(5), [0, 1, 2, 3, 4]);
@@ -318,48 +349,6 @@ Deno.test("timing loops on a simulated GPU", async (t) => {
     assert.throws(() => median([]));
   });
 });
-
-/** Parses the structure of an XML document: balanced tags, quoted attributes, escaped text. */
-function parseXml(
-  text: string,
-): { root: string; elements: { name: string; attributes: Record<string, string>; text: string }[] } {
-  const elements: { name: string; attributes: Record<string, string>; text: string }[] = [];
-  const stack: { name: string; index: number }[] = [];
-  let root = "";
-  let position = 0;
-  const tagPattern = /<[^<>]*>/g;
-  for (const match of text.matchAll(tagPattern)) {
-    const between = text.slice(position, match.index);
-    assert.ok(!/[<>]/.test(between), `stray angle bracket before offset ${match.index}`);
-    assert.ok(!/&(?!(amp|lt|gt|quot|apos);)/.test(between), `unescaped & before offset ${match.index}`);
-    if (stack.length > 0) elements[stack.at(-1)!.index].text += between;
-    else assert.equal(between.trim(), "", "text outside the root element");
-    position = match.index! + match[0].length;
-    const tag = match[0];
-    if (tag.startsWith("</")) {
-      const name = tag.slice(2, -1).trim();
-      const open = stack.pop();
-      assert.equal(open?.name, name, `closing </${name}> does not match <${open?.name}>`);
-      continue;
-    }
-    const parsed = /^<([A-Za-z][\w:-]*)((?:\s+[\w:-]+="[^"<]*")*)\s*(\/?)>$/.exec(tag);
-    assert.ok(parsed, `malformed tag ${tag.slice(0, 80)}`);
-    const attributes: Record<string, string> = {};
-    for (const attribute of parsed[2].matchAll(/([\w:-]+)="([^"]*)"/g)) {
-      assert.ok(!(attribute[1] in attributes), `duplicate attribute ${attribute[1]}`);
-      attributes[attribute[1]] = attribute[2];
-    }
-    if (stack.length === 0) {
-      assert.equal(root, "", "more than one root element");
-      root = parsed[1];
-    }
-    elements.push({ name: parsed[1], attributes, text: "" });
-    if (parsed[3] !== "/") stack.push({ name: parsed[1], index: elements.length - 1 });
-  }
-  assert.equal(stack.length, 0, `unclosed <${stack.at(-1)?.name}>`);
-  assert.equal(text.slice(position).trim(), "");
-  return { root, elements };
-}
 
 function sampleReport(): BenchReport {
   const peerNumbers = (fwd: number, bwd: number) => ({
@@ -542,6 +531,7 @@ Deno.test("flags and file names", () => {
     skipPeers: false,
     peers: ["cudnn", "flash", "flex"],
     dryRun: false,
+    inputs: "randn",
     help: false,
   });
   const parsed = parseBenchArgs([
@@ -564,6 +554,12 @@ Deno.test("flags and file names", () => {
   );
   assert.throws(() => parseBenchArgs(["--peers", "xformers"]), /unknown peer/);
   assert.throws(() => parseBenchArgs(["--out-dir"]), /has no value/);
+  assert.equal(parseBenchArgs(["--inputs", "hashed"]).inputs, "hashed");
+  assert.equal(parseBenchArgs(["--inputs=randn"]).inputs, "randn");
+  assert.throws(
+    () => parseBenchArgs(["--inputs", "uniform"]),
+    (error: unknown) => error instanceof MagiAttnInputError && error.field === "--inputs",
+  );
   assert.equal(gpuSlug("NVIDIA H100 80GB HBM3 (sm_90)"), "h100-80gb-hbm3-sm-90");
   assert.equal(gpuSlug("NVIDIA H200"), "h200");
   assert.equal(gpuSlug("!!"), "unknown-gpu");
@@ -581,231 +577,4 @@ Deno.test("magiEnvironment keeps only MAGI_FFA_* variables, sorted", () => {
     [["MAGI_FFA_BWD_KERNEL", "sm90"], ["MAGI_FFA_FWD_KERNEL", "sm80"]],
   );
   assert.deepEqual(magiEnvironment({ HOME: "/root" }), {});
-});
-
-/** Runs `main` with console output captured. */
-async function runMain(argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out: string[] = [], err: string[] = [];
-  const { log, error } = console;
-  console.log = (...items: unknown[]) => out.push(items.join(" "));
-  console.error = (...items: unknown[]) => err.push(items.join(" "));
-  try {
-    const code = await main(argv);
-    return { code, stdout: out.join("\n"), stderr: err.join("\n") };
-  } finally {
-    console.log = log;
-    console.error = error;
-  }
-}
-
-async function hasPython(): Promise<boolean> {
-  try {
-    return (await new Deno.Command(Deno.env.get("PYTHON") ?? "python3", {
-      args: ["--version"],
-      stdout: "null",
-      stderr: "null",
-    })
-      .output()).success;
-  } catch {
-    return false;
-  }
-}
-
-/**
- * Runs bench/peers.py's mask_mods and input hash under a minimal numpy stand-in for torch (the ops they
- * use: arange, indexing, comparisons, bit ops, where, repeat_interleave), printing JSON: the dense mask of
- * each case as a 0/1 string, and the first elements of each input stream as int16 bit patterns.
- */
-const PEERS_UNDER_NUMPY = `
-import json, sys, types
-import numpy as np
-BF16 = object()
-class T(np.ndarray):
-    def to(self, target):
-        if isinstance(target, str) or target is BF16:
-            return self
-        return np.asarray(self).astype(target).view(T)
-    def view(self, *args):
-        if len(args) == 1 and args[0] is BF16:
-            return self
-        if len(args) == 1 and isinstance(args[0], type):
-            return np.ndarray.view(self, args[0])
-        return np.ndarray.reshape(self, args).view(T)
-    def numel(self):
-        return self.size
-wrap = lambda a: np.asarray(a).view(T)
-torch = types.ModuleType("torch")
-torch.int64, torch.int32, torch.int16, torch.bool, torch.bfloat16 = np.int64, np.int32, np.int16, np.bool_, BF16
-torch.arange = lambda *a, device=None, dtype=None: wrap(np.arange(*a, dtype=dtype))
-torch.zeros = lambda *shape, dtype=None, device=None: wrap(np.zeros(shape if shape and not isinstance(shape[0], tuple) else shape[0], dtype=dtype))
-torch.tensor = lambda data, dtype=None: wrap(np.array(data, dtype=dtype))
-torch.repeat_interleave = lambda values, repeats: wrap(np.repeat(np.asarray(values), np.asarray(repeats)))
-torch.where = lambda c, a, b: wrap(np.where(c, a, b))
-nn = types.ModuleType("torch.nn"); functional = types.ModuleType("torch.nn.functional")
-torch.nn, nn.functional = nn, functional
-sys.modules.update({"torch": torch, "torch.nn": nn, "torch.nn.functional": functional})
-sys.path.insert(0, sys.argv[1])
-sys.dont_write_bytecode = True  # leave no __pycache__ in the repository
-import peers
-assert peers.torch is torch
-spec = json.load(open(sys.argv[2]))
-result = {"masks": {}, "areas": {}, "hashes": {}}
-for case in spec["cases"]:
-    total = case["S"]
-    mod = peers.build_mask_mod(case, "cpu")
-    q_idx = np.arange(total, dtype=np.int32)[:, None].view(T)
-    kv_idx = np.arange(total, dtype=np.int32)[None, :].view(T)
-    zero = np.zeros((), dtype=np.int32).view(T)
-    dense = np.ones((total, total), dtype=bool) if mod is None else np.broadcast_to(np.asarray(mod(zero, zero, q_idx, kv_idx)), (total, total))
-    result["masks"][case["name"]] = "".join("1" if cell else "0" for cell in dense.reshape(-1))
-    result["areas"][case["name"]] = peers.mask_area(mod, total, "cpu", rows_per_chunk=7)
-for role, recipe in spec["inputs"].items():
-    bits = peers.hash_bf16(3000, recipe["seed"], recipe["exp_lo"], recipe["exp_hi"], "cpu")
-    result["hashes"][role] = [int(value) for value in np.asarray(bits)]
-print(json.dumps(result))
-`;
-
-async function hasNumpy(): Promise<boolean> {
-  try {
-    const python = Deno.env.get("PYTHON") ?? "python3";
-    return (await new Deno.Command(python, { args: ["-c", "import numpy"], stdout: "null", stderr: "null" })
-      .output())
-      .success;
-  } catch {
-    return false;
-  }
-}
-
-Deno.test({
-  name: "peers.py builds the same masks and inputs as ours (run under a numpy stand-in for torch)",
-  ignore: !(await hasNumpy()),
-  fn: async () => {
-    const masks: MaskDescription[] = [
-      ...MASK_LABELS.map((label) => describeMask(label, 64, SMALL)),
-      { kind: "varlen", seqlens: [5, 11, 1, 23], causal: false },
-      { kind: "sliding_window", seqlens: [17, 23], left: 2, right: 3 },
-      { kind: "sliding_window", seqlens: [40], left: -1, right: 4 },
-      { kind: "sliding_window", seqlens: [40], left: 6, right: -1 },
-      { kind: "prefix_tree", nodeLengths: [6, 3, 5, 4, 2], paths: [[0, 1, 3], [0, 1, 4], [0, 2]] },
-    ];
-    const cases = masks.map((mask, index) => {
-      const seqlen = mask.kind === "varlen" || mask.kind === "sliding_window"
-        ? mask.seqlens.reduce((a, b) => a + b, 0)
-        : mask.kind === "prefix_tree"
-        ? mask.nodeLengths.reduce((a, b) => a + b, 0)
-        : 64;
-      const benchCase = {
-        name: `m${index}-${mask.kind}`,
-        group: "main" as const,
-        maskLabel: "full" as const,
-        seqlen,
-        headsQ: 2,
-        headsKv: 1,
-        headDim: 8,
-        dtype: "bfloat16" as const,
-        mask,
-      };
-      const key = compileFlexKey(specOfMask(mask, seqlen));
-      return { json: peerCaseJson(benchCase, key, countFlops(key, 2, 8)), key };
-    });
-    const inputs = Object.fromEntries(
-      Object.entries(INPUT_RECIPES).map(([role, recipe]) => [role, {
-        seed: recipe.seed,
-        exp_lo: recipe.expLo,
-        exp_hi: recipe.expHi,
-      }]),
-    );
-    const dir = await Deno.makeTempDir({ prefix: "bench-peers-numpy-" });
-    try {
-      await Deno.writeTextFile(`${dir}/harness.py`, PEERS_UNDER_NUMPY);
-      await Deno.writeTextFile(
-        `${dir}/cases.json`,
-        JSON.stringify({ inputs, cases: cases.map((item) => item.json) }),
-      );
-      const benchDir = decodeURIComponent(new URL("../bench/", import.meta.url).pathname);
-      const run = await new Deno.Command(Deno.env.get("PYTHON") ?? "python3", {
-        args: [`${dir}/harness.py`, benchDir, `${dir}/cases.json`],
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      assert.ok(run.success, new TextDecoder().decode(run.stderr));
-      const result = JSON.parse(new TextDecoder().decode(run.stdout)) as {
-        masks: Record<string, string>;
-        areas: Record<string, number>;
-        hashes: Record<string, number[]>;
-      };
-      for (const { json, key } of cases) {
-        const ours = keyVisibility(key);
-        const theirs = result.masks[json.name];
-        assert.equal(theirs.length, ours.length, json.name);
-        for (let cell = 0; cell < ours.length; cell++) {
-          assert.equal(Number(theirs[cell]), ours[cell], `${json.name} cell ${cell}`);
-        }
-        assert.equal(result.areas[json.name], json.area, `${json.name} area`);
-      }
-      for (const [role, recipe] of Object.entries(INPUT_RECIPES)) {
-        const ours = Int16Array.from(hashBf16(3000, recipe.seed, recipe.expLo, recipe.expHi));
-        assert.deepEqual(result.hashes[role], [...ours], `hash ${role}`);
-      }
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
-  },
-});
-
-Deno.test("dry run end to end: table, JSON and SVG files", async (t) => {
-  const outDir = await Deno.makeTempDir({ prefix: "bench-test-" });
-  try {
-    await t.step("without peers", async () => {
-      const { code, stdout, stderr } = await runMain([
-        "--dry-run",
-        "--skip-peers",
-        "--cases",
-        "causal-4k,varlen-4k",
-        "--out-dir",
-        outDir,
-      ]);
-      assert.equal(code, 0, stderr);
-      assert.match(stderr, /ours 2\/2 varlen-4k/);
-      assert.match(stdout, /DRY RUN/);
-      const json = [...Deno.readDirSync(outDir)].find((entry) => entry.name.endsWith(".json"))!.name;
-      const report = JSON.parse(Deno.readTextFileSync(`${outDir}/${json}`)) as BenchReport;
-      assert.deepEqual(report.cases.map((item) => item.name), ["causal-4k", "varlen-4k"]);
-      assert.equal(report.cases[0].area, (4096 * 4097) / 2);
-      assert.ok(
-        report.cases.every((item) => item.ours.tflopsFwd! > 0 && item.ours.check?.out.nonFinite === 0),
-      );
-      assert.ok(report.hostOverhead && report.hostOverhead.publicApi.issueUs > 0);
-      assert.deepEqual(
-        report.kernelSettings,
-        magiEnvironment(),
-        "the run's MAGI_FFA_* variables are recorded",
-      );
-      assert.match(stderr, /kernel settings: /);
-      const svg = Deno.readTextFileSync(`${outDir}/${json.replace(/\.json$/, ".svg")}`);
-      assert.equal(parseXml(svg).root, "svg");
-    });
-    if (await hasPython()) {
-      await t.step("with the peers script in --fake mode", async () => {
-        const peersDir = `${outDir}/peers`;
-        const { code, stdout, stderr } = await runMain([
-          "--dry-run",
-          "--cases",
-          "causal-4k",
-          "--out-dir",
-          peersDir,
-        ]);
-        assert.equal(code, 0, stderr);
-        const json = [...Deno.readDirSync(peersDir)].find((entry) => entry.name.endsWith(".json"))!.name;
-        const report = JSON.parse(Deno.readTextFileSync(`${peersDir}/${json}`)) as BenchReport;
-        const [item] = report.cases;
-        assert.ok((item.peers.flash.tflops_fwd ?? 0) > 0 && (item.peers.flex.tflops_bwd ?? 0) > 0);
-        assert.match(item.peers.cudnn.error ?? "", /fake failure/);
-        assert.match(stdout, /causal-4k cuDNN: FAILED/);
-        assert.equal(report.torch?.fake, true);
-      });
-    }
-  } finally {
-    await Deno.remove(outDir, { recursive: true });
-  }
 });

@@ -8,9 +8,8 @@
  */
 
 import assert from "node:assert/strict";
-import { BackendUnavailableError, MagiAttnInputError } from "../lib/errors.ts";
-import { bf16ToFloat32, type DType, type HostTensor, randomTensor } from "../lib/tensor.ts";
-import type { FlexKey } from "../lib/types.ts";
+import { BackendUnavailableError, MagiAttnInputError } from "../lib/core/errors.ts";
+import { bf16ToFloat32, type DType, type HostTensor, randomTensor } from "../lib/core/tensor.ts";
 import {
   checkStatus,
   libraryCandidates,
@@ -29,6 +28,7 @@ import {
 } from "../ffi/device.ts";
 import { cudaBackward, cudaForward } from "../ffi/cuda_backend.ts";
 import { MAGI_FFA_ABI_VERSION } from "../ffi/ffi.ts";
+import { handMadeKey } from "./support/fixtures.ts";
 
 const FAKE_SOURCE = String.raw`
 #include <stdint.h>
@@ -326,8 +326,8 @@ Deno.test("loader: default candidates are the local build then the versioned use
 /** Copies the loader's modules into `root` so that its "local build" is `root/build/libmagi_ffa.so`. */
 function copyLoaderTo(root: string): void {
   Deno.mkdirSync(`${root}/ffi`, { recursive: true });
-  Deno.mkdirSync(`${root}/lib`, { recursive: true });
-  for (const file of ["ffi/library.ts", "ffi/ffi.ts", "lib/errors.ts", "deno.json"]) {
+  Deno.mkdirSync(`${root}/lib/core`, { recursive: true });
+  for (const file of ["ffi/library.ts", "ffi/ffi.ts", "lib/core/errors.ts", "deno.json"]) {
     Deno.copyFileSync(`${REPO_ROOT}${file}`, `${root}/${file}`);
   }
 }
@@ -562,25 +562,8 @@ Deno.test({
   },
 });
 
-/** A flex key written out by hand (the binding only needs well-formed arrays); `[qs, qe, ks, ke, type]`. */
-function handKey(
-  slices: readonly (readonly [number, number, number, number, number])[],
-  total: number,
-): FlexKey {
-  return Object.freeze({
-    qRanges: Int32Array.from(slices.flatMap(([qs, qe]) => [qs, qe])),
-    kRanges: Int32Array.from(slices.flatMap(([, , ks, ke]) => [ks, ke])),
-    attnTypeMap: Int32Array.from(slices.map((slice) => slice[4])),
-    totalQ: total,
-    totalK: total,
-    maxSeqlenQ: Math.max(...slices.map(([qs, qe]) => qe - qs)),
-    maxSeqlenK: Math.max(...slices.map(([, , ks, ke]) => ke - ks)),
-    area: 0,
-  });
-}
-
 /** Two causal documents of 5 and 3 tokens, one key object shared by every call (as compiled keys are). */
-const packedKey = handKey([[0, 5, 0, 5, 1], [5, 8, 5, 8, 1]], 8);
+const packedKey = handMadeKey([[0, 5, 0, 5, 1], [5, 8, 5, 8, 1]], 8);
 
 /** Small q/k/v for the backend marshalling tests. */
 function smallInputs(dtype: DType, headsQ = 4, headsKV = 2, headDim = 64) {
@@ -643,7 +626,7 @@ Deno.test({
       assert.equal(counters().plansCreated, created, "same key as the previous step: no new plan");
       assert.equal(lastCall().dtype, 0, "float16 code");
       assert.equal(lastCall().softmaxScale, 0.5);
-      const other = handKey([[0, 8, 0, 8, 1]], 8);
+      const other = handMadeKey([[0, 8, 0, 8, 1]], 8);
       await cudaForward(q, k, v, other, { libraryPath });
       assert.equal(counters().plansCreated, created + 1);
       assert.equal(lastCall().numSlices, 1);
@@ -786,7 +769,7 @@ Deno.test({
     const code = `
       import { cudaForward, retiredPlanCount } from "${REPO_ROOT}ffi/cuda_backend.ts";
       import { loadCudaLibrary } from "${REPO_ROOT}ffi/library.ts";
-      import { randomTensor } from "${REPO_ROOT}lib/tensor.ts";
+      import { randomTensor } from "${REPO_ROOT}lib/core/tensor.ts";
       const libraryPath = "${fakes.good}";
       const library = loadCudaLibrary({ libraryPath });
       const introspection = Deno.dlopen(libraryPath, { fake_counters: { parameters: ["buffer"], result: "void" } });

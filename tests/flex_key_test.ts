@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { MagiAttnInputError } from "../lib/errors.ts";
+import { MagiAttnInputError } from "../lib/core/errors.ts";
 import {
   clearFlexKeyCache,
   compileFlexKey,
@@ -14,18 +14,18 @@ import {
   isFlexKey,
   sliceArea,
   toFlexKey,
-} from "../lib/flex_key.ts";
-import { AttnMaskSpec } from "../lib/spec.ts";
-import { seededRandom } from "../lib/tensor.ts";
-import type { FlexKey, PlainFlexKey } from "../lib/types.ts";
+} from "../lib/masks/flex_key.ts";
+import { AttnMaskSpec } from "../lib/masks/spec.ts";
+import { seededRandom } from "../lib/core/tensor.ts";
+import type { FlexKey, PlainFlexKey } from "../lib/core/types.ts";
+import { documentLengths } from "./support/fixtures.ts";
+import { sliceCoversCell, slicesOfKey } from "./support/mask_check.ts";
 
 type Slice = [qs: number, qe: number, ks: number, ke: number, type: number];
 
-/** The FFA cell rule of ffa-semantics.md, cell by cell. */
-function covers([qs, qe, ks, ke, type]: Slice, i: number, j: number): boolean {
-  if (i < qs || i >= qe || j < ks || j >= ke) return false;
-  const causalOk = j - i <= ke - qe, invOk = j - i >= ks - qs;
-  return type === 0 || (type === 1 && causalOk) || (type === 2 && invOk) || (type === 3 && causalOk && invOk);
+/** The FFA cell rule of docs/semantics.md for one slice, cell by cell. */
+function covers(slice: Slice, i: number, j: number): boolean {
+  return sliceCoversCell(i, j, ...slice);
 }
 
 function cellsOf(slice: Slice): number {
@@ -53,16 +53,6 @@ function plainKey(slices: Slice[], totalQ?: number, totalK?: number): PlainFlexK
     totalSeqlenQ: totalQ,
     totalSeqlenK: totalK,
   };
-}
-
-function slicesOfKey(key: FlexKey): Slice[] {
-  return Array.from(key.attnTypeMap, (type, n) => [
-    key.qRanges[2 * n],
-    key.qRanges[2 * n + 1],
-    key.kRanges[2 * n],
-    key.kRanges[2 * n + 1],
-    type,
-  ]);
 }
 
 function randomInt(random: () => number, low: number, high: number): number {
@@ -286,16 +276,6 @@ Deno.test("varlen at scale: 10,000 documents, 1,048,576 tokens", () => {
   assert.equal(key.area, lengths.reduce((sum, length) => sum + (length * (length + 1)) / 2, 0));
   assert.equal(key.maxSeqlenQ, Math.max(...lengths));
 });
-
-/** `count` positive lengths summing to `total`, seeded. */
-function documentLengths(count: number, total: number, seed: number): number[] {
-  const random = seededRandom(seed);
-  const weights = Array.from({ length: count }, () => 0.2 + random());
-  const sum = weights.reduce((a, b) => a + b, 0);
-  const lengths = weights.map((weight) => Math.max(1, Math.floor((weight / sum) * total)));
-  lengths[count - 1] += total - lengths.reduce((a, b) => a + b, 0);
-  return lengths;
-}
 
 Deno.test("cache: hits share the key, equal specs share it, LRU bounded", () => {
   clearFlexKeyCache();

@@ -9,13 +9,15 @@
  */
 
 import assert from "node:assert/strict";
-import { MagiAttnInputError } from "../lib/errors.ts";
-import { compileFlexKey, denseMask, isFlexKey, toFlexKey } from "../lib/flex_key.ts";
-import { referenceBackward, referenceForward } from "../lib/reference.ts";
-import { AttnMaskSpec } from "../lib/spec.ts";
-import { type DType, type HostTensor, randomTensor, seededRandom, toFloat32 } from "../lib/tensor.ts";
-import type { FlexKey, MaskType } from "../lib/types.ts";
-import { denseAttentionBackwardOracle, denseAttentionOracle, relativeError } from "./oracle.ts";
+import { MagiAttnInputError } from "../lib/core/errors.ts";
+import { compileFlexKey, denseMask, isFlexKey, toFlexKey } from "../lib/masks/flex_key.ts";
+import { referenceBackward, referenceForward } from "../lib/backends/reference.ts";
+import { AttnMaskSpec } from "../lib/masks/spec.ts";
+import { type DType, type HostTensor, randomTensor, seededRandom, toFloat32 } from "../lib/core/tensor.ts";
+import type { FlexKey, MaskType } from "../lib/core/types.ts";
+import { documentIndexOf } from "./support/fixtures.ts";
+import { denseFromPredicate, firstDifference, sliceCoversCell } from "./support/mask_check.ts";
+import { denseAttentionBackwardOracle, denseAttentionOracle, relativeError } from "./support/oracle.ts";
 
 /** Seed base used when `MAGI_FUZZ_SEED` is not set (fixed, so CI runs are reproducible). */
 export const DEFAULT_FUZZ_SEED = 20250611;
@@ -97,33 +99,6 @@ function randomLengths(random: Random, maxCount: number, maxLength: number): num
   return Array.from({ length: randomInt(random, 0, maxCount) }, () => randomLength(random, maxLength));
 }
 
-/** Document index of every token of packed documents (−1 never occurs). */
-function documentsOf(lengths: readonly number[]): Int32Array {
-  const total = lengths.reduce((sum, length) => sum + length, 0);
-  const documents = new Int32Array(total);
-  let offset = 0;
-  lengths.forEach((length, document) => {
-    documents.fill(document, offset, offset + length);
-    offset += length;
-  });
-  return documents;
-}
-
-/** The FFA cell rule of ffa-semantics.md for one slice (written here, independent of lib/). */
-function cellRule(
-  i: number,
-  j: number,
-  qs: number,
-  qe: number,
-  ks: number,
-  ke: number,
-  type: number,
-): boolean {
-  if (i < qs || i >= qe || j < ks || j >= ke) return false;
-  const causalOk = j - i <= ke - qe, invOk = j - i >= ks - qs;
-  return type === 0 || (type === 1 && causalOk) || (type === 2 && invOk) || (type === 3 && causalOk && invOk);
-}
-
 const TYPE_NAMES: readonly MaskType[] = ["full", "causal", "inv_causal", "bi_causal"];
 
 /** A random spec case from seed `seed`: one of the builders with random, often degenerate, arguments. */
@@ -160,7 +135,7 @@ export function randomSpecCase(seed: number): SpecCase {
       const roll = random();
       const causal = roll < 0.33 ? undefined : roll < 0.66;
       const options = causal === undefined ? undefined : { causal };
-      const documents = documentsOf(lengths);
+      const documents = documentIndexOf(lengths);
       const cu = [0];
       for (const length of lengths) cu.push(cu[cu.length - 1] + length);
       const visible = (i: number, j: number) => documents[i] === documents[j] && (causal === false || j <= i);
@@ -184,7 +159,7 @@ export function randomSpecCase(seed: number): SpecCase {
       const window = { left: bound(), right: bound() };
       const single = random() < 0.5;
       const lengths = single ? [randomLength(random, 24)] : randomLengths(random, 5, 10);
-      const documents = documentsOf(lengths);
+      const documents = documentIndexOf(lengths);
       const argument = single ? lengths[0] : lengths;
       return square(
         `slidingWindow(${JSON.stringify(argument)}, ${JSON.stringify(window)})`,
@@ -293,7 +268,9 @@ function randomRangesCase(seed: number, random: Random): SpecCase {
   const coverage = new Uint8Array(totalQ * totalK);
   for (const [qs, qe, ks, ke, type] of slices) {
     for (let i = qs; i < qe; i++) {
-      for (let j = ks; j < ke; j++) if (cellRule(i, j, qs, qe, ks, ke, type)) coverage[i * totalK + j]++;
+      for (let j = ks; j < ke; j++) {
+        if (sliceCoversCell(i, j, qs, qe, ks, ke, type)) coverage[i * totalK + j]++;
+      }
     }
   }
   const overlap = coverage.some((count) => count > 1);
@@ -321,21 +298,7 @@ function randomRangesCase(seed: number, random: Random): SpecCase {
 }
 
 function oracleMask(specCase: SpecCase): Uint8Array {
-  const { totalQ, totalK, visible } = specCase;
-  const mask = new Uint8Array(totalQ * totalK);
-  for (let i = 0; i < totalQ; i++) {
-    for (let j = 0; j < totalK; j++) {
-      mask[i * totalK + j] = visible(i, j) ? 1 : 0;
-    }
-  }
-  return mask;
-}
-
-function firstDifference(a: Uint8Array, b: Uint8Array, totalK: number): string {
-  const index = a.findIndex((value, at) => value !== b[at]);
-  return index < 0
-    ? "none"
-    : `cell (q=${Math.floor(index / totalK)}, k=${index % totalK}): ${a[index]} vs ${b[index]}`;
+  return denseFromPredicate(specCase.visible, specCase.totalQ, specCase.totalK);
 }
 
 /**
@@ -358,7 +321,7 @@ export function checkSpecCase(specCase: SpecCase): void {
       for (const index of [Number(fieldMatch[1]), Number(fieldMatch[2])]) {
         const [qs, qe, ks, ke, type] = specCase.slices![index];
         assert.ok(
-          cellRule(i, j, qs, qe, ks, ke, type),
+          sliceCoversCell(i, j, qs, qe, ks, ke, type),
           `${where}: slice ${index} does not cover (${i}, ${j})`,
         );
       }
@@ -388,7 +351,7 @@ export function checkSpecCase(specCase: SpecCase): void {
     let cells = 0;
     for (let i = qs; i < qe; i++) {
       for (let j = ks; j < ke; j++) {
-        if (!cellRule(i, j, qs, qe, ks, ke, type)) continue;
+        if (!sliceCoversCell(i, j, qs, qe, ks, ke, type)) continue;
         assert.equal(covered[i * totalK + j], 0, `${where}: cell (${i}, ${j}) covered by two key slices`);
         covered[i * totalK + j] = 1;
         cells++;

@@ -17,7 +17,7 @@ import {
   tensor,
   toFloat32,
 } from "../mod.ts";
-import { denseAttentionOracle, maxAbsDiff } from "./oracle.ts";
+import { denseAttentionOracle, maxAbsDiff } from "./support/oracle.ts";
 
 class TestAttention {}
 

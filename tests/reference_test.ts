@@ -1,14 +1,21 @@
 /**
- * The CPU reference FFA against the dense float64 oracle (tests/oracle.ts), finite differences, and the
+ * The CPU reference FFA against the dense float64 oracle (tests/support/oracle.ts), finite differences, and the
  * shared argument validation.
  */
 
 import assert from "node:assert/strict";
-import { MagiAttnInputError } from "../lib/errors.ts";
-import { referenceBackward, referenceForward } from "../lib/reference.ts";
-import { type DType, type HostTensor, randomTensor, seededRandom, tensor, toFloat32 } from "../lib/tensor.ts";
-import type { FlexKey } from "../lib/types.ts";
-import { type ShapedTensor, validateBackwardArgs, validateForwardArgs } from "../lib/validate.ts";
+import { MagiAttnInputError } from "../lib/core/errors.ts";
+import { referenceBackward, referenceForward } from "../lib/backends/reference.ts";
+import {
+  type DType,
+  type HostTensor,
+  randomTensor,
+  seededRandom,
+  tensor,
+  toFloat32,
+} from "../lib/core/tensor.ts";
+import type { FlexKey } from "../lib/core/types.ts";
+import { type ShapedTensor, validateBackwardArgs, validateForwardArgs } from "../lib/core/validate.ts";
 import {
   denseAttentionBackwardOracle,
   denseAttentionOracle,
@@ -16,7 +23,9 @@ import {
   maxAbsDiff,
   relativeError,
   type Visibility,
-} from "./oracle.ts";
+} from "./support/oracle.ts";
+import { handMadeKey } from "./support/fixtures.ts";
+import { coverCounts, denseFromPredicate } from "./support/mask_check.ts";
 
 const FULL = 0;
 const CAUSAL = 1;
@@ -26,51 +35,9 @@ const BICAUSAL = 3;
 /** One slice written by hand: `[qStart, qEnd, kStart, kEnd, type]`. */
 type Slice = readonly [number, number, number, number, number];
 
-/** A FlexKey built by hand (no dependency on lib/flex_key.ts). */
-function makeKey(slices: readonly Slice[], totalQ: number, totalK: number): FlexKey {
-  const qRanges = Int32Array.from(slices.flatMap(([qs, qe]) => [qs, qe]));
-  const kRanges = Int32Array.from(slices.flatMap(([, , ks, ke]) => [ks, ke]));
-  const attnTypeMap = Int32Array.from(slices.map((slice) => slice[4]));
-  const mask = sliceMask(slices, totalQ, totalK);
-  return {
-    qRanges,
-    kRanges,
-    attnTypeMap,
-    totalQ,
-    totalK,
-    maxSeqlenQ: Math.max(0, ...slices.map(([qs, qe]) => qe - qs)),
-    maxSeqlenK: Math.max(0, ...slices.map(([, , ks, ke]) => ke - ks)),
-    area: mask.reduce((sum, cell) => sum + cell, 0),
-  };
-}
-
-/** Dense mask straight from the type table of ffa-semantics.md, cell by cell. */
+/** Dense mask straight from the type table of docs/semantics.md, cell by cell (counts cells covered twice). */
 function sliceMask(slices: readonly Slice[], totalQ: number, totalK: number): Uint8Array {
-  const mask = new Uint8Array(totalQ * totalK);
-  for (const [qs, qe, ks, ke, type] of slices) {
-    for (let i = qs; i < qe; i++) {
-      for (let j = ks; j < ke; j++) {
-        const belowDiagonal = j - i <= ke - qe;
-        const aboveDiagonal = j - i >= ks - qs;
-        const visible = type === FULL ||
-          (type === CAUSAL && belowDiagonal) ||
-          (type === INVCAUSAL && aboveDiagonal) ||
-          (type === BICAUSAL && belowDiagonal && aboveDiagonal);
-        if (visible) mask[i * totalK + j] += 1;
-      }
-    }
-  }
-  return mask;
-}
-
-function denseFrom(visible: (i: number, j: number) => boolean, totalQ: number, totalK: number): Uint8Array {
-  const mask = new Uint8Array(totalQ * totalK);
-  for (let i = 0; i < totalQ; i++) {
-    for (let j = 0; j < totalK; j++) {
-      mask[i * totalK + j] = visible(i, j) ? 1 : 0;
-    }
-  }
-  return mask;
+  return coverCounts(slices, totalQ, totalK);
 }
 
 interface CaseSpec {
@@ -121,11 +88,15 @@ interface CaseResult {
 /** Runs forward and backward of one case and checks both against the dense float64 oracle. */
 function checkCase(spec: CaseSpec, tolerances?: Tolerances): CaseResult {
   const { totalQ, totalK, headsQ = 2, headsKV = headsQ, headDim = 8, dtype = "float32", seed = 1 } = spec;
-  const key = makeKey(spec.slices, totalQ, totalK);
+  const key = handMadeKey(spec.slices, totalQ, totalK);
   const mask = sliceMask(spec.slices, totalQ, totalK);
   assert.ok(mask.every((cell) => cell <= 1), "test slices must be area-disjoint");
   if (spec.visible) {
-    assert.deepEqual(mask, denseFrom(spec.visible, totalQ, totalK), "slices and the stated mask disagree");
+    assert.deepEqual(
+      mask,
+      denseFromPredicate(spec.visible, totalQ, totalK),
+      "slices and the stated mask disagree",
+    );
   }
   const q = randomTensor([totalQ, headsQ, headDim], { seed, dtype });
   const k = randomTensor([totalK, headsKV, headDim], { seed: seed + 1, dtype });
@@ -282,7 +253,7 @@ Deno.test("referenceForward/Backward match the dense float64 oracle", async (t) 
       result.q,
       result.k,
       result.v,
-      makeKey([[0, 8, 4, 8, CAUSAL], [0, 8, 0, 4, FULL]], 8, 8),
+      handMadeKey([[0, 8, 4, 8, CAUSAL], [0, 8, 0, 4, FULL]], 8, 8),
     );
     assert.ok(maxAbsDiff(toFloat32(swapped.out), result.out) < 1e-6);
   });
@@ -299,7 +270,7 @@ Deno.test("referenceForward/Backward match the dense float64 oracle", async (t) 
     }
   });
   await t.step("a key with no slices at all: zero out, −inf lse, zero grads", () => {
-    const key = makeKey([], 4, 3);
+    const key = handMadeKey([], 4, 3);
     const q = randomTensor([4, 2, 4], { seed: 1 });
     const k = randomTensor([3, 2, 4], { seed: 2 });
     const { out, lse } = referenceForward(q, k, k, key);
@@ -309,7 +280,7 @@ Deno.test("referenceForward/Backward match the dense float64 oracle", async (t) 
     for (const grad of [grads.dq, grads.dk, grads.dv]) assert.ok(toFloat32(grad).every((x) => x === 0));
   });
   await t.step("an lse of −inf means P = 0: that row contributes no gradient", () => {
-    const key = makeKey([[0, 4, 0, 4, FULL]], 4, 4);
+    const key = handMadeKey([[0, 4, 0, 4, FULL]], 4, 4);
     const q = randomTensor([4, 1, 4], { seed: 31 });
     const k = randomTensor([4, 1, 4], { seed: 32 });
     const { out, lse } = referenceForward(q, k, k, key);
@@ -396,7 +367,7 @@ Deno.test("referenceBackward matches central finite differences of L = Σ out·d
     [3, 5, 1, 5, INVCAUSAL], // j ≥ i − 2
     [3, 5, 5, 6, FULL],
   ];
-  const key = makeKey(slices, 5, 6);
+  const key = handMadeKey(slices, 5, 6);
   const mask = sliceMask(slices, 5, 6);
   for (const headsKV of [2, 1]) {
     for (const softcap of [0, 1.2]) {
@@ -492,7 +463,7 @@ Deno.test("reference work is proportional to the mask area, not totalQ × totalK
 
 Deno.test("the reference is deterministic (bitwise-identical runs)", () => {
   const slices: Slice[] = [[0, 12, 0, 6, FULL], [0, 12, 6, 12, CAUSAL]];
-  const key = makeKey(slices, 12, 12);
+  const key = handMadeKey(slices, 12, 12);
   const q = randomTensor([12, 4, 8], { seed: 3, dtype: "bfloat16" });
   const k = randomTensor([12, 2, 8], { seed: 4, dtype: "bfloat16" });
   const first = referenceForward(q, k, k, key);
@@ -512,7 +483,7 @@ function shaped(shape: readonly number[], dtype: string = "float32"): ShapedTens
 }
 
 Deno.test("validateForwardArgs resolves sizes and defaults", () => {
-  const key = makeKey([[0, 6, 0, 9, CAUSAL]], 6, 9);
+  const key = handMadeKey([[0, 6, 0, 9, CAUSAL]], 6, 9);
   const shape = validateForwardArgs(
     shaped([6, 4, 16], "bfloat16"),
     shaped([9, 2, 16], "bfloat16"),
@@ -539,7 +510,7 @@ Deno.test("validateForwardArgs resolves sizes and defaults", () => {
 });
 
 Deno.test("bad inputs raise MagiAttnInputError naming the field and the fix, changing nothing", async (t) => {
-  const key = makeKey([[0, 6, 0, 9, FULL]], 6, 9);
+  const key = handMadeKey([[0, 6, 0, 9, FULL]], 6, 9);
   const good = () => ({
     q: randomTensor([6, 4, 8], { seed: 1 }) as ShapedTensor,
     k: randomTensor([9, 2, 8], { seed: 2 }) as ShapedTensor,
@@ -551,7 +522,7 @@ Deno.test("bad inputs raise MagiAttnInputError naming the field and the fix, cha
     opts: {} as { softmaxScale?: number; softcap?: number },
   });
   type Args = ReturnType<typeof good>;
-  const hugeKey = makeKey([], 2 ** 20, 4);
+  const hugeKey = handMadeKey([], 2 ** 20, 4);
   const cases: [string, string, (args: Args) => Partial<Args>, "forward" | "backward"][] = [
     ["q rank 2", "q.shape", () => ({ q: shaped([6, 32]) }), "forward"],
     ["k rank 4", "k.shape", () => ({ k: shaped([1, 9, 2, 8]) }), "forward"],

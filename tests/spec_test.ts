@@ -1,82 +1,33 @@
 /**
- * AttnMaskSpec builders: the worked examples of ffa-semantics.md, seeded property tests of every builder
+ * AttnMaskSpec builders: the worked examples of docs/semantics.md, seeded property tests of every builder
  * against oracles written here from each mask's definition, bad-input errors, immutability and
  * fingerprints.
  */
 
 import assert from "node:assert/strict";
-import { MagiAttnInputError } from "../lib/errors.ts";
-import { compileFlexKey, denseMask } from "../lib/flex_key.ts";
+import { MagiAttnInputError } from "../lib/core/errors.ts";
+import { compileFlexKey, denseMask } from "../lib/masks/flex_key.ts";
+import { AttnMaskSpec, specSliceArrays } from "../lib/masks/spec.ts";
+import { prefixTreeLayout } from "../lib/masks/prefix_tree.ts";
+import { seededRandom } from "../lib/core/tensor.ts";
+import { documentIndexOf } from "./support/fixtures.ts";
 import {
-  AttnMaskSpec,
-  attnTypeToMaskType,
-  maskTypeToAttnType,
-  prefixTreeLayout,
-  specSliceArrays,
-} from "../lib/spec.ts";
-import { seededRandom } from "../lib/tensor.ts";
-import type { FlexKey, MaskType } from "../lib/types.ts";
+  coverCounts,
+  denseFromPredicate,
+  firstDifference,
+  sliceCoversCell,
+  slicesOfKey,
+} from "./support/mask_check.ts";
+import { attnTypeToMaskType, type FlexKey, type MaskType, maskTypeToAttnType } from "../lib/core/types.ts";
 
 const CASES = 1000;
 
-/** The FFA cell rule of ffa-semantics.md, evaluated cell by cell (independent of lib/flex_key.ts). */
-function cellVisible(
-  i: number,
-  j: number,
-  qs: number,
-  qe: number,
-  ks: number,
-  ke: number,
-  type: number,
-): boolean {
-  if (i < qs || i >= qe || j < ks || j >= ke) return false;
-  const causalOk = j - i <= ke - qe;
-  const invOk = j - i >= ks - qs;
-  return type === 0 ? true : type === 1 ? causalOk : type === 2 ? invOk : causalOk && invOk;
-}
-
 /** Dense mask of a compiled key, cell by cell from the rule table; counts cells covered twice. */
 function maskOfKey(key: FlexKey): { mask: Uint8Array; doubles: number } {
-  const mask = new Uint8Array(key.totalQ * key.totalK);
+  const counts = coverCounts(slicesOfKey(key), key.totalQ, key.totalK);
   let doubles = 0;
-  for (let n = 0; n < key.attnTypeMap.length; n++) {
-    const [qs, qe] = [key.qRanges[2 * n], key.qRanges[2 * n + 1]];
-    const [ks, ke] = [key.kRanges[2 * n], key.kRanges[2 * n + 1]];
-    for (let i = qs; i < qe; i++) {
-      for (let j = ks; j < ke; j++) {
-        if (cellVisible(i, j, qs, qe, ks, ke, key.attnTypeMap[n])) {
-          if (mask[i * key.totalK + j]) doubles++;
-          mask[i * key.totalK + j] = 1;
-        }
-      }
-    }
-  }
-  return { mask, doubles };
-}
-
-function oracleMask(
-  totalQ: number,
-  totalK: number,
-  visible: (i: number, j: number) => boolean,
-): Uint8Array {
-  const mask = new Uint8Array(totalQ * totalK);
-  for (let i = 0; i < totalQ; i++) {
-    for (let j = 0; j < totalK; j++) {
-      mask[i * totalK + j] = visible(i, j) ? 1 : 0;
-    }
-  }
-  return mask;
-}
-
-function firstDifference(a: Uint8Array, b: Uint8Array, totalK: number): string {
-  for (let index = 0; index < a.length; index++) {
-    if (a[index] !== b[index]) {
-      return `cell (q=${Math.floor(index / totalK)}, k=${index % totalK}): key ${a[index]}, oracle ${
-        b[index]
-      }`;
-    }
-  }
-  return "none";
+  for (const count of counts) doubles += Math.max(0, count - 1);
+  return { mask: counts.map((count) => (count > 0 ? 1 : 0)), doubles };
 }
 
 /** Compiles `spec` and checks the key against the oracle, its area, order and bookkeeping. */
@@ -88,7 +39,7 @@ function checkAgainstOracle(
   const key = compileFlexKey(spec);
   assert.equal(key.totalQ, spec.totalSeqlenQ, context);
   assert.equal(key.totalK, spec.totalSeqlenK, context);
-  const expected = oracleMask(key.totalQ, key.totalK, visible);
+  const expected = denseFromPredicate(visible, key.totalQ, key.totalK);
   const { mask, doubles } = maskOfKey(key);
   assert.equal(doubles, 0, `${context}: a cell is covered twice`);
   assert.ok(
@@ -145,23 +96,11 @@ function randomLengths(random: () => number, maxTotal: number): number[] {
   return lengths;
 }
 
-/** Document index of every token. */
-function documentOf(lengths: readonly number[]): Int32Array {
-  const total = lengths.reduce((sum, length) => sum + length, 0);
-  const documents = new Int32Array(total);
-  let offset = 0;
-  lengths.forEach((length, document) => {
-    documents.fill(document, offset, offset + length);
-    offset += length;
-  });
-  return documents;
-}
-
 function sliceList(spec: AttnMaskSpec): [number, number, number, number, MaskType][] {
   return spec.qRanges.map((q, n) => [q[0], q[1], spec.kRanges[n][0], spec.kRanges[n][1], spec.maskTypes[n]]);
 }
 
-Deno.test("worked examples of ffa-semantics.md", async (t) => {
+Deno.test("worked examples of docs/semantics.md", async (t) => {
   await t.step("sliding windows for S = 10", () => {
     assert.deepEqual(sliceList(AttnMaskSpec.slidingWindow(10, { left: 2, right: 0 })), [
       [0, 2, 0, 2, "causal"],
@@ -305,7 +244,7 @@ Deno.test("property: every builder matches its definition (seeded)", async (t) =
     runCases("varlen", (random) => {
       const lengths = randomLengths(random, 64);
       const causal = random() < 0.5;
-      const documents = documentOf(lengths);
+      const documents = documentIndexOf(lengths);
       const spec = AttnMaskSpec.varlen(lengths, { causal });
       checkAgainstOracle(
         spec,
@@ -340,7 +279,7 @@ Deno.test("property: every builder matches its definition (seeded)", async (t) =
           return roll < 0.2 ? -1 : roll < 0.35 ? 0 : randomInt(random, 1, 24);
         };
         const left = pick(), right = pick();
-        const documents = documentOf(lengths);
+        const documents = documentIndexOf(lengths);
         const asNumber = lengths.length === 1 && random() < 0.5;
         const spec = AttnMaskSpec.slidingWindow(asNumber ? lengths[0] : lengths, { left, right });
         checkAgainstOracle(
@@ -446,13 +385,13 @@ Deno.test("property: every builder matches its definition (seeded)", async (t) =
         let free = true;
         for (let i = qs; i < qe && free; i++) {
           for (let j = ks; j < ke && free; j++) {
-            if (cellVisible(i, j, qs, qe, ks, ke, type) && owner[i * totalK + j] >= 0) free = false;
+            if (sliceCoversCell(i, j, qs, qe, ks, ke, type) && owner[i * totalK + j] >= 0) free = false;
           }
         }
         if (!free) continue;
         for (let i = qs; i < qe; i++) {
           for (let j = ks; j < ke; j++) {
-            if (cellVisible(i, j, qs, qe, ks, ke, type)) owner[i * totalK + j] = slices.length;
+            if (sliceCoversCell(i, j, qs, qe, ks, ke, type)) owner[i * totalK + j] = slices.length;
           }
         }
         slices.push([qs, qe, ks, ke, type]);
@@ -466,7 +405,7 @@ Deno.test("property: every builder matches its definition (seeded)", async (t) =
       });
       checkAgainstOracle(
         spec,
-        (i, j) => slices.some(([qs, qe, ks, ke, type]) => cellVisible(i, j, qs, qe, ks, ke, type)),
+        (i, j) => slices.some(([qs, qe, ks, ke, type]) => sliceCoversCell(i, j, qs, qe, ks, ke, type)),
         `fromRanges(${JSON.stringify(slices)}, ${totalQ}x${totalK})`,
       );
     }));

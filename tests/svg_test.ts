@@ -5,12 +5,13 @@
  */
 
 import assert from "node:assert/strict";
-import { MagiAttnInputError } from "../lib/errors.ts";
-import { compileFlexKey, denseMask } from "../lib/flex_key.ts";
-import { AttnMaskSpec } from "../lib/spec.ts";
-import { maskToSvg } from "../lib/svg.ts";
-import { seededRandom } from "../lib/tensor.ts";
-import type { FlexKey } from "../lib/types.ts";
+import { MagiAttnInputError } from "../lib/core/errors.ts";
+import { compileFlexKey, denseMask } from "../lib/masks/flex_key.ts";
+import { AttnMaskSpec } from "../lib/masks/spec.ts";
+import { maskToSvg } from "../lib/masks/svg.ts";
+import { seededRandom } from "../lib/core/tensor.ts";
+import type { FlexKey } from "../lib/core/types.ts";
+import { coveringTypes, slicesOfKey } from "./support/mask_check.ts";
 
 const TYPE_NAMES = ["full", "causal", "inv_causal", "bi_causal"];
 
@@ -118,21 +119,7 @@ function parseCells(svg: string): { cells: Cell[]; rows: number; cols: number; c
 
 /** Type of the slice covering each cell (−1: none), from the FFA cell rule, cell by cell. */
 function typeMapOf(key: FlexKey): Int8Array {
-  const map = new Int8Array(key.totalQ * key.totalK).fill(-1);
-  for (let n = 0; n < key.attnTypeMap.length; n++) {
-    const qs = key.qRanges[2 * n], qe = key.qRanges[2 * n + 1];
-    const ks = key.kRanges[2 * n], ke = key.kRanges[2 * n + 1];
-    const type = key.attnTypeMap[n];
-    for (let i = qs; i < qe; i++) {
-      for (let j = ks; j < ke; j++) {
-        const causalOk = j - i <= ke - qe, invOk = j - i >= ks - qs;
-        const visible = type === 0 || (type === 1 && causalOk) || (type === 2 && invOk) ||
-          (type === 3 && causalOk && invOk);
-        if (visible) map[i * key.totalK + j] = type;
-      }
-    }
-  }
-  return map;
+  return coveringTypes(slicesOfKey(key), key.totalQ, key.totalK);
 }
 
 /** Seeded random area-disjoint slices: rectangles on a coarse grid, each given a random type. */

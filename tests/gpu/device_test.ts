@@ -17,11 +17,11 @@ import {
   toHost,
 } from "../../ffi/device.ts";
 import { cudaBackward, cudaForward } from "../../ffi/cuda_backend.ts";
-import { AttnMaskSpec } from "../../lib/spec.ts";
-import { compileFlexKey } from "../../lib/flex_key.ts";
-import { referenceForward } from "../../lib/reference.ts";
-import { type DType, type HostTensor, randomTensor, toFloat64 } from "../../lib/tensor.ts";
-import { relativeError } from "../oracle.ts";
+import { AttnMaskSpec } from "../../lib/masks/spec.ts";
+import { compileFlexKey } from "../../lib/masks/flex_key.ts";
+import { referenceForward } from "../../lib/backends/reference.ts";
+import { type DType, type HostTensor, randomTensor, toFloat64 } from "../../lib/core/tensor.ts";
+import { relativeError } from "../support/oracle.ts";
 
 const probe = probeCudaBackend();
 const ignore = !probe.available;

@@ -1,9 +1,9 @@
 /**
- * GPU parity: the CUDA backend against the float64 dense oracle (tests/oracle.ts), with upstream's
+ * GPU parity: the CUDA backend against the float64 dense oracle (tests/support/oracle.ts), with upstream's
  * criteria. For each output tensor X:
  * - relative L2 error ‖ours − ref64‖₂ / ‖ref64‖₂ ≤ rtol (out 0.05, lse 1e-3, dq 0.3, dk 0.15, dv 0.05), and
  * - ‖ours − ref64‖∞ ≤ 2 × ‖ref_lowp − ref64‖∞ + ε, where ref_lowp is the CPU reference
- *   (lib/reference.ts) on the same low-precision inputs. Where the forward oracle only runs on sampled rows
+ *   (lib/backends/reference.ts) on the same low-precision inputs. Where the forward oracle only runs on sampled rows
  *   (large cases), ref_lowp is ref64 rounded to the output dtype, which is what the reference computes up
  *   to float32-vs-float64 accumulation. Our ref_lowp is more accurate than upstream's (a bf16 torch
  *   reference that rounds P and dS like the kernel does), so ε absorbs the kernel's own internal rounding:
@@ -18,9 +18,9 @@
  */
 
 import assert from "node:assert/strict";
-import { AttnMaskSpec } from "../../lib/spec.ts";
-import { compileFlexKey, denseMask } from "../../lib/flex_key.ts";
-import { referenceBackward, referenceForward } from "../../lib/reference.ts";
+import { AttnMaskSpec } from "../../lib/masks/spec.ts";
+import { compileFlexKey, denseMask } from "../../lib/masks/flex_key.ts";
+import { referenceBackward, referenceForward } from "../../lib/backends/reference.ts";
 import {
   type DType,
   fromFloat32,
@@ -28,8 +28,8 @@ import {
   randomTensor,
   seededRandom,
   toFloat64,
-} from "../../lib/tensor.ts";
-import type { FlexKey } from "../../lib/types.ts";
+} from "../../lib/core/tensor.ts";
+import type { FlexKey } from "../../lib/core/types.ts";
 import { probeCudaBackend } from "../../ffi/library.ts";
 import { emptyDevice, fillDeviceBytes, toDevice, toHost } from "../../ffi/device.ts";
 import { cudaBackward, cudaForward } from "../../ffi/cuda_backend.ts";
@@ -39,7 +39,7 @@ import {
   type Float64Tensor,
   maxAbsDiff,
   relativeError,
-} from "../oracle.ts";
+} from "../support/oracle.ts";
 
 const DRY_RUN = Deno.env.get("MAGI_PARITY_DRY_RUN") === "1";
 const probe = DRY_RUN ? { available: true } : probeCudaBackend();

@@ -10,14 +10,14 @@ import {
   checkAttentionOptions,
   checkBhsdTensors,
 } from "./attention_types.ts";
-import { MagiAttnInputError } from "./errors.ts";
-import { flexFlashAttnForward } from "./ffa.ts";
-import { compileFlexKey } from "./flex_key.ts";
-import { bhsdToThd, reshape } from "./layout.ts";
-import { AttnMaskSpec } from "./spec.ts";
+import { MagiAttnInputError } from "../core/errors.ts";
+import { flexFlashAttnForward } from "../backends/ffa.ts";
+import { compileFlexKey } from "../masks/flex_key.ts";
+import { bhsdToThd, reshape } from "../core/layout.ts";
+import { AttnMaskSpec } from "../masks/spec.ts";
 import { markStampedSpecConsumed, stampedSpecOf } from "./stamping.ts";
-import type { HostTensor } from "./tensor.ts";
-import type { FlexKey } from "./types.ts";
+import type { HostTensor } from "../core/tensor.ts";
+import type { FlexKey } from "../core/types.ts";
 
 /** HF sliding window W (the query and the W − 1 keys before it) as a magi window `(left, right)`. */
 function windowFromSlidingWindow(slidingWindow: number, causal: boolean): { left: number; right: number } {

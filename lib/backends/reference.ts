@@ -5,10 +5,10 @@
  * @module
  */
 
-import { MagiAttnInputError } from "./errors.ts";
-import { fromFloat32, type HostTensor, numel, tensor, toFloat32 } from "./tensor.ts";
-import { AttnType, type FlexKey } from "./types.ts";
-import { type ScoreOptions, validateBackwardArgs, validateForwardArgs } from "./validate.ts";
+import { MagiAttnInputError } from "../core/errors.ts";
+import { fromFloat32, type HostTensor, numel, tensor, toFloat32 } from "../core/tensor.ts";
+import { AttnType, type FlexKey } from "../core/types.ts";
+import { type ScoreOptions, validateBackwardArgs, validateForwardArgs } from "../core/validate.ts";
 
 /** Options of {@linkcode referenceForward} and {@linkcode referenceBackward}. */
 export type ReferenceOptions = ScoreOptions;

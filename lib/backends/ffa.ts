@@ -4,15 +4,15 @@
  * @module
  */
 
-import { BackendUnavailableError, MagiAttnInputError } from "./errors.ts";
-import { isFlexKey, toFlexKey } from "./flex_key.ts";
+import { BackendUnavailableError, MagiAttnInputError } from "../core/errors.ts";
+import { isFlexKey, toFlexKey } from "../masks/flex_key.ts";
 import { referenceBackward, referenceForward } from "./reference.ts";
-import type { HostTensor } from "./tensor.ts";
-import type { FlexKey, PlainFlexKey } from "./types.ts";
-import { validateBackwardArgs, validateForwardArgs } from "./validate.ts";
-import { type DeviceTensor, isDeviceTensor } from "../ffi/device.ts";
-import { cudaBackward, cudaForward } from "../ffi/cuda_backend.ts";
-import { probeCudaBackend } from "../ffi/library.ts";
+import type { HostTensor } from "../core/tensor.ts";
+import type { FlexKey, PlainFlexKey } from "../core/types.ts";
+import { validateBackwardArgs, validateForwardArgs } from "../core/validate.ts";
+import { type DeviceTensor, isDeviceTensor } from "../../ffi/device.ts";
+import { cudaBackward, cudaForward } from "../../ffi/cuda_backend.ts";
+import { probeCudaBackend } from "../../ffi/library.ts";
 
 /** Which implementation runs the kernel: `"auto"` picks CUDA when it can run the call, else the CPU. */
 export type Backend = "auto" | "cpu" | "cuda";

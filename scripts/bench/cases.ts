@@ -1,15 +1,15 @@
 /**
- * Benchmark cases shared by our runner (`scripts/bench.ts`) and the PyTorch peers (`bench/peers.py`):
+ * Benchmark cases shared by our runner (`scripts/bench/main.ts`) and the PyTorch peers (`scripts/bench/peers.py`):
  * shapes, the mask of each case both as slices (what our kernel runs) and as a semantic description
  * (what the peers rebuild as a FlexAttention mask_mod), and the area-counted FLOPs both sides report.
  * @module
  */
 
-import { MagiAttnInputError } from "../lib/errors.ts";
-import { compileFlexKey, sliceArea } from "../lib/flex_key.ts";
-import { AttnMaskSpec } from "../lib/spec.ts";
-import { seededRandom } from "../lib/tensor.ts";
-import type { FlexKey } from "../lib/types.ts";
+import { MagiAttnInputError } from "../../lib/core/errors.ts";
+import { compileFlexKey, sliceArea } from "../../lib/masks/flex_key.ts";
+import { AttnMaskSpec } from "../../lib/masks/spec.ts";
+import { seededRandom } from "../../lib/core/tensor.ts";
+import type { FlexKey } from "../../lib/core/types.ts";
 
 /**
  * What a case's mask means, independent of how it is sliced. The peers rebuild the mask from this, so
@@ -212,7 +212,7 @@ export function specOfMask(mask: MaskDescription, seqlen: number): AttnMaskSpec 
 
 /**
  * Whether query i sees key j under `mask`, straight from its meaning (no slices): the oracle the tests
- * count areas with, and the same logic `bench/peers.py` gives FlexAttention as a mask_mod.
+ * count areas with, and the same logic `scripts/bench/peers.py` gives FlexAttention as a mask_mod.
  */
 export function maskVisibility(mask: MaskDescription, seqlen: number): (i: number, j: number) => boolean {
   switch (mask.kind) {
@@ -364,7 +364,7 @@ export function selectCases(options: SelectOptions = {}): BenchCase[] {
   return cases;
 }
 
-/** A case as `bench/peers.py` reads it from `cases.json` (snake_case, plain JSON). */
+/** A case as `scripts/bench/peers.py` reads it from `cases.json` (snake_case, plain JSON). */
 export interface PeerCaseJson {
   /** Case name. */
   name: string;
@@ -417,46 +417,6 @@ export function peerCaseJson(benchCase: BenchCase, key: FlexKey, flops: CaseFlop
     mask: maskJson,
     slices: { q_ranges: [...key.qRanges], k_ranges: [...key.kRanges], types: [...key.attnTypeMap] },
   };
-}
-
-/** Which benchmark tensor an input pool fills; each has its own seed and magnitude range. */
-export type InputRole = "q" | "k" | "v" | "dout";
-
-/**
- * Seeds and bf16 exponent ranges of the benchmark inputs. Values are ±m·2^(e−127) with a random 7-bit
- * mantissa m and e in `[expLo, expHi]`: never zero (zeros hide unwritten outputs and can run faster),
- * q and k in ±[1/8, 2) so the softmax is neither flat nor one-hot, v and dout in ±[1/32, 1).
- */
-export const INPUT_RECIPES: Readonly<Record<InputRole, { seed: number; expLo: number; expHi: number }>> =
-  Object
-    .freeze({
-      q: { seed: 0x51, expLo: 124, expHi: 127 },
-      k: { seed: 0x52, expLo: 124, expHi: 127 },
-      v: { seed: 0x53, expLo: 122, expHi: 126 },
-      dout: { seed: 0x54, expLo: 122, expHi: 126 },
-    });
-
-/**
- * bf16 bit patterns of elements `0 … count−1` of a counter-based pseudo-random stream: element i depends
- * only on (i, seed), so a tensor of n elements is the prefix of any longer one, whatever its shape, and
- * `bench/peers.py` rebuilds the same values on the GPU (`hash_bf16`) to compare outputs with ours.
- * Element i: `h = fmix32((i + 1)·0x9E3779B1 mod 2^32 XOR seed)` (MurmurHash3's finalizer); sign = bit 31,
- * mantissa = bits 0–6, exponent = expLo + ((h >>> 7) & 0xFFFF) mod (expHi − expLo + 1).
- */
-export function hashBf16(count: number, seed: number, expLo: number, expHi: number): Uint16Array {
-  const bits = new Uint16Array(count);
-  const span = expHi - expLo + 1;
-  for (let index = 0; index < count; index++) {
-    let hash = (Math.imul(index + 1, 0x9e3779b1) ^ seed) >>> 0;
-    hash = (hash ^ (hash >>> 16)) >>> 0;
-    hash = Math.imul(hash, 0x85ebca6b) >>> 0;
-    hash = (hash ^ (hash >>> 13)) >>> 0;
-    hash = Math.imul(hash, 0xc2b2ae35) >>> 0;
-    hash = (hash ^ (hash >>> 16)) >>> 0;
-    const exponent = expLo + (((hash >>> 7) & 0xffff) % span);
-    bits[index] = ((hash >>> 31) << 15) | (exponent << 7) | (hash & 0x7f);
-  }
-  return bits;
 }
 
 /** Number of query/key rows whose outputs and gradients are compared with the peers'. */

@@ -4,8 +4,8 @@
  * @module
  */
 
-import { MagiAttnInputError } from "./errors.ts";
-import { fromFloat32, type HostTensor, toFloat32 } from "./tensor.ts";
+import { MagiAttnInputError } from "../core/errors.ts";
+import { fromFloat32, type HostTensor, toFloat32 } from "../core/tensor.ts";
 import { magiAttentionForward } from "./magi.ts";
 import {
   type AttentionFunction,

@@ -17,16 +17,14 @@
  * @module
  */
 
-import { MagiAttnInputError } from "./errors.ts";
-import { AttnMaskSpec, describeValue, sharedSpecArrays, specFromRangesNamed } from "./spec.ts";
-import type { FlexKey, PlainFlexKey } from "./types.ts";
+import { describeValue, MagiAttnInputError } from "../core/errors.ts";
+import { type FlexKey, isAttnTypeValue, MASK_TYPE_NAMES, type PlainFlexKey } from "../core/types.ts";
+import { AttnMaskSpec, sharedSpecArrays, specFromRangesNamed } from "./spec.ts";
 
 const INT32_MAX = 2147483647;
 
 /** How many compiled keys the cache keeps (least recently used evicted first). */
 export const FLEX_KEY_CACHE_CAPACITY = 64;
-
-const TYPE_NAMES = ["full", "causal", "inv_causal", "bi_causal"] as const;
 
 /** Keys made by this module: only these skip validation in {@linkcode toFlexKey}. */
 const compiledKeys = new WeakSet<object>();
@@ -64,7 +62,7 @@ export function sliceArea(lq: number, lk: number, type: number): number {
       "give the key length as a non-negative integer",
     );
   }
-  if (type !== 0 && type !== 1 && type !== 2 && type !== 3) {
+  if (!isAttnTypeValue(type)) {
     throw new MagiAttnInputError("type", `is ${describeValue(type)}`, "use an AttnType: 0, 1, 2 or 3");
   }
   return areaOf(lq, lk, type);
@@ -268,12 +266,12 @@ function explainBadSlice(
   throw new MagiAttnInputError(
     `${typesField}[${slice}]`,
     `is ${describeValue(type)}, not an attention type`,
-    'use "full", "causal", "inv_causal", "bi_causal" (AttnType 0-3)',
+    `use ${MASK_TYPE_NAMES.map((name) => `"${name}"`).join(", ")} (AttnType 0-3)`,
   );
 }
 
 function describeSlice(qs: number, qe: number, ks: number, ke: number, type: number): string {
-  return `[${qs},${qe})x[${ks},${ke}) ${TYPE_NAMES[type]}`;
+  return `[${qs},${qe})x[${ks},${ke}) ${MASK_TYPE_NAMES[type]}`;
 }
 
 /**

@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
 """PyTorch peers of the magi-attn benchmark: cuDNN SDPA, flash SDPA and FlexAttention.
 
-Usage: python3 bench/peers.py <cases.json> <out.json> [--peers cudnn,flash,flex] [--fake]
+Usage: python3 scripts/bench/peers.py <cases.json> <out.json> [--peers cudnn,flash,flex] [--fake]
 
-cases.json is written by scripts/bench.ts. Every case carries its shape, its area (visible cells; the
+cases.json is written by scripts/bench/main.ts. Every case carries its shape, its area (visible cells; the
 FLOPs of every peer are counted from this same area, so TFLOP/s compare like for like) and the semantic
 description of its mask, from which this script rebuilds the SAME mask as a FlexAttention mask_mod. The
 mask_mod's area is recounted on the GPU and compared with the case's area before any timing.
 
-Inputs are the same values as ours (bench/cases.ts hashBf16, rebuilt here by hash_bf16 on the GPU), so
-each peer's out, dq, dk and dv are compared with the rows of ours that bench.ts put in cases.json
-(checks: ours_vs_<peer>_<tensor>_rel_err), and FlexAttention's out with the SDPA backends'.
+Inputs are the same values as ours, rebuilt here on the GPU from cases.json's "distribution": "randn"
+(standard normal, scripts/bench/inputs.ts randnBf16 = randn_bf16 here) or "hashed" (the bounded pools of
+earlier runs, hashBf16 = hash_bf16 here). So each peer's out, dq, dk and dv are compared with the rows of
+ours that scripts/bench/main.ts put in cases.json (checks: ours_vs_<peer>_<tensor>_rel_err), and
+FlexAttention's out with the SDPA backends'.
 
 Timing: CUDA events, warm-up first, median. Forward (with autograd on, as in training): batches of
 back-to-back calls (about 10 ms) between two events, divided by the batch size. Backward: each iteration
@@ -44,7 +46,7 @@ except Exception as error:  # no torch: say so in the output file, do not crash 
 else:
     TORCH_IMPORT_ERROR = None
 
-# Timing knobs, the same as scripts/bench.ts uses for ours: 20 samples, or 0.5 s once there are 5.
+# Timing knobs, the same as scripts/bench/main.ts uses for ours: 20 samples, or 0.5 s once there are 5.
 MIN_TIME_S = 0.5
 MAX_SAMPLES = 20
 MIN_SAMPLES = 5
@@ -230,23 +232,51 @@ def mul32(a, b):
 
 
 def hash_bf16(count, seed, exp_lo, exp_hi, device):
-    """The same bf16 values as bench/cases.ts hashBf16: element i from fmix32((i+1)*0x9E3779B1 ^ seed)."""
-    index = torch.arange(1, count + 1, device=device, dtype=torch.int64)
-    h = mul32(index, 0x9E3779B1) ^ seed
-    h = h ^ (h >> 16)
-    h = mul32(h, 0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = mul32(h, 0xC2B2AE35)
-    h = h ^ (h >> 16)
+    """The same bf16 values as scripts/bench/inputs.ts hashBf16: element i from fmix32((i+1)*0x9E3779B1 ^ seed)."""
+    h = fmix_counter(torch.arange(1, count + 1, device=device, dtype=torch.int64), seed)
     exponent = exp_lo + ((h >> 7) & 0xFFFF) % (exp_hi - exp_lo + 1)
     bits = ((h >> 31) << 15) | (exponent << 7) | (h & 0x7F)
     bits = torch.where(bits >= 32768, bits - 65536, bits).to(torch.int16)
     return bits.view(torch.bfloat16)
 
 
-def make_input(recipe, tokens, heads, dim, device):
+def fmix_counter(counter, seed):
+    """MurmurHash3's finalizer of (counter * 0x9E3779B1 mod 2^32) XOR seed, for int64 counters < 2^32."""
+    h = mul32(counter, 0x9E3779B1) ^ seed
+    h = h ^ (h >> 16)
+    h = mul32(h, 0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = mul32(h, 0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def randn_bf16(count, seed, device):
+    """The same bf16 values as scripts/bench/inputs.ts randnBf16: standard normal by Box-Muller over pairs.
+
+    Pair m: u1 = (h(2m+1) + 1) / 2^32, u2 = h(2m+2) / 2^32, r = sqrt(-2 ln u1), theta = 2 pi u2; element 2m
+    is r cos theta, element 2m+1 is r sin theta, computed in float64, rounded to float32, then to bf16
+    (nearest even, on the float32 bits as ours does).
+    """
+    pairs = (count + 1) // 2
+    pair = torch.arange(pairs, device=device, dtype=torch.int64)
+    u1 = (fmix_counter(2 * pair + 1, seed).to(torch.float64) + 1.0) / 4294967296.0
+    u2 = fmix_counter(2 * pair + 2, seed).to(torch.float64) / 4294967296.0
+    radius = torch.sqrt(-2.0 * torch.log(u1))
+    angle = (2.0 * math.pi) * u2
+    values = torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], 1).reshape(-1)[:count]
+    f32 = values.to(torch.float32).view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    bits = ((f32 + 0x7FFF + ((f32 >> 16) & 1)) >> 16) & 0xFFFF
+    bits = torch.where(bits >= 32768, bits - 65536, bits).to(torch.int16)
+    return bits.view(torch.bfloat16)
+
+
+def make_input(recipe, distribution, tokens, heads, dim, device):
     """Our thd tensor [tokens, heads, dim] as the peers' layout [1, heads, tokens, dim] (contiguous)."""
-    flat = hash_bf16(tokens * heads * dim, recipe["seed"], recipe["exp_lo"], recipe["exp_hi"], device)
+    count = tokens * heads * dim
+    if distribution == "randn":
+        flat = randn_bf16(count, recipe["seed"], device)
+    else:
+        flat = hash_bf16(count, recipe["seed"], recipe["exp_lo"], recipe["exp_hi"], device)
     return flat.view(tokens, heads, dim).permute(1, 0, 2).unsqueeze(0).contiguous()
 
 
@@ -258,7 +288,7 @@ def bits_to_rows(bits, rows, heads, dim, device):
 
 
 def compare_with_ours(case, peer, out, grads, entry):
-    """Relative errors of this peer's out/dq/dk/dv against our rows (bench.ts sent them in cases.json)."""
+    """Relative errors of this peer's out/dq/dk/dv against our rows (scripts/bench/main.ts sent them in cases.json)."""
     samples = case.get("ours_samples")
     if not samples:
         return
@@ -392,7 +422,7 @@ def error_text(error):
 
 
 def fake_case(case, peers, entry, last):
-    """--fake (bench.ts --dry-run): deterministic made-up numbers in the real schema, no torch, no GPU.
+    """--fake (scripts/bench/main.ts --dry-run): deterministic made-up numbers in the real schema, no torch, no GPU.
     cuDNN "fails" on the last case, to exercise the error path."""
     samples = case.get("ours_samples")
     if samples:
@@ -432,8 +462,10 @@ def main():
     with open(cases_path) as handle:
         spec = json.load(handle)
     cases, recipes = spec["cases"], spec["inputs"]
+    # Files written before --inputs existed carry no distribution: their inputs were the hashed pools.
+    distribution = spec.get("distribution", "hashed")
 
-    report = {"torch_version": None, "cases": {}, "peers": peers, "fake": fake}
+    report = {"torch_version": None, "cases": {}, "peers": peers, "fake": fake, "inputs": distribution}
 
     def save():
         temporary = out_path + ".tmp"
@@ -514,11 +546,11 @@ def main():
         entry = {"peers": {}, "checks": {}}
         report["cases"][name] = entry
         try:
-            # The same values as ours (bench/cases.ts hashBf16), in the [1, H, S, D] layout.
-            q = make_input(recipes["q"], case["S"], case["Hq"], case["D"], device).requires_grad_(True)
-            k = make_input(recipes["k"], case["S"], case["Hkv"], case["D"], device).requires_grad_(True)
-            v = make_input(recipes["v"], case["S"], case["Hkv"], case["D"], device).requires_grad_(True)
-            dout = make_input(recipes["dout"], case["S"], case["Hq"], case["D"], device)
+            # The same values as ours (scripts/bench/inputs.ts), in the [1, H, S, D] layout.
+            q = make_input(recipes["q"], distribution, case["S"], case["Hq"], case["D"], device).requires_grad_(True)
+            k = make_input(recipes["k"], distribution, case["S"], case["Hkv"], case["D"], device).requires_grad_(True)
+            v = make_input(recipes["v"], distribution, case["S"], case["Hkv"], case["D"], device).requires_grad_(True)
+            dout = make_input(recipes["dout"], distribution, case["S"], case["Hq"], case["D"], device)
         except Exception as error:
             entry["error"] = error_text(error)
             log(f"  inputs failed: {entry['error']}")

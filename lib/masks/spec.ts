@@ -10,51 +10,27 @@
  * @module
  */
 
-import { MagiAttnInputError } from "./errors.ts";
-import type { AttnTypeValue, MaskType } from "./types.ts";
-
-/** Largest token count a range may reach: the kernels take int32 indices. */
-const INT32_MAX = 2147483647;
+import { describeValue, MagiAttnInputError } from "../core/errors.ts";
+import {
+  AttnType,
+  attnTypeToMaskType,
+  MASK_TYPE_NAMES,
+  type MaskType,
+  maskTypeToAttnType,
+} from "../core/types.ts";
+import {
+  checkArrayLike,
+  checkBoolean,
+  checkInteger,
+  checkOptions,
+  checkSeqlens,
+  INT32_MAX,
+} from "./checks.ts";
+import { sliceFingerprint } from "./fingerprint.ts";
+import { checkPrefixTree } from "./prefix_tree.ts";
 
 /** A half-open range `[start, end)`. */
 export type Range = readonly [number, number];
-
-const MASK_TYPES: readonly MaskType[] = Object.freeze(["full", "causal", "inv_causal", "bi_causal"]);
-
-/** The numeric {@linkcode AttnType} of a mask type name (`"causal"` → 1). Throws for an unknown name. */
-export function maskTypeToAttnType(maskType: MaskType, field = "maskType"): AttnTypeValue {
-  const index = MASK_TYPES.indexOf(maskType);
-  if (index < 0) {
-    throw new MagiAttnInputError(
-      field,
-      `is ${describeValue(maskType)}, not a mask type`,
-      `use one of ${MASK_TYPES.map((name) => `"${name}"`).join(", ")} (or the AttnType numbers 0-3)`,
-    );
-  }
-  return index as AttnTypeValue;
-}
-
-/** The mask type name of a numeric {@linkcode AttnType} (1 → `"causal"`). Throws for an unknown value. */
-export function attnTypeToMaskType(attnType: number, field = "attnType"): MaskType {
-  if (!Number.isInteger(attnType) || attnType < 0 || attnType > 3) {
-    throw new MagiAttnInputError(
-      field,
-      `is ${describeValue(attnType)}, not an attention type`,
-      "use 0 (FULL), 1 (CAUSAL), 2 (INVCAUSAL) or 3 (BICAUSAL)",
-    );
-  }
-  return MASK_TYPES[attnType];
-}
-
-/** Short, safe rendering of an offending value for error messages. */
-export function describeValue(value: unknown): string {
-  if (typeof value === "number") return Number.isNaN(value) ? "NaN" : String(value);
-  if (typeof value === "string") return JSON.stringify(value.length > 40 ? value.slice(0, 40) + "…" : value);
-  if (value === null || value === undefined || typeof value === "boolean") return String(value);
-  if (typeof value === "bigint") return `${value}n (a bigint)`;
-  if (Array.isArray(value)) return `an array of length ${value.length}`;
-  return `a ${typeof value === "object" ? (value.constructor?.name ?? "object") : typeof value}`;
-}
 
 /** Input of {@linkcode AttnMaskSpec.fromRanges}. */
 export interface AttnMaskRanges {
@@ -84,102 +60,9 @@ export interface SlidingWindowOptions {
   right: number;
 }
 
-/** Token layout of a prefix tree, from {@linkcode prefixTreeLayout}. */
-export interface PrefixTreeLayout {
-  /** Per sample, the `[start, end)` token ranges of the nodes of its path, root first. */
-  sampleTokenRanges: [number, number][][];
-  /** Position id of every token: a node's positions start at the summed lengths of its ancestors. */
-  positionIds: Int32Array;
-}
-
-/** Raises the standard error for a value that must be an integer in a range. */
-function checkInteger(value: unknown, field: string, min: number, max: number, fix: string): number {
-  if (typeof value !== "number" || !Number.isInteger(value) || value < min || value > max) {
-    const what = typeof value === "number" && Number.isInteger(value)
-      ? `is ${value}, outside [${min}, ${max}]`
-      : `is ${describeValue(value)}, not an integer`;
-    throw new MagiAttnInputError(field, what, fix);
-  }
-  return value;
-}
-
-/** Checks that `value` is an array (or, where allowed, a typed array) and returns it. */
-function checkArrayLike(value: unknown, field: string, fix: string): ArrayLike<unknown> {
-  if (Array.isArray(value) || (ArrayBuffer.isView(value) && !(value instanceof DataView))) {
-    return value as ArrayLike<unknown>;
-  }
-  throw new MagiAttnInputError(field, `is ${describeValue(value)}, not an array`, fix);
-}
-
-function checkOptions(value: unknown, field: string, fix: string): Record<string, unknown> {
-  if (value === undefined) return {};
-  if (value === null || typeof value !== "object" || Array.isArray(value)) {
-    throw new MagiAttnInputError(field, `is ${describeValue(value)}, not an options object`, fix);
-  }
-  return value as Record<string, unknown>;
-}
-
-function checkBoolean(value: unknown, field: string, fallback: boolean): boolean {
-  if (value === undefined) return fallback;
-  if (typeof value !== "boolean") {
-    throw new MagiAttnInputError(field, `is ${describeValue(value)}, not a boolean`, "pass true or false");
-  }
-  return value;
-}
-
-/** Validates a list of document lengths; returns them as numbers with their sum. */
-function checkSeqlens(value: unknown, field: string): { seqlens: number[]; total: number } {
-  const list = checkArrayLike(value, field, "pass an array of non-negative integer document lengths");
-  const seqlens = new Array<number>(list.length);
-  let total = 0;
-  for (let index = 0; index < list.length; index++) {
-    const length = checkInteger(
-      list[index],
-      `${field}[${index}]`,
-      0,
-      INT32_MAX,
-      "give each document length as a non-negative integer",
-    );
-    total += length;
-    if (total > INT32_MAX) {
-      throw new MagiAttnInputError(
-        field,
-        `sums to more than ${INT32_MAX} tokens (reached at index ${index})`,
-        "split the batch: the kernels index tokens with int32",
-      );
-    }
-    seqlens[index] = length;
-  }
-  return { seqlens, total };
-}
-
-/** FNV-style 32-bit mixing of one word into a running hash lane. */
-function mixWord(hash: number, word: number, multiplier: number): number {
-  let mixed = Math.imul(word | 0, multiplier);
-  mixed = (mixed << 15) | (mixed >>> 17);
-  mixed = Math.imul(mixed, 0x1b873593);
-  hash ^= mixed;
-  hash = (hash << 13) | (hash >>> 19);
-  return (Math.imul(hash, 5) + 0xe6546b64) | 0;
-}
-
-function finishLane(hash: number, length: number): number {
-  hash ^= length;
-  hash ^= hash >>> 16;
-  hash = Math.imul(hash, 0x85ebca6b);
-  hash ^= hash >>> 13;
-  hash = Math.imul(hash, 0xc2b2ae35);
-  hash ^= hash >>> 16;
-  return hash >>> 0;
-}
-
 function sameInts(a: Int32Array, b: Int32Array): boolean {
   for (let index = 0; index < a.length; index++) if (a[index] !== b[index]) return false;
   return true;
-}
-
-function hex8(value: number): string {
-  return value.toString(16).padStart(8, "0");
 }
 
 /** Marks calls of the constructor that come from this module's builders. */
@@ -223,7 +106,7 @@ class SliceList {
   }
 }
 
-const FULL = 0, CAUSAL = 1, INVCAUSAL = 2, BICAUSAL = 3;
+const { FULL, CAUSAL, INVCAUSAL, BICAUSAL } = AttnType;
 
 /** Builds a spec from validated slices (set by the class's static block, which may call the constructor). */
 let createSpec: (slices: SliceList, totalSeqlenQ: number, totalSeqlenK: number) => AttnMaskSpec;
@@ -344,7 +227,7 @@ export class AttnMaskSpec {
 
   /** Mask type of each slice (a frozen list). */
   get maskTypes(): readonly MaskType[] {
-    return (this.#maskTypes ??= Object.freeze(Array.from(this.#types, (type) => MASK_TYPES[type])));
+    return (this.#maskTypes ??= Object.freeze(Array.from(this.#types, (type) => MASK_TYPE_NAMES[type])));
   }
 
   /** Number of slices. */
@@ -357,43 +240,13 @@ export class AttnMaskSpec {
    * computed once. Equal specs give equal fingerprints; the slice order matters.
    */
   fingerprint(): string {
-    if (this.#fingerprint !== undefined) return this.#fingerprint;
-    const count = this.#types.length, q = this.#q, k = this.#k, types = this.#types;
-    // Two independent 32-bit lanes over: totals, count, then (qs, qe, ks, ke, type) per slice.
-    let laneA = 0x9747b28c, laneB = 0x2545f491;
-    const header = [this.totalSeqlenQ, this.totalSeqlenK, count];
-    for (const word of header) {
-      laneA = mixWord(laneA, word, 0xcc9e2d51);
-      laneB = mixWord(laneB, word ^ 0x5bd1e995, 0x27d4eb2f);
-    }
-    for (let index = 0; index < count; index++) {
-      const w0 = q[2 * index], w1 = q[2 * index + 1], w2 = k[2 * index], w3 = k[2 * index + 1];
-      const w4 = types[index];
-      laneA = mixWord(
-        mixWord(
-          mixWord(mixWord(mixWord(laneA, w0, 0xcc9e2d51), w1, 0xcc9e2d51), w2, 0xcc9e2d51),
-          w3,
-          0xcc9e2d51,
-        ),
-        w4,
-        0xcc9e2d51,
-      );
-      laneB = mixWord(
-        mixWord(
-          mixWord(
-            mixWord(mixWord(laneB, w0 ^ 0x5bd1e995, 0x27d4eb2f), w1 ^ 0x5bd1e995, 0x27d4eb2f),
-            w2 ^ 0x5bd1e995,
-            0x27d4eb2f,
-          ),
-          w3 ^ 0x5bd1e995,
-          0x27d4eb2f,
-        ),
-        w4 ^ 0x5bd1e995,
-        0x27d4eb2f,
-      );
-    }
-    this.#fingerprint = `${hex8(finishLane(laneA, count))}${hex8(finishLane(laneB, count))}-${count}`;
-    return this.#fingerprint;
+    return (this.#fingerprint ??= sliceFingerprint(
+      this.totalSeqlenQ,
+      this.totalSeqlenK,
+      this.#q,
+      this.#k,
+      this.#types,
+    ));
   }
 
   /** Whether `other` has the same totals and the same slices in the same order. O(slices). */
@@ -729,118 +582,4 @@ export function specFromRangesNamed(ranges: AttnMaskRanges, typesField: string):
     slices.push(qRanges[index][0], qRanges[index][1], kRanges[index][0], kRanges[index][1], types[index]);
   }
   return createSpec(slices, totalQ, totalK);
-}
-
-interface CheckedPrefixTree {
-  lengths: number[];
-  paths: number[][];
-  offsets: number[];
-  parents: Int32Array;
-  total: number;
-}
-
-/** Validates a prefix tree; returns node lengths, token offsets, paths and each node's parent (−1 root). */
-function checkPrefixTree(nodeLengthsInput: unknown, samplePathsInput: unknown): CheckedPrefixTree {
-  const { seqlens: lengths, total } = checkSeqlens(nodeLengthsInput, "nodeLengths");
-  const nodeCount = lengths.length;
-  const pathList = checkArrayLike(
-    samplePathsInput,
-    "samplePaths",
-    "pass an array of root-to-leaf node index lists, e.g. [[0, 1], [0, 2]]",
-  );
-  if (pathList.length === 0) {
-    throw new MagiAttnInputError(
-      "samplePaths",
-      "is empty",
-      "give at least one path, e.g. [[0]] for a single node",
-    );
-  }
-  const parents = new Int32Array(nodeCount).fill(-2); // −2: not seen yet, −1: a root
-  const parentSeenIn = new Int32Array(nodeCount);
-  const paths: number[][] = [];
-  const seenInPath = new Int32Array(nodeCount).fill(-1);
-  for (let pathIndex = 0; pathIndex < pathList.length; pathIndex++) {
-    const field = `samplePaths[${pathIndex}]`;
-    const list = checkArrayLike(pathList[pathIndex], field, "write each path as an array of node indices");
-    if (list.length === 0) {
-      throw new MagiAttnInputError(
-        field,
-        "is empty",
-        "give each sample at least its root node, or drop the sample",
-      );
-    }
-    const path = new Array<number>(list.length);
-    for (let position = 0; position < list.length; position++) {
-      const node = checkInteger(
-        list[position],
-        `${field}[${position}]`,
-        0,
-        nodeCount - 1,
-        `use node indices into nodeLengths (0 to ${nodeCount - 1})`,
-      );
-      if (seenInPath[node] === pathIndex) {
-        throw new MagiAttnInputError(
-          `${field}[${position}]`,
-          `visits node ${node} a second time`,
-          "list each node of a path once, root first",
-        );
-      }
-      seenInPath[node] = pathIndex;
-      const parent = position === 0 ? -1 : path[position - 1];
-      if (parents[node] === -2) {
-        parents[node] = parent;
-        parentSeenIn[node] = pathIndex;
-      } else if (parents[node] !== parent) {
-        const describe = (p: number): string => (p === -1 ? "is the root" : `has parent ${p}`);
-        throw new MagiAttnInputError(
-          `${field}[${position}]`,
-          `is node ${node}, which ${describe(parent)} here but ${describe(parents[node])} in ` +
-            `samplePaths[${parentSeenIn[node]}]`,
-          "give every node one parent: paths that share a node must share the whole prefix up to it",
-        );
-      }
-      path[position] = node;
-    }
-    paths.push(path);
-  }
-  const unused = parents.indexOf(-2);
-  if (unused >= 0) {
-    throw new MagiAttnInputError(
-      `nodeLengths[${unused}]`,
-      `belongs to node ${unused}, which is on no sample path (its tokens would attend to nothing)`,
-      "add the node to a path or remove it from nodeLengths",
-    );
-  }
-  const offsets = new Array<number>(nodeCount);
-  let offset = 0;
-  for (let node = 0; node < nodeCount; node++) {
-    offsets[node] = offset;
-    offset += lengths[node];
-  }
-  return { lengths, paths, offsets, parents, total };
-}
-
-/**
- * The token layout of a prefix tree (validated like {@linkcode AttnMaskSpec.prefixTree}): each sample's
- * node token ranges in path order, and position ids where a node's positions continue from the summed
- * lengths of its ancestors (prompt 0..P−1, each completion from the end of its parent path).
- */
-export function prefixTreeLayout(
-  nodeLengths: readonly number[] | ArrayLike<number>,
-  samplePaths: readonly (readonly number[])[],
-): PrefixTreeLayout {
-  const tree = checkPrefixTree(nodeLengths, samplePaths);
-  const sampleTokenRanges = tree.paths.map((path) =>
-    path.map((node): [number, number] => [tree.offsets[node], tree.offsets[node] + tree.lengths[node]])
-  );
-  const positionIds = new Int32Array(tree.total);
-  for (const path of tree.paths) {
-    let start = 0;
-    for (const node of path) {
-      const offset = tree.offsets[node], length = tree.lengths[node];
-      for (let token = 0; token < length; token++) positionIds[offset + token] = start + token;
-      start += length;
-    }
-  }
-  return { sampleTokenRanges, positionIds };
 }

@@ -3,8 +3,8 @@
  * @module
  */
 
-import { MagiAttnInputError } from "./errors.ts";
-import type { HostTensor } from "./tensor.ts";
+import { MagiAttnInputError } from "../core/errors.ts";
+import type { HostTensor } from "../core/tensor.ts";
 
 /** A boolean mask: 1 = may attend, 0 = masked. Shape `[Sq, Sk]` or `[B | 1, H | 1, Sq, Sk]`. */
 export interface BoolAttentionMask {

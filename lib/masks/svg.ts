@@ -9,10 +9,10 @@
  * @module
  */
 
-import { MagiAttnInputError } from "./errors.ts";
+import { describeValue, MagiAttnInputError } from "../core/errors.ts";
 import { compileFlexKey, isFlexKey, toFlexKey } from "./flex_key.ts";
-import { AttnMaskSpec, describeValue } from "./spec.ts";
-import type { FlexKey, MaskType } from "./types.ts";
+import { AttnMaskSpec } from "./spec.ts";
+import { type FlexKey, MASK_TYPE_NAMES } from "../core/types.ts";
 
 /** Options of {@linkcode maskToSvg}. */
 export interface MaskSvgOptions {
@@ -24,7 +24,6 @@ export interface MaskSvgOptions {
   cellSize?: number;
 }
 
-const TYPE_NAMES: readonly MaskType[] = ["full", "causal", "inv_causal", "bi_causal"];
 /** Fill colour of each {@linkcode AttnType}, in order (colour-blind-safe Tableau hues). */
 const TYPE_COLORS = ["#4c78a8", "#f58518", "#54a24b", "#b279a2"] as const;
 const DEFAULT_MAX_CELLS = 256;
@@ -143,7 +142,7 @@ interface BlockCounts {
 /** Accumulates every slice's visible cells into the blocks it touches. */
 function countBlocks(key: FlexKey, rows: Axis, columns: Axis): BlockCounts {
   const blockCount = rows.blocks * columns.blocks;
-  const byType = TYPE_NAMES.map(() => new Float64Array(blockCount));
+  const byType = MASK_TYPE_NAMES.map(() => new Float64Array(blockCount));
   if (blockCount === 0) return { rows, columns, byType };
   for (let slice = 0; slice < key.attnTypeMap.length; slice++) {
     const qs = key.qRanges[2 * slice], qe = key.qRanges[2 * slice + 1];
@@ -348,7 +347,7 @@ export function maskToSvg(specOrKey: AttnMaskSpec | FlexKey, options: MaskSvgOpt
         }" ` +
           `height="${px(cellSize)}" fill="${TYPE_COLORS[majority]}"${opacity} data-q="${qStart}" ` +
           `data-q-end="${qEnd}" data-k="${kStart}" data-k-end="${kEnd}" data-type="${
-            TYPE_NAMES[majority]
+            MASK_TYPE_NAMES[majority]
           }" ` +
           `data-visible="${visible}" data-area="${area}"/>`,
       );
@@ -429,7 +428,7 @@ export function maskToSvg(specOrKey: AttnMaskSpec | FlexKey, options: MaskSvgOpt
   parts.push(`<g class="legend" fill="#333333">`);
   const typeSlices = [0, 0, 0, 0];
   for (let slice = 0; slice < sliceCount; slice++) typeSlices[key.attnTypeMap[slice]]++;
-  TYPE_NAMES.forEach((name, type) => {
+  MASK_TYPE_NAMES.forEach((name, type) => {
     const x = left + type * 98;
     parts.push(
       `<rect x="${x}" y="${legendTop}" width="12" height="12" fill="${TYPE_COLORS[type]}" ` +

@@ -5,8 +5,8 @@
  * @module
  */
 
-import { MagiAttnInputError } from "./errors.ts";
-import { AttnMaskSpec } from "./spec.ts";
+import { MagiAttnInputError } from "../core/errors.ts";
+import { AttnMaskSpec } from "../masks/spec.ts";
 
 /** Property of an attention module that holds the spec stamped for the current step. */
 export const STAMPED_SPEC_PROPERTY = "_magiAttnSpec";

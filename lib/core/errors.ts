@@ -33,3 +33,13 @@ export class BackendUnavailableError extends Error {
     this.name = "BackendUnavailableError";
   }
 }
+
+/** Short, safe rendering of an offending value for error messages. */
+export function describeValue(value: unknown): string {
+  if (typeof value === "number") return Number.isNaN(value) ? "NaN" : String(value);
+  if (typeof value === "string") return JSON.stringify(value.length > 40 ? value.slice(0, 40) + "…" : value);
+  if (value === null || value === undefined || typeof value === "boolean") return String(value);
+  if (typeof value === "bigint") return `${value}n (a bigint)`;
+  if (Array.isArray(value)) return `an array of length ${value.length}`;
+  return `a ${typeof value === "object" ? (value.constructor?.name ?? "object") : typeof value}`;
+}

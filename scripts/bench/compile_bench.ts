@@ -1,24 +1,14 @@
 /**
  * Mask spec builders and the flex key compiler at 1,048,576 tokens.
  *
- * Run: `deno bench bench/compile_bench.ts` (or `deno task bench:compile`).
+ * Run: `deno bench scripts/bench/compile_bench.ts` (or `deno task bench:compile`).
  */
 
-import { clearFlexKeyCache, compileFlexKey } from "../lib/flex_key.ts";
-import { AttnMaskSpec } from "../lib/spec.ts";
-import { seededRandom } from "../lib/tensor.ts";
+import { clearFlexKeyCache, compileFlexKey } from "../../lib/masks/flex_key.ts";
+import { AttnMaskSpec } from "../../lib/masks/spec.ts";
+import { documentLengths } from "../../tests/support/fixtures.ts";
 
 const TOTAL_TOKENS = 1 << 20;
-
-/** 10,000 positive document lengths summing to 2^20, seeded (lengths vary about 0.2x to 1.2x). */
-function documentLengths(count: number, total: number, seed: number): number[] {
-  const random = seededRandom(seed);
-  const weights = Array.from({ length: count }, () => 0.2 + random());
-  const sum = weights.reduce((a, b) => a + b, 0);
-  const lengths = weights.map((weight) => Math.max(1, Math.floor((weight / sum) * total)));
-  lengths[count - 1] += total - lengths.reduce((a, b) => a + b, 0);
-  return lengths;
-}
 
 const lengths = documentLengths(10_000, TOTAL_TOKENS, 1);
 const varlenSpec = AttnMaskSpec.varlen(lengths);

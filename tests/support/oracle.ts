@@ -1,11 +1,12 @@
 /**
  * A float64 dense attention oracle for tests: it materializes the full score matrix S = QKᵀ of every
  * head, masks it with a dense visibility, and applies the textbook softmax and gradient formulas. It
- * shares no code with `lib/reference.ts` (which walks slices and intervals), so the two check each other.
+ * shares no code with `lib/backends/reference.ts` (which walks slices and intervals), so the two check each other.
  * @module
  */
 
-import { type HostTensor, toFloat64 } from "../lib/tensor.ts";
+import { type HostTensor, toFloat64 } from "../../lib/core/tensor.ts";
+import { denseFromPredicate } from "./mask_check.ts";
 
 /** A float64 tensor for the oracle (e.g. a perturbed copy for finite differences). */
 export interface Float64Tensor {
@@ -62,11 +63,7 @@ function denseMaskOf(visible: Visibility, totalQ: number, totalK: number): Uint8
     }
     return visible;
   }
-  const mask = new Uint8Array(totalQ * totalK);
-  for (let i = 0; i < totalQ; i++) {
-    for (let j = 0; j < totalK; j++) mask[i * totalK + j] = visible(i, j) ? 1 : 0;
-  }
-  return mask;
+  return denseFromPredicate(visible, totalQ, totalK);
 }
 
 interface Dims {
