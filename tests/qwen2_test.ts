@@ -202,6 +202,8 @@ Deno.test("config.json: transformers 4.x and 5.x spellings, and every field this
     const fromV4 = parseQwen2Config({ ...rest, rope_theta: 10000, rope_scaling: null }, "config.json");
     assert.deepEqual(fromV4, fromV5);
     assert.deepEqual(fromV5, SYNTHETIC_QWEN2_CONFIG);
+    const withLayerTypes = { ...v5, layer_types: ["full_attention", "full_attention"], sliding_window: null };
+    assert.deepEqual(parseQwen2Config(withLayerTypes, "config.json"), fromV5);
     assert.equal(
       parseQwen2Config({ ...v5, rope_parameters: { rope_theta: 1e6, rope_type: "default" } }, "c").ropeTheta,
       1e6,
@@ -225,6 +227,14 @@ Deno.test("config.json: transformers 4.x and 5.x spellings, and every field this
     ["an odd head dim", { head_dim: 63 }, ["`head_dim`", "odd"]],
     ["another activation", { hidden_act: "gelu" }, ["`hidden_act`", '"gelu"']],
     ["sliding-window layers", { use_sliding_window: true }, ["`use_sliding_window`"]],
+    ["a sliding-window layer type", { layer_types: ["full_attention", "sliding_attention"] }, [
+      "`layer_types[1]`",
+      '"sliding_attention"',
+    ]],
+    ["layer types of another depth", { layer_types: ["full_attention"] }, [
+      "`layer_types`",
+      "one type per layer (2)",
+    ]],
     ["RoPE scaling", { rope_parameters: { rope_type: "yarn", rope_theta: 1e4 } }, ["rope_type", '"yarn"']],
     ["4.x RoPE scaling", { rope_parameters: undefined, rope_scaling: { type: "linear" } }, [
       "rope_scaling.type",
@@ -508,6 +518,11 @@ Deno.test("prefix-tree rollouts packed in one forward equal each sample run alon
       const errors = await packedVersusAlone(untied, untiedSdpa, packed, packedLogits);
       assert.equal(errors.length, 3);
       for (const error of errors) assert.ok(error <= FLOAT32_RELATIVE, `${errors}`);
+      // forwardPacked cleared its stamps: the same model now runs a sample alone (no stale packed mask).
+      const first = packed.sampleTokenIds[0];
+      assert.ok(
+        logitError(await untied.forward(first), await alone(untiedSdpa, first)).maxRel <= FLOAT32_RELATIVE,
+      );
       // The same packing under a plain causal mask (the spec ignored) is wrong for the later samples:
       // the comparison can fail, and the mask is what makes it pass.
       const plainCausal = await untiedSdpa.forward(packed.tokenIds, packed.positionIds);
@@ -544,6 +559,7 @@ Deno.test("packed documents with restarting positions equal each document run al
   setAttnSpecOnAttention(untied, packed.spec);
   const unrestarted = await untied.forward(packed.tokenIds);
   closeAttnSpecStep(untied);
+  setAttnSpecOnAttention(untied, null);
   for (const error of await packedVersusAlone(untied, untiedSdpa, packed, unrestarted)) {
     assert.ok(error <= FLOAT32_RELATIVE, `${error}`);
   }
@@ -555,6 +571,7 @@ Deno.test("position ids matter: the tree's mask with positions 0..T-1 is wrong f
   setAttnSpecOnAttention(untied, flatTree.spec);
   const straight = await untied.forward(flatTree.tokenIds);
   closeAttnSpecStep(untied);
+  setAttnSpecOnAttention(untied, null);
   const errors = await packedVersusAlone(untied, untiedSdpa, flatTree, straight);
   assert.ok(errors[0] <= FLOAT32_RELATIVE && errors[1] > 1e-3 && errors[2] > 1e-3, `${errors}`);
 });

@@ -120,6 +120,20 @@ export function parseQwen2Config(json: unknown, file: string, options: Qwen2Load
       "set use_sliding_window to false (Qwen2 checkpoints ship it false)",
     );
   }
+  const layerTypes = raw.layer_types;
+  if (layerTypes !== undefined && layerTypes !== null) {
+    if (!Array.isArray(layerTypes) || layerTypes.length !== numHiddenLayers) {
+      fail("layer_types", `is ${describe(layerTypes)}`, `list one type per layer (${numHiddenLayers})`);
+    }
+    const other = (layerTypes as unknown[]).findIndex((type) => type !== "full_attention");
+    if (other >= 0) {
+      fail(
+        `layer_types[${other}]`,
+        `is ${describe((layerTypes as unknown[])[other])}, but this decoder runs full causal attention only`,
+        'use a checkpoint whose layers are all "full_attention"',
+      );
+    }
+  }
   // RoPE: 5.x keeps θ and the type in rope_parameters; 4.x has rope_theta and an optional rope_scaling.
   const ropeParameters = raw.rope_parameters ?? raw.rope_scaling ?? null;
   if (ropeParameters !== null && (typeof ropeParameters !== "object" || Array.isArray(ropeParameters))) {

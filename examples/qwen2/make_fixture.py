@@ -157,6 +157,24 @@ def read_safetensors_header(path):
         return json.loads(handle.read(length).decode("utf-8"))
 
 
+def read_bf16_safetensors(path, torch):
+    """The BF16 tensors of a safetensors file, by name."""
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length).decode("utf-8"))
+        data = bytearray(handle.read())
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if entry["dtype"] != "BF16":
+            raise RuntimeError("%s is %s, not BF16" % (name, entry["dtype"]))
+        begin, end = entry["data_offsets"]
+        bits = torch.frombuffer(data[begin:end], dtype=torch.int16) if end > begin else torch.zeros(0, dtype=torch.int16)
+        tensors[name] = bits.view(torch.bfloat16).reshape(entry["shape"]).clone()
+    return tensors
+
+
 def save_checkpoint(model, out_dir):
     errors = []
     for kwargs in ({"safe_serialization": True}, {}):
@@ -187,10 +205,10 @@ def load_reference(Qwen2ForCausalLM, config, out_dir, saved_state, torch):
     equal the saved bf16 values exactly."""
 
     def manual():
-        from safetensors.torch import load_file
-
+        # Our own reader of the file save_pretrained wrote (no safetensors package needed).
         model = Qwen2ForCausalLM(config)
-        state = {name: tensor.to(torch.float32) for name, tensor in load_file(os.path.join(out_dir, "model.safetensors")).items()}
+        state = {name: tensor.to(torch.float32) for name, tensor in read_bf16_safetensors(
+            os.path.join(out_dir, "model.safetensors"), torch).items()}
         result = model.load_state_dict(state, strict=False)
         missing = [name for name in result.missing_keys if not name.endswith("rotary_emb.inv_freq")]
         if missing or result.unexpected_keys:

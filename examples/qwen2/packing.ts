@@ -12,6 +12,7 @@ import {
   MagiAttnInputError,
   type ModelLike,
   prefixTreeLayout,
+  resetAttnSpecGuard,
   setAttnSpecOnAttention,
 } from "../../mod.ts";
 
@@ -81,13 +82,22 @@ export interface CausalLMLike extends ModelLike {
 
 /**
  * One training-style step over a packed sequence: stamps its spec on the model's attention modules, runs
- * the forward, and closes the step (so a model that did not consume the spec raises
- * `AttnSpecNotConsumedError` here).
+ * the forward, closes the step (so a model that did not consume the spec raises `AttnSpecNotConsumedError`
+ * here), and clears the stamps: they outlive `closeAttnSpecStep`, and a later forward of another sequence
+ * on the same model must not pick up this sequence's mask.
  */
 export async function forwardPacked(model: CausalLMLike, packed: PackedSequence): Promise<Float32Array> {
   setAttnSpecOnAttention(model, packed.spec);
-  const logits = await model.forward(packed.tokenIds, packed.positionIds);
+  let logits: Float32Array;
+  try {
+    logits = await model.forward(packed.tokenIds, packed.positionIds);
+  } catch (error) {
+    resetAttnSpecGuard(model); // the step failed; its guard has nothing left to check
+    setAttnSpecOnAttention(model, null);
+    throw error;
+  }
   closeAttnSpecStep(model);
+  setAttnSpecOnAttention(model, null);
   return logits;
 }
 
