@@ -750,3 +750,33 @@ globalThis.addEventListener("unload", () => {
     // already gone
   }
 });
+
+Deno.test("`deno task demo --qwen2 DIR` runs the Qwen2 part on a checkpoint folder", async () => {
+  const demo = new URL("../scripts/demo.ts", import.meta.url);
+  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-read",
+      "--allow-env",
+      "--allow-ffi",
+      "--allow-write",
+      demo.pathname,
+      "--qwen2",
+      untiedDir,
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const output = new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr);
+  assert.equal(code, 0, output);
+  assert.match(output, /OK: every completion's logits match its separate run/); // the tiny decoder still runs
+  assert.ok(
+    output.includes(`Qwen2 from ${untiedDir}: 2 layers, hidden 256, 4 query / 2 kv heads of 64`),
+    output,
+  );
+  const rows = [...output.matchAll(/^ tree\/\d+ +\| +\d+ \| +(\S+) \/ (\S+) \|/gm)];
+  assert.equal(rows.length, 3, output);
+  for (const [, maxAbs] of rows) assert.ok(Number(maxAbs) <= 2e-2, output);
+  assert.match(output, /OK: every Qwen2 sample's packed logits match its separate run/);
+  assert.match(output, /the Qwen2 model configured "sdpa" raised AttnSpecNotConsumedError/);
+});

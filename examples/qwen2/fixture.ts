@@ -21,9 +21,35 @@ export const QWEN2_FIXTURE_HOWTO: string =
 /** The format tag `make_fixture.py` writes. */
 export const QWEN2_FIXTURE_FORMAT = "magi-attn/qwen2-fixture/1";
 
+/** The inputs and provenance `make_fixture.py` records in `__metadata__.fixture` (snake_case, as written). */
+export interface Qwen2FixtureInputs {
+  /** {@linkcode QWEN2_FIXTURE_FORMAT}. */
+  format: typeof QWEN2_FIXTURE_FORMAT;
+  /** Seed of the weights and the token ids. */
+  seed: number;
+  /** Versions of Python, torch, transformers, safetensors that made it. */
+  versions: Record<string, string>;
+  /** How transformers ran: attention implementation, dtype, device. */
+  reference: { attn_implementation: string; dtype: string; device: string };
+  /** The prefix tree: tokens of each node, the root-to-leaf paths, the packed positions the script computed. */
+  prefix_tree: { node_tokens: number[][]; sample_paths: number[][]; packed_position_ids: number[] };
+  /** The documents packed back to back. */
+  documents: { tokens: number[][] };
+  /** Every sample transformers ran alone, and the name of its logits tensor. */
+  samples: {
+    name: string;
+    kind: "tree" | "document";
+    index: number;
+    input_ids: number[];
+    position_ids: number[];
+    logits: string;
+    max_abs_logit: number;
+  }[];
+}
+
 const tokenList = z.array(z.number().int().nonnegative());
 
-const fixtureSchema = z.object({
+const fixtureSchema: z.ZodType<Qwen2FixtureInputs> = z.object({
   format: z.literal(QWEN2_FIXTURE_FORMAT),
   seed: z.number().int(),
   versions: z.record(z.string(), z.string()),
@@ -44,9 +70,6 @@ const fixtureSchema = z.object({
     max_abs_logit: z.number(),
   })).min(1),
 });
-
-/** The inputs as `make_fixture.py` describes them. */
-export type Qwen2FixtureInputs = z.infer<typeof fixtureSchema>;
 
 /** One sample run alone by transformers. */
 export interface Qwen2FixtureSample {

@@ -55,6 +55,7 @@ export function applyLinear(layer: Linear, x: Float32Array, tokens: number): Flo
 /** RMSNorm: `weight · x / sqrt(mean(x²) + eps)` over the last dimension. */
 export class Qwen2RMSNorm {
   /**
+   * A norm with learned scale `weight`.
    * @param weight the learned scale `[dim]`
    * @param eps added to the mean square
    */
@@ -80,6 +81,7 @@ export class Qwen2RMSNorm {
 /** The SwiGLU MLP: `down(silu(gate(x)) · up(x))`, no biases. */
 export class Qwen2MLP {
   /**
+   * An MLP of three projections.
    * @param gateProj `[intermediate, hidden]`
    * @param upProj `[intermediate, hidden]`
    * @param downProj `[hidden, intermediate]`
@@ -121,6 +123,7 @@ export class Qwen2Attention {
   attnImplementation: string | undefined = undefined;
 
   /**
+   * The attention block of layer `layerIndex`.
    * @param config the model config (read at every call, so changing it switches the implementation)
    * @param layerIndex index of the decoder layer
    * @param qProj `[heads · headDim, hidden]` with bias
@@ -166,6 +169,7 @@ export class Qwen2Attention {
 /** One decoder layer: pre-norm attention and pre-norm MLP, each with a residual connection. */
 export class Qwen2DecoderLayer {
   /**
+   * A layer of its four parts.
    * @param selfAttn the attention block
    * @param mlp the SwiGLU MLP
    * @param inputLayernorm the norm before attention
@@ -192,6 +196,7 @@ export class Qwen2DecoderLayer {
 /** The backbone: token embedding, decoder layers, final norm. */
 export class Qwen2Model {
   /**
+   * The backbone of its parts.
    * @param embedTokens `[vocab, hidden]`
    * @param layers the decoder layers
    * @param norm the final norm

@@ -94,7 +94,10 @@ Deno.test({
       const float32 = await Qwen2ForCausalLM.fromPretrained(dir, { attnImplementation: "sdpa" });
       const vocab = model.config.vocabSize;
       console.log(`attention backend for bf16: ${backendInfo().backend}${DRY_RUN ? " (dry run)" : ""}`);
-      const table = ["| sample (synthetic)           | tokens | max abs   | rel L2    |", "|---|---|---|---|"];
+      const table = [
+        "| sample (synthetic)           | tokens | max abs   | rel L2    |",
+        "|---|---|---|---|",
+      ];
       const cases: [string, PackedSequence][] = [
         [
           "tree",
