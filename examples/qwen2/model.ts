@@ -384,6 +384,11 @@ export function checkQwen2Weights(
 
 /** The causal language model: the backbone and the LM head (`[vocab, hidden]`, or the embedding if tied). */
 export class Qwen2ForCausalLM {
+  /** The backbone. */
+  readonly model: Qwen2Model;
+  /** The LM head (its weight is the embedding when tied). */
+  readonly lmHead: Linear;
+
   /**
    * Builds the model from checked weights (see {@linkcode checkQwen2Weights}).
    * @param config the model config
@@ -432,11 +437,6 @@ export class Qwen2ForCausalLM {
       outFeatures: config.vocabSize,
     };
   }
-
-  /** The backbone. */
-  readonly model: Qwen2Model;
-  /** The LM head (its weight is the embedding when tied). */
-  readonly lmHead: Linear;
 
   /**
    * Loads an HF checkpoint folder: `config.json` and `model.safetensors` (or sharded safetensors with
