@@ -4,7 +4,10 @@
  * running prompt + that completion alone. Then the consumption guard catches a model that silently uses
  * another attention implementation.
  *
- * Run: `deno task demo`
+ * Then the same on a real architecture, where a checkpoint is at hand: the Qwen2 decoder of examples/qwen2
+ * on an HF checkpoint folder, against transformers' logits when the folder is the fixture.
+ *
+ * Run: `deno task demo` (or `deno task demo --qwen2 DIR`)
  * @module
  */
 
@@ -20,6 +23,7 @@ import {
   setAttnSpecOnAttention,
 } from "../mod.ts";
 import { DEFAULT_TINY_CONFIG, TinyForCausalLM } from "../tests/support/tiny_model.ts";
+import { runQwen2Demo } from "../examples/qwen2/demo.ts";
 
 const PROMPT_LENGTH = 40;
 const COMPLETION_LENGTHS = [24, 9, 31];
@@ -131,3 +135,6 @@ try {
   console.log(`  ${error.message}`);
   resetAttnSpecGuard(fallbackModel);
 }
+
+// A real architecture: `--qwen2 DIR`, or the committed transformers fixture when it is there.
+if (!(await runQwen2Demo(Deno.args))) Deno.exit(1);
