@@ -13,11 +13,11 @@
 #include <string>
 #include <vector>
 
-#include "ffa_bwd_fused.cuh"
-#include "ffa_internal.cuh"
-#include "ffa_plan.cuh"
-#include "ffa_sm90_bwd.cuh"
-#include "ffa_sm90_fwd.cuh"
+#include "sm80/backward.cuh"
+#include "common/params.cuh"
+#include "plan.cuh"
+#include "sm90/backward.cuh"
+#include "sm90/forward.cuh"
 #include "magi_ffa.h"
 
 using magi_ffa::build_key_tiles;

@@ -8,7 +8,7 @@
 #include <utility>
 #include <vector>
 
-#include "ffa_mask.cuh"
+#include "common/mask.cuh"
 
 namespace magi_ffa {
 

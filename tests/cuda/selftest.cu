@@ -34,11 +34,11 @@
 #include <type_traits>
 #include <vector>
 
-#include "ffa_bwd_fused.cuh"
-#include "ffa_internal.cuh"
-#include "ffa_plan.cuh"
-#include "ffa_sm90_selftest.cuh"
-#include "ffa_walkers.cuh"
+#include "sm80/backward.cuh"
+#include "common/params.cuh"
+#include "plan.cuh"
+#include "selftest_sm90.cuh"
+#include "common/walkers.cuh"
 #include "magi_ffa.h"
 
 namespace {

@@ -5,7 +5,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-#include "ffa_mask.cuh"
+#include "common/mask.cuh"
 
 namespace magi_ffa {
 

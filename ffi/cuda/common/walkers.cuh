@@ -5,7 +5,7 @@
 // self-test can replay the schedule on the CPU.
 #pragma once
 
-#include "ffa_mask.cuh"
+#include "common/mask.cuh"
 
 namespace magi_ffa {
 

@@ -7,7 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "ffa_internal.cuh"
+#include "common/params.cuh"
 
 namespace magi_ffa {
 

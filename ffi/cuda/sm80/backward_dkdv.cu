@@ -21,12 +21,12 @@
 // On sm_90 devices the fast mode's main loop is the Hopper kernel of ffa_bwd_sm90.cu instead (wgmma, TMA,
 // dQ added by TMA reduce-adds); the delta and conversion launches here are shared (launch_backward_mode).
 // With softcap c > 0 the logit is s = c * tanh(scale * x / c), so ds/dx = scale * (1 - (s / c)^2).
-#include "ffa_bwd_fused.cuh"
-#include "ffa_common.cuh"
-#include "ffa_internal.cuh"
-#include "ffa_launch.cuh"
-#include "ffa_sm90_bwd.cuh"
-#include "ffa_walkers.cuh"
+#include "sm80/backward.cuh"
+#include "common/device.cuh"
+#include "common/params.cuh"
+#include "common/launch.cuh"
+#include "sm90/backward.cuh"
+#include "common/walkers.cuh"
 #include "magi_ffa.h"
 
 namespace magi_ffa {

@@ -6,10 +6,10 @@
 // key end with out = 0 and lse = -inf (tiles without any slice are launched too, so every row is written).
 // Key rows past the last key the tile's rows can see are zero-filled instead of loaded: tokens no slice
 // covers (padding) may hold anything, even NaN, and 0 * NaN would leak into P.V.
-#include "ffa_common.cuh"
-#include "ffa_internal.cuh"
-#include "ffa_launch.cuh"
-#include "ffa_walkers.cuh"
+#include "common/device.cuh"
+#include "common/params.cuh"
+#include "common/launch.cuh"
+#include "common/walkers.cuh"
 #include "magi_ffa.h"
 
 namespace magi_ffa {

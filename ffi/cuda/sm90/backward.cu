@@ -33,13 +33,13 @@
 #include <cstring>
 #include <type_traits>
 
-#include "ffa_common.cuh"
-#include "ffa_internal.cuh"
-#include "ffa_launch.cuh"
-#include "ffa_sm90_bwd.cuh"
-#include "ffa_sm90_fwd.cuh"
-#include "ffa_sm90_ptx.cuh"
-#include "ffa_walkers.cuh"
+#include "common/device.cuh"
+#include "common/params.cuh"
+#include "common/launch.cuh"
+#include "sm90/backward.cuh"
+#include "sm90/forward.cuh"
+#include "sm90/ptx.cuh"
+#include "common/walkers.cuh"
 #include "magi_ffa.h"
 
 namespace magi_ffa {

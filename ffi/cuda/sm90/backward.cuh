@@ -3,7 +3,7 @@
 
 #include <cuda_runtime.h>
 
-#include "ffa_internal.cuh"
+#include "common/params.cuh"
 
 namespace magi_ffa {
 

@@ -4,7 +4,7 @@
 #include <cuda.h>  // CUtensorMap (types only)
 #include <cuda_runtime.h>
 
-#include "ffa_internal.cuh"
+#include "common/params.cuh"
 
 namespace magi_ffa {
 

@@ -7,7 +7,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-#include "ffa_sm90_wgmma.cuh"
+#include "sm90/wgmma.cuh"
 
 namespace magi_ffa {
 namespace sm90 {
