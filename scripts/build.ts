@@ -19,26 +19,47 @@ import denoConfig from "../deno.json" with { type: "json" };
  * local build compiles every `.cu` under `ffi/cuda/`, and tests/build_test.ts checks the two agree).
  */
 export const LIBRARY_SOURCES: readonly string[] = Object.freeze([
+  // The C ABI, and the choice of kernels.
   "magi_ffa.cu",
+  "dispatch.cu",
+  // Shared by every kernel family.
+  "common/backward_prepost.cu",
+  "common/device_query.cu",
+  "common/env.cu",
+  // mma.sync kernels (any sm_80+ GPU).
   "sm80/forward.cu",
+  "sm80/backward.cu",
   "sm80/backward_dkdv.cu",
+  "sm80/backward_dq.cu",
+  // Hopper kernels (sm_90a: wgmma, TMA).
   "sm90/forward.cu",
   "sm90/backward.cu",
+  "sm90/host.cu",
 ]);
 
 /** Headers the sources include, relative to `ffi/cuda/` (the self-test's own headers are not among them). */
 export const LIBRARY_HEADERS: readonly string[] = Object.freeze([
   "magi_ffa.h",
+  "dispatch.cuh",
   "plan.cuh",
+  "common/backward_prepost.cuh",
   "common/device.cuh",
+  "common/device_query.cuh",
+  "common/env.cuh",
   "common/launch.cuh",
   "common/mask.cuh",
   "common/params.cuh",
+  "common/shapes.cuh",
   "common/walkers.cuh",
   "sm80/backward.cuh",
+  "sm80/backward_pointwise.cuh",
+  "sm80/forward.cuh",
   "sm90/backward.cuh",
   "sm90/forward.cuh",
+  "sm90/forward_layout.cuh",
+  "sm90/host.cuh",
   "sm90/ptx.cuh",
+  "sm90/watchdog.cuh",
   "sm90/wgmma.cuh",
 ]);
 

@@ -1,5 +1,5 @@
-// ffa_internal.cuh: what the kernel files and the host API (magi_ffa.cu) share: tile sizes, the device
-// view of a plan, kernel parameter blocks and the launchers.
+// common/params.cuh: what the kernel files and the host API (magi_ffa.cu) share: tile sizes, the device
+// view of a plan and the kernel parameter blocks.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -83,10 +83,5 @@ struct BwdParams {
   float softcap;
   DevicePlan plan;
 };
-
-// Launchers (dtype: MAGI_FFA_DTYPE_*; head_dim must be a supported one, checked by the caller).
-cudaError_t launch_forward(const FwdParams& params, int head_dim, int dtype, cudaStream_t stream);
-cudaError_t launch_backward(const BwdParams& params, int head_dim, int dtype, cudaStream_t stream);
-bool head_dim_supported(int head_dim);
 
 }  // namespace magi_ffa

@@ -1,11 +1,11 @@
-// ffa_bwd_fused.cuh: what the host API (magi_ffa.cu), the backward kernels (ffa_bwd.cu) and the self-test's
-// CPU replay share about the fast backward: its key-tile size, the plan lists it walks, and its launcher.
+// sm80/backward.cuh: host interface of the mma.sync (sm_80+) backward: its two paths (deterministic and
+// fused fast mode) and what the plan (magi_ffa.cu), the kernel choice (dispatch.cu) and the self-test's CPU
+// replay share about the fused path: its key-tile sizes and how it picks one, its head splits and its
+// shared memory. Kernels: backward_dkdv.cu (dK / dV, with the fused dQ), backward_dq.cu (deterministic dQ).
 #pragma once
 
 #include <cuda_runtime.h>
-
-#include <cstdlib>
-#include <cstring>
+#include <stddef.h>
 
 #include "common/params.cuh"
 
@@ -15,18 +15,6 @@ namespace magi_ffa {
 // kDkvBlockM rows. The wide tile halves the fp32 dQ atomics and the Q / dO tile loads per FLOP; the narrow
 // one is the plan's deterministic dK/dV tile (kDkvBlockN), kept for comparison and for small problems.
 constexpr int kFusedBlockNWide = 128;
-
-// Key-tile size forced by the environment: MAGI_FFA_BWD_BLOCK_N=64 or 128 (read once; for A/B timing on the
-// device), else 0 (chosen per problem by fused_block_n).
-inline int fused_block_n_forced() {
-  static const int value = [] {
-    const char* text = std::getenv("MAGI_FFA_BWD_BLOCK_N");
-    if (text != nullptr && std::strcmp(text, "64") == 0) return kDkvBlockN;
-    if (text != nullptr && std::strcmp(text, "128") == 0) return kFusedBlockNWide;
-    return 0;
-  }();
-  return value;
-}
 
 // Mean query stages (kDkvBlockM rows) per head that a tile of `lists` walks: per tile, the rows each listed
 // slice shows to the tile's keys, rounded up to whole stages; tiles with no slice count too (they still
@@ -55,9 +43,9 @@ inline double fused_mean_stages(const Slice* slices, const int32_t* offsets, con
 // documents of 256 tokens: 3 stages per wide tile, 65 TFLOP/s against 68 for the unfused v0).
 constexpr double kFusedWideMinStages = 8.0;
 
-// Key-tile size of the fast backward for a plan whose wide tiles walk `wide_mean_stages` stages per head.
-inline int fused_block_n(double wide_mean_stages, int group) {
-  const int forced = fused_block_n_forced();
+// Key-tile size of the fast backward for a plan whose wide tiles walk `wide_mean_stages` stages per head;
+// `forced` (MAGI_FFA_BWD_BLOCK_N: 64 or 128, 0 = unset) wins.
+inline int fused_block_n(double wide_mean_stages, int group, int forced) {
   if (forced != 0) return forced;
   return wide_mean_stages * group >= kFusedWideMinStages ? kFusedBlockNWide : kDkvBlockN;
 }
@@ -73,14 +61,37 @@ inline int fused_head_splits(int num_tiles, int hkv, int group, int num_sms) {
   return splits;
 }
 
-// The backward with its mode: deterministic = false is the fused fast path (fp32 atomics into a dQ workspace
-// it allocates on the stream), walking `wide_keys` (tiles of kFusedBlockNWide keys, with fused_mean_stages
-// `wide_mean_stages`) or the plan's kDkvBlockN tiles, as fused_block_n says; true is the atomic-free,
-// bitwise-reproducible path. sm90_main_loop (fast mode, head_dim 64 / 128, an sm_90 device: see
-// select_backward_kernel) runs the Hopper main loop of ffa_bwd_sm90.cu on the wide tiles instead of the
-// mma.sync fused kernel.
-cudaError_t launch_backward_mode(const BwdParams& params, const TileLists& wide_keys, double wide_mean_stages,
-                                 int head_dim, int dtype, bool deterministic, bool sm90_main_loop,
-                                 cudaStream_t stream);
+// Shared memory of the fused kernel (16-bit elements): K, V tiles, two Q / dO stages, the dS^T tile, lse and
+// Delta of two stages. dispatch.cu checks it against the device's per-block limit before choosing fast mode.
+constexpr size_t fused_smem_bytes(int head_dim, int block_n) {
+  return static_cast<size_t>(2 * block_n * head_dim + 4 * kDkvBlockM * head_dim + block_n * kDkvBlockM) * 2 +
+         4 * kDkvBlockM * sizeof(float);
+}
+
+// Fast-mode workspaces of the fused kernel (all NULL / 1 in deterministic mode).
+struct FusedWork {
+  float* dq_accum;  // [total_q, hq, D] fp32, zeroed by the delta kernel
+  float* dk_accum;  // [total_k, hkv, D] fp32, zeroed, only when head_splits > 1 (unscaled dK)
+  float* dv_accum;  // likewise for dV
+  int head_splits;  // CTAs per (key tile, kv head), each with group / head_splits query heads
+  int block_n;      // keys per tile (host side only: picks the kernel)
+};
+
+// The deterministic (atomic-free, bitwise reproducible) backward: Delta, the dK / dV kernel on the plan's
+// kDkvBlockN tiles, the dQ kernel.
+cudaError_t launch_backward_sm80_deterministic(const BwdParams& params, int head_dim, int dtype,
+                                               cudaStream_t stream);
+
+// The fused fast-mode backward on `tiles` of `block_n` keys (kFusedBlockNWide: the plan's wide list, or
+// kDkvBlockN: params.plan.dkv), splitting GQA groups over CTAs as fused_head_splits says for `sms` SMs. It
+// allocates its fp32 workspaces on the stream, adds dQ (and split dK / dV) with atomics and converts them.
+cudaError_t launch_backward_sm80_fused(const BwdParams& params, const TileLists& tiles, int block_n, int sms,
+                                       int head_dim, int dtype, cudaStream_t stream);
+
+// The two kernels' launchers (backward_dkdv.cu, backward_dq.cu). fw == nullptr: the deterministic dK / dV
+// kernel on params.plan.dkv; else the fused kernel on `key_tiles` of fw->block_n keys.
+cudaError_t launch_dkdv_sm80(const BwdParams& params, const TileLists& key_tiles, const FusedWork* fw, int head_dim,
+                             int dtype, cudaStream_t stream);
+cudaError_t launch_dq_sm80(const BwdParams& params, int head_dim, int dtype, cudaStream_t stream);
 
 }  // namespace magi_ffa

@@ -1,122 +1,26 @@
-// ffa_bwd.cu: the FFA backward kernels (FA2-style mma.sync, like the forward).
+// sm80/backward_dkdv.cu: the mma.sync dK / dV kernel, and in fast mode the fused dQ (sm80/backward.cu has the
+// overview of both modes).
 //
-// Two modes.
-// Deterministic (deterministic = 1): three launches, no atomics, bitwise reproducible:
-//   1. delta:  Delta[i, h] = sum_d dO[i, h, d] * O[i, h, d] (fp32).
-//   2. dK/dV:  one CTA per (key tile, kv head). It walks every slice touching its keys, every query head of
-//              the GQA group and every query tile that can see the keys; recomputes S^T = K Q^T and
-//              P^T = exp(S^T - lse), accumulates dV += P^T dO and dK += dS^T Q in fp32 registers, and writes
-//              dK, dV once. Keys that no slice shows are written as 0.
-//   3. dQ:     one CTA per (query tile, query head), walking slices and key tiles like the forward;
-//              dQ += dS K in registers, written once. Rows that see nothing are written as 0.
-// Fast (deterministic = 0, the default): the dQ kernel's recomputation of S, P and dP (3 of 7 GEMMs) goes
-// away. The delta launch also zeroes an fp32 dQ accumulator [total_q, hq, D]; the dK/dV kernel stages dS^T
-// of each query step in shared memory and adds dS K to the accumulator with fp32 atomics (5 GEMMs per
-// tile pair); a last launch writes dq = accumulator * scale in the output dtype (rows that no slice covers
-// stay 0). Key tiles of 128 keys (8 warps; the plan's second key-tile list) or 64 (the dK/dV list), chosen
-// per plan by fused_block_n (ffa_bwd_fused.cuh). When the grid is small the query heads of a GQA group are
-// split over CTAs, which then add dK / dV into fp32 workspaces too (converted the same way). Atomic order
-// varies between runs, so dq (and split dk / dv) may differ in the last bits; out, lse and unsplit dk / dv
-// do not.
-// On sm_90 devices the fast mode's main loop is the Hopper kernel of ffa_bwd_sm90.cu instead (wgmma, TMA,
-// dQ added by TMA reduce-adds); the delta and conversion launches here are shared (launch_backward_mode).
-// With softcap c > 0 the logit is s = c * tanh(scale * x / c), so ds/dx = scale * (1 - (s / c)^2).
-#include "sm80/backward.cuh"
+// One CTA per (key tile, kv head[, head split]); warp w owns keys [16 w, 16 w + 16) of the tile. The CTA walks
+// every slice touching its keys, every query head of its part of the GQA group and every query tile of
+// kDkvBlockM rows that can see the keys (KeyTileWalker), double-buffering Q / dO / lse / Delta stages with
+// cp.async. Per stage, in sub-blocks of dkv_sub_m(D) rows: S^T = K Q^T and dP^T = V dO^T, P^T and dS^T
+// (BwdPointwise), dV += P^T dO, dK += dS^T Q, all in fp32 registers. Fast mode (kFusedDq) also stages dS^T
+// in shared memory and adds dQ = dS K to the fp32 accumulator with atomics (warps split rows x columns).
+// dK (scaled) and dV are written once at the end, or added into fp32 workspaces when the group is split.
 #include "common/device.cuh"
-#include "common/params.cuh"
 #include "common/launch.cuh"
-#include "sm90/backward.cuh"
+#include "common/params.cuh"
+#include "common/shapes.cuh"
 #include "common/walkers.cuh"
 #include "magi_ffa.h"
+#include "sm80/backward.cuh"
+#include "sm80/backward_pointwise.cuh"
 
 namespace magi_ffa {
 namespace {
 
-// ---------------------------------------------------------------------------------------------------
-// 1. Delta = rowsum(dO * O), one group of D/8 lanes per (row, head), 16-byte loads. In fast mode it also
-// zeroes the (row, head)'s D floats of the dQ accumulator (saves a memset launch).
-template <typename T, int D>
-__global__ void __launch_bounds__(256) ffa_bwd_delta_kernel(const T* __restrict__ dout, const T* __restrict__ out,
-                                                            float* __restrict__ delta, float* __restrict__ dq_accum,
-                                                            int64_t num_items) {
-  constexpr int kLanesPerItem = D / 8;
-  constexpr int kItemsPerBlock = 256 / kLanesPerItem;
-  const int64_t item = static_cast<int64_t>(blockIdx.x) * kItemsPerBlock + threadIdx.x / kLanesPerItem;
-  const int sub = threadIdx.x % kLanesPerItem;
-  float acc = 0.f;
-  if (item < num_items) {
-    const uint4 a = *reinterpret_cast<const uint4*>(dout + item * D + sub * 8);
-    const uint4 b = *reinterpret_cast<const uint4*>(out + item * D + sub * 8);
-    const uint32_t av[4] = {a.x, a.y, a.z, a.w};
-    const uint32_t bv[4] = {b.x, b.y, b.z, b.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 fa = Elem<T>::unpack(av[i]);
-      const float2 fb = Elem<T>::unpack(bv[i]);
-      acc = fmaf(fa.x, fb.x, acc);
-      acc = fmaf(fa.y, fb.y, acc);
-    }
-    if (dq_accum != nullptr) {
-      float4* zero_at = reinterpret_cast<float4*>(dq_accum + item * D + sub * 8);
-      zero_at[0] = make_float4(0.f, 0.f, 0.f, 0.f);
-      zero_at[1] = make_float4(0.f, 0.f, 0.f, 0.f);
-    }
-  }
-#pragma unroll
-  for (int offset = kLanesPerItem / 2; offset > 0; offset >>= 1) {
-    acc += __shfl_xor_sync(0xffffffffu, acc, offset);
-  }
-  if (sub == 0 && item < num_items) delta[item] = acc;
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Shared element-wise step: from the raw score x (q.k) and dP, the probability P and dS (without the
-// final softmax scale, applied once to dQ / dK at the end). lse2 is lse * log2(e), +inf for rows that
-// see nothing (so P = 0 there); invisible cells give P = dS = 0.
-struct BwdPointwise {
-  bool softcap_on;
-  float cap_in;    // scale / softcap
-  float cap_out;   // softcap * log2(e)
-  float scale_log2;
-
-  __device__ __forceinline__ void operator()(float x, float dp, float lse2, float delta, bool visible,
-                                             float* p_out, float* ds_out) const {
-    float s2;
-    float dtanh = 1.f;
-    if (softcap_on) {
-      const float th = tanhf(x * cap_in);
-      s2 = th * cap_out;
-      dtanh = 1.f - th * th;
-    } else {
-      s2 = x * scale_log2;
-    }
-    const float prob = visible ? fast_exp2(s2 - lse2) : 0.f;
-    *p_out = prob;
-    // A select, not a product: dp of an invisible cell may be NaN (uncovered padding rows).
-    *ds_out = visible ? prob * (dp - delta) * dtanh : 0.f;
-  }
-};
-
-__device__ __forceinline__ float lse_to_log2(float lse) { return lse == -INFINITY ? INFINITY : lse * kLog2e; }
-
-__device__ __forceinline__ BwdPointwise make_pointwise(const BwdParams& p) {
-  BwdPointwise f;
-  f.softcap_on = p.softcap > 0.f;
-  f.cap_in = f.softcap_on ? p.scale / p.softcap : 0.f;
-  f.cap_out = p.softcap * kLog2e;
-  f.scale_log2 = p.scale_log2;
-  return f;
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Shared memory of the fused kernel (16-bit elements): K, V tiles, two Q / dO stages, the dS^T tile, lse and
-// Delta of two stages. The host checks it against the device's per-block limit before choosing fast mode.
-constexpr size_t fused_smem_bytes(int head_dim, int block_n) {
-  return static_cast<size_t>(2 * block_n * head_dim + 4 * kDkvBlockM * head_dim + block_n * kDkvBlockM) * 2 +
-         4 * kDkvBlockM * sizeof(float);
-}
-
-// 2. dK / dV (and, in fast mode, dQ through atomics). BN keys per CTA: kDkvBlockN (the plan's dkv lists) or
+// dK / dV (and, in fast mode, dQ through atomics). BN keys per CTA: kDkvBlockN (the plan's dkv lists) or
 // kFusedBlockNWide (the wide lists, fast mode only).
 template <typename T, int D, int BN, bool kFusedDq>
 struct DkvTraits {
@@ -223,15 +127,6 @@ __device__ __forceinline__ void atomic_add2(float* at, float x, float y) {
   atomicAdd(at + 1, y);
 #endif
 }
-
-// Fast-mode workspaces of the fused kernel (all NULL / 1 in deterministic mode).
-struct FusedWork {
-  float* dq_accum;  // [total_q, hq, D] fp32, zeroed by the delta kernel
-  float* dk_accum;  // [total_k, hkv, D] fp32, zeroed, only when head_splits > 1 (unscaled dK)
-  float* dv_accum;  // likewise for dV
-  int head_splits;  // CTAs per (key tile, kv head), each with group / head_splits query heads
-  int block_n;      // keys per tile (host side only: picks the kernel)
-};
 
 // key_tiles: the plan's tile list of BN-key tiles (p.plan.dkv for BN = kDkvBlockN).
 template <typename T, int D, int BN, bool kFusedDq>
@@ -495,171 +390,6 @@ __global__ void __launch_bounds__(DkvTraits<T, D, BN, kFusedDq>::kThreads, 1)
                              tid);
 }
 
-// ---------------------------------------------------------------------------------------------------
-// 3. dQ.
-template <typename T, int D>
-struct DqTraits {
-  static constexpr int kBlockM = kDqBlockM;
-  static constexpr int kBlockN = kDqBlockN;
-  static constexpr int kWarps = kDqWarps;
-  static constexpr int kThreads = kWarps * 32;
-  static_assert(kBlockM == 16 * kWarps, "one warp per 16 query rows");
-  static constexpr int kTileQ = kBlockM * D;
-  static constexpr int kTileKV = kBlockN * D;
-  static constexpr size_t kSmemBytes = static_cast<size_t>(2 * kTileQ + 4 * kTileKV) * sizeof(T);
-};
-
-template <typename T, int D>
-__global__ void __launch_bounds__(DqTraits<T, D>::kThreads, 1) ffa_bwd_dq_kernel(const BwdParams p) {
-  using Tr = DqTraits<T, D>;
-  constexpr int BM = Tr::kBlockM;
-  constexpr int BN = Tr::kBlockN;
-  constexpr int THREADS = Tr::kThreads;
-
-  extern __shared__ __align__(128) unsigned char smem_raw[];
-  T* sQ = reinterpret_cast<T*>(smem_raw);
-  T* sdO = sQ + Tr::kTileQ;
-  T* sK = sdO + Tr::kTileQ;      // [2][BN][D]
-  T* sV = sK + 2 * Tr::kTileKV;  // [2][BN][D]
-
-  const int tid = threadIdx.x;
-  const int warp = tid >> 5;
-  const int lane = tid & 31;
-  const int g = lane >> 2;
-  const int t = lane & 3;
-
-  const int work = blockIdx.x;
-  const int h = work % p.hq;
-  const int tile = p.plan.dq.order[work / p.hq];
-  const int m0 = tile * BM;
-  const int hk = h / p.group;
-  const int total_q = p.plan.total_q;
-  const int64_t q_stride = static_cast<int64_t>(p.hq) * D;
-  const int64_t kv_stride = static_cast<int64_t>(p.hkv) * D;
-  const T* k = static_cast<const T*>(p.k) + static_cast<int64_t>(hk) * D;
-  const T* v = static_cast<const T*>(p.v) + static_cast<int64_t>(hk) * D;
-
-  QueryTileWalker<BM, BN> it;
-  it.slices = p.plan.slices;
-  it.list = p.plan.dq.slices;
-  it.pos = p.plan.dq.offsets[tile];
-  it.end = p.plan.dq.offsets[tile + 1];
-  it.m0 = m0;
-  bool valid = it.next_slice();
-
-  load_tile_async<BM, D, THREADS>(sQ, static_cast<const T*>(p.q) + static_cast<int64_t>(h) * D, q_stride, m0,
-                                  total_q, tid);
-  load_tile_async<BM, D, THREADS>(sdO, static_cast<const T*>(p.dout) + static_cast<int64_t>(h) * D, q_stride,
-                                  m0, total_q, tid);
-  cp_async_commit();
-  if (valid) {
-    load_tile_async<BN, D, THREADS>(sK, k, kv_stride, it.n0, it.k_hi, tid);
-    load_tile_async<BN, D, THREADS>(sV, v, kv_stride, it.n0, it.k_hi, tid);
-    cp_async_commit();
-  }
-
-  const int warp_row0 = m0 + warp * 16;
-  const int row_of[2] = {warp_row0 + g, warp_row0 + g + 8};
-  float lse2_of[2];
-  float delta_of[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const bool ok = row_of[r] < total_q;
-    const int64_t idx = static_cast<int64_t>(row_of[r]) * p.hq + h;
-    lse2_of[r] = ok ? lse_to_log2(p.lse[idx]) : INFINITY;
-    delta_of[r] = ok ? p.delta[idx] : 0.f;
-  }
-
-  float dq_acc[D / 8][4];
-  zero_acc(dq_acc);
-  const BwdPointwise pointwise = make_pointwise(p);
-
-  int stage = 0;
-  while (valid) {
-    // Only what the compute needs of the current step is kept; the walker moves on to the next one.
-    const Slice slice = it.slice;
-    const int n0 = it.n0;
-    const bool has_next = it.advance();
-    if (has_next) {
-      load_tile_async<BN, D, THREADS>(sK + (stage ^ 1) * Tr::kTileKV, k, kv_stride, it.n0, it.k_hi, tid);
-      load_tile_async<BN, D, THREADS>(sV + (stage ^ 1) * Tr::kTileKV, v, kv_stride, it.n0, it.k_hi, tid);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
-
-    const T* sKs = sK + stage * Tr::kTileKV;
-    const T* sVs = sV + stage * Tr::kTileKV;
-    if (warp_rows_see_keys(slice, warp_row0, n0, BN)) {
-      float s_acc[BN / 8][4];
-      float dp_acc[BN / 8][4];
-      zero_acc(s_acc);
-      zero_acc(dp_acc);
-      gemm_abt_smema<D, BN, T>(s_acc, sQ, warp * 16, sKs, 0, lane);
-      gemm_abt_smema<D, BN, T>(dp_acc, sdO, warp * 16, sVs, 0, lane);
-
-      const bool masked = tile_needs_mask(slice, warp_row0, 16, n0, BN);
-#pragma unroll
-      for (int nb = 0; nb < BN / 8; ++nb) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = e >> 1;
-          const int j = n0 + nb * 8 + 2 * t + (e & 1);
-          const bool visible = !masked || cell_visible(slice, row_of[r], j);
-          float prob, ds;
-          pointwise(s_acc[nb][e], dp_acc[nb][e], lse2_of[r], delta_of[r], visible, &prob, &ds);
-          dp_acc[nb][e] = ds;
-        }
-      }
-      uint32_t ds_frags[BN / 16][4];
-      acc_to_a_frags<BN, T>(ds_frags, dp_acc);
-      gemm_pb<BN, D, T>(dq_acc, ds_frags, sKs, 0, lane);
-    }
-    __syncthreads();
-
-    valid = has_next;
-    stage ^= 1;
-  }
-  cp_async_wait<0>();  // the Q / dO group when the walk was empty
-  __syncthreads();
-
-  store_acc_to_smem<D, T>(sQ, warp * 16, dq_acc, p.scale, p.scale, lane);
-  __syncthreads();
-  store_tile<BM, D, THREADS>(static_cast<T*>(p.dq) + static_cast<int64_t>(h) * D, q_stride, m0, total_q, sQ, tid);
-}
-
-// ---------------------------------------------------------------------------------------------------
-// 4. Fast mode: out = accum * scale in the output dtype (dq; dk / dv when heads were split), 8 elements per
-// thread (D is a multiple of 8).
-template <typename T>
-__global__ void __launch_bounds__(256) ffa_bwd_convert_kernel(const float* __restrict__ accum, T* __restrict__ out,
-                                                              float scale, int64_t num_groups) {
-  const int64_t group = static_cast<int64_t>(blockIdx.x) * 256 + threadIdx.x;
-  if (group >= num_groups) return;
-  const float4 a = reinterpret_cast<const float4*>(accum)[2 * group];
-  const float4 b = reinterpret_cast<const float4*>(accum)[2 * group + 1];
-  uint4 packed;
-  packed.x = Elem<T>::pack(a.x * scale, a.y * scale);
-  packed.y = Elem<T>::pack(a.z * scale, a.w * scale);
-  packed.z = Elem<T>::pack(b.x * scale, b.y * scale);
-  packed.w = Elem<T>::pack(b.z * scale, b.w * scale);
-  reinterpret_cast<uint4*>(out)[group] = packed;
-}
-
-template <typename T>
-cudaError_t launch_convert(const float* accum, void* out, float scale, int64_t elements, cudaStream_t stream) {
-  const int64_t groups = elements / 8;
-  if (groups <= 0) return cudaSuccess;
-  const int64_t blocks = (groups + 255) / 256;
-  if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  ffa_bwd_convert_kernel<T><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(accum, static_cast<T*>(out), scale,
-                                                                               groups);
-  return cudaGetLastError();
-}
-
-// ---------------------------------------------------------------------------------------------------
 template <typename T, int D, int BN, bool kFusedDq>
 cudaError_t launch_dkdv(const BwdParams& params, const TileLists& key_tiles, const FusedWork& fw,
                         cudaStream_t stream) {
@@ -674,149 +404,20 @@ cudaError_t launch_dkdv(const BwdParams& params, const TileLists& key_tiles, con
   return cudaGetLastError();
 }
 
-// fw == nullptr: the deterministic path. Else the fused path on `fused_tiles` (of fw->block_n keys) with fw's
-// zeroed-here dQ workspace (and dK / dV workspaces, zeroed by the caller, when heads are split).
-template <typename T, int D>
-cudaError_t launch_backward_typed(const BwdParams& params, const TileLists& fused_tiles, const FusedWork* fw,
-                                  cudaStream_t stream) {
-  const int64_t items = static_cast<int64_t>(params.plan.total_q) * params.hq;
-  if (items > 0) {
-    constexpr int kItemsPerBlock = 256 / (D / 8);
-    const int64_t blocks = (items + kItemsPerBlock - 1) / kItemsPerBlock;
-    if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
-    ffa_bwd_delta_kernel<T, D><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
-        static_cast<const T*>(params.dout), static_cast<const T*>(params.out), params.delta,
-        fw != nullptr ? fw->dq_accum : nullptr, items);
-    cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-  }
-
-  if (fw != nullptr) {
-    cudaError_t err = fw->block_n == kFusedBlockNWide
-                          ? launch_dkdv<T, D, kFusedBlockNWide, true>(params, fused_tiles, *fw, stream)
-                          : launch_dkdv<T, D, kDkvBlockN, true>(params, fused_tiles, *fw, stream);
-    if (err != cudaSuccess) return err;
-    err = launch_convert<T>(fw->dq_accum, params.dq, params.scale, items * D, stream);
-    if (err != cudaSuccess) return err;
-    if (fw->head_splits > 1) {
-      const int64_t kv_elements = static_cast<int64_t>(params.plan.total_k) * params.hkv * D;
-      err = launch_convert<T>(fw->dk_accum, params.dk, params.scale, kv_elements, stream);
-      if (err != cudaSuccess) return err;
-      err = launch_convert<T>(fw->dv_accum, params.dv, 1.f, kv_elements, stream);
-      if (err != cudaSuccess) return err;
-    }
-    return cudaSuccess;
-  }
-
-  const FusedWork none{nullptr, nullptr, nullptr, 1, kDkvBlockN};
-  cudaError_t err = launch_dkdv<T, D, kDkvBlockN, false>(params, params.plan.dkv, none, stream);
-  if (err != cudaSuccess) return err;
-  {
-    using Tr = DqTraits<T, D>;
-    const int64_t blocks = static_cast<int64_t>(params.plan.dq.num_tiles) * params.hq;
-    if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
-    if (blocks > 0) {
-      err = ensure_dynamic_smem<ffa_bwd_dq_kernel<T, D>>(Tr::kSmemBytes);
-      if (err != cudaSuccess) return err;
-      ffa_bwd_dq_kernel<T, D><<<static_cast<unsigned>(blocks), Tr::kThreads, Tr::kSmemBytes, stream>>>(params);
-      err = cudaGetLastError();
-      if (err != cudaSuccess) return err;
-    }
-  }
-  return cudaSuccess;
-}
-
-cudaError_t launch_backward_dispatch(const BwdParams& params, const TileLists& fused_tiles, int head_dim, int dtype,
-                                     const FusedWork* fw, cudaStream_t stream) {
-  if (dtype == MAGI_FFA_DTYPE_BFLOAT16) {
-    if (head_dim == 64) return launch_backward_typed<__nv_bfloat16, 64>(params, fused_tiles, fw, stream);
-    if (head_dim == 128) return launch_backward_typed<__nv_bfloat16, 128>(params, fused_tiles, fw, stream);
-  } else if (dtype == MAGI_FFA_DTYPE_FLOAT16) {
-    if (head_dim == 64) return launch_backward_typed<__half, 64>(params, fused_tiles, fw, stream);
-    if (head_dim == 128) return launch_backward_typed<__half, 128>(params, fused_tiles, fw, stream);
-  }
-  return cudaErrorInvalidValue;
-}
-
 }  // namespace
 
-cudaError_t launch_backward(const BwdParams& params, int head_dim, int dtype, cudaStream_t stream) {
-  return launch_backward_dispatch(params, params.plan.dkv, head_dim, dtype, nullptr, stream);
-}
-
-// Fast mode with the sm90 main loop: delta (zeroing the dQ accumulator), the Hopper kernel, dq conversion.
-template <typename T, int D>
-cudaError_t launch_backward_sm90_path(const BwdParams& params, const TileLists& wide_keys, float* dq_accum, int dtype,
-                                      cudaStream_t stream) {
-  const int64_t items = static_cast<int64_t>(params.plan.total_q) * params.hq;
-  constexpr int kItemsPerBlock = 256 / (D / 8);
-  const int64_t blocks = (items + kItemsPerBlock - 1) / kItemsPerBlock;
-  if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  ffa_bwd_delta_kernel<T, D><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
-      static_cast<const T*>(params.dout), static_cast<const T*>(params.out), params.delta, dq_accum, items);
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
-  err = launch_backward_sm90(params, wide_keys, dq_accum, D, dtype, stream);
-  if (err != cudaSuccess) return err;
-  return launch_convert<T>(dq_accum, params.dq, params.scale, items * D, stream);
-}
-
-cudaError_t launch_backward_mode(const BwdParams& params, const TileLists& wide_keys, double wide_mean_stages,
-                                 int head_dim, int dtype, bool deterministic, bool sm90_main_loop,
-                                 cudaStream_t stream) {
-  if (deterministic || params.plan.total_q == 0) {
-    return launch_backward_dispatch(params, params.plan.dkv, head_dim, dtype, nullptr, stream);
-  }
-  if (sm90_main_loop && (head_dim == 64 || head_dim == 128) && params.plan.total_k > 0) {
-    const size_t q_elements =
-        static_cast<size_t>(params.plan.total_q) * static_cast<size_t>(params.hq) * static_cast<size_t>(head_dim);
-    float* dq_accum = nullptr;
-    cudaError_t err = cudaMallocAsync(reinterpret_cast<void**>(&dq_accum), q_elements * sizeof(float), stream);
-    if (err != cudaSuccess) return err;
-    const bool bf16 = dtype == MAGI_FFA_DTYPE_BFLOAT16;
-    if (head_dim == 64) {
-      err = bf16 ? launch_backward_sm90_path<__nv_bfloat16, 64>(params, wide_keys, dq_accum, dtype, stream)
-                 : launch_backward_sm90_path<__half, 64>(params, wide_keys, dq_accum, dtype, stream);
-    } else {
-      err = bf16 ? launch_backward_sm90_path<__nv_bfloat16, 128>(params, wide_keys, dq_accum, dtype, stream)
-                 : launch_backward_sm90_path<__half, 128>(params, wide_keys, dq_accum, dtype, stream);
+cudaError_t launch_dkdv_sm80(const BwdParams& params, const TileLists& key_tiles, const FusedWork* fw, int head_dim,
+                             int dtype, cudaStream_t stream) {
+  return with_shape(head_dim, dtype, [&](auto shape) {
+    using T = typename decltype(shape)::Elem;
+    constexpr int D = decltype(shape)::kHeadDim;
+    if (fw == nullptr) {
+      const FusedWork none{nullptr, nullptr, nullptr, 1, kDkvBlockN};
+      return launch_dkdv<T, D, kDkvBlockN, false>(params, params.plan.dkv, none, stream);
     }
-    const cudaError_t free_err = cudaFreeAsync(dq_accum, stream);
-    return err != cudaSuccess ? err : free_err;
-  }
-  const int block_n = fused_block_n(wide_mean_stages, params.group);
-  const TileLists& fused_tiles = block_n == kFusedBlockNWide ? wide_keys : params.plan.dkv;
-  int device = 0, sms = 0, smem_limit = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  if (err != cudaSuccess) return err;
-  if (fused_smem_bytes(head_dim, block_n) > static_cast<size_t>(smem_limit)) {
-    // GPUs with about 100 KB per block (sm_86 / sm_89) cannot hold the fused tiles: the atomic-free path fits.
-    return launch_backward_dispatch(params, params.plan.dkv, head_dim, dtype, nullptr, stream);
-  }
-  FusedWork fw;
-  fw.block_n = block_n;
-  fw.head_splits = fused_head_splits(fused_tiles.num_tiles, params.hkv, params.group, sms);
-  // One workspace: dQ [total_q, hq, D] fp32, then dK and dV [total_k, hkv, D] fp32 when heads are split.
-  const size_t q_elements = static_cast<size_t>(params.plan.total_q) * static_cast<size_t>(params.hq) *
-                            static_cast<size_t>(head_dim);
-  const size_t kv_elements = fw.head_splits > 1 ? static_cast<size_t>(params.plan.total_k) *
-                                                      static_cast<size_t>(params.hkv) * static_cast<size_t>(head_dim)
-                                                : 0;
-  float* workspace = nullptr;
-  err = cudaMallocAsync(reinterpret_cast<void**>(&workspace), (q_elements + 2 * kv_elements) * sizeof(float),
-                        stream);
-  if (err != cudaSuccess) return err;
-  fw.dq_accum = workspace;
-  fw.dk_accum = kv_elements > 0 ? workspace + q_elements : nullptr;
-  fw.dv_accum = kv_elements > 0 ? workspace + q_elements + kv_elements : nullptr;
-  if (kv_elements > 0) err = cudaMemsetAsync(fw.dk_accum, 0, 2 * kv_elements * sizeof(float), stream);
-  if (err == cudaSuccess) err = launch_backward_dispatch(params, fused_tiles, head_dim, dtype, &fw, stream);
-  const cudaError_t free_err = cudaFreeAsync(workspace, stream);
-  return err != cudaSuccess ? err : free_err;
+    return fw->block_n == kFusedBlockNWide ? launch_dkdv<T, D, kFusedBlockNWide, true>(params, key_tiles, *fw, stream)
+                                           : launch_dkdv<T, D, kDkvBlockN, true>(params, key_tiles, *fw, stream);
+  });
 }
-
-bool head_dim_supported(int head_dim) { return head_dim == 64 || head_dim == 128; }
 
 }  // namespace magi_ffa

@@ -1,4 +1,4 @@
-// ffa_fwd_sm90.cu: the Hopper (sm_90a) FFA forward: TMA loads into 128-byte-swizzled shared memory,
+// sm90/forward.cu: the Hopper (sm_90a) FFA forward: TMA loads into 128-byte-swizzled shared memory,
 // wgmma for S = Q K^T (both operands from shared memory) and O += P V (P from registers, V read
 // transposed from shared memory through the descriptor's transpose bit), warp specialization.
 //
@@ -13,7 +13,7 @@
 // epilogue); O is staged in its own buffer and written by TMA.
 //
 // The CTA walks every slice touching its rows (the plan's forward CSR list) and every key tile those rows
-// can see (ffa_walkers.cuh: the same walker the sm80 kernel and the CPU replay use), keeping one online
+// can see (common/walkers.cuh: the same walker the sm80 kernel and the CPU replay use), keeping one online
 // softmax per row over the union: rows shared by several slices merge exactly, no atomics, deterministic.
 // Key tiles start at a slice's first visible key (TMA takes any coordinate); keys past the tensor end are
 // zero-filled by TMA, keys past the last visible key inside the tensor (another document, padding that
@@ -22,120 +22,35 @@
 //
 // Consumer loop (per warpgroup, per key tile j), with the softmax of tile j overlapping the P V product
 // of tile j-1 on the tensor cores:
-//   issue S_j = Q K_j^T; issue O += P_{j-1} V_{j-1}; wait S_j; release K_j; softmax(S_j) in fp32;
-//   wait P V; release V_{j-1}; rescale O; P_j = bf16(S_j).
-#include <cuda.h>  // CUtensorMap and the driver enums (types only: no libcuda link)
-#include <cudaTypedefs.h>
+//
+// Files: the tile sizes, arguments and shared-memory layout are in forward_layout.cuh, the producer's
+// watchdog in watchdog.cuh, tensor maps and the grid size in host.cu; which forward runs is dispatch.cu's.
+#include <cuda.h>  // CUtensorMap (types only: no libcuda link)
 
 #include <algorithm>
-#include <atomic>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <mutex>
 #include <type_traits>
 
 #include "common/device.cuh"
-#include "common/params.cuh"
+#include "common/env.cuh"
 #include "common/launch.cuh"
-#include "sm90/forward.cuh"
-#include "sm90/ptx.cuh"
+#include "common/params.cuh"
+#include "common/shapes.cuh"
 #include "common/walkers.cuh"
 #include "magi_ffa.h"
+#include "sm90/forward.cuh"
+#include "sm90/forward_layout.cuh"
+#include "sm90/host.cuh"
+#include "sm90/ptx.cuh"
+#include "sm90/watchdog.cuh"
 
 namespace magi_ffa {
 namespace {
 
-constexpr int kSm90BlockM = 128;  // query rows per CTA: two consumer warpgroups x 64
-constexpr int kSm90BlockN = 128;  // keys per pipeline stage
-constexpr int kSm90Threads = 384;  // producer warpgroup + 2 consumer warpgroups
-static_assert(kSm90BlockM == kFwdBlockM, "the plan's forward tile lists are built for kFwdBlockM rows");
-
-#if defined(MAGI_FFA_SM90_ENABLED)
-// Which producer wait timed out (the watchdog fails differently for each, see watchdog_fire).
-enum ProducerWait : int { kWaitQEmpty = 0, kWaitEmptyK = 1, kWaitEmptyV = 2, kWaitVtmp = 3 };
-
-// The producer's mbarrier wait with a watchdog: a wait that lasts over 30 s can only be a lost arrival or
-// a deadlock, so the kernel stops instead of hanging the device. Elapsed time is summed from forward steps
-// of %globaltimer only (a step back, or a jump of over a second between two polls, counts as nothing), so a
-// timer adjustment can neither trap early nor hide a hang. No printf here (any function call in the kernel
-// makes ptxas serialize the consumers' wgmmas, C7510); instead the failure itself says which wait it was:
-// Q empty traps (cudaErrorIllegalInstruction), K empty reads the unmapped address 0xdead0000'<item>
-// (cudaErrorIllegalAddress; compute-sanitizer prints the address and the block), V empty and the V tail
-// hit a breakpoint (cudaErrorLaunchFailure).
-__device__ __forceinline__ void watchdog_fire(int what, int item) {
-  if (what == kWaitEmptyK) {
-    asm volatile("{\n.reg .u64 a;\n.reg .u32 t;\nmov.b64 a, {%0, %1};\nld.volatile.global.u32 t, [a];\n}\n"
-                 :
-                 : "r"(static_cast<uint32_t>(item)), "r"(0xdead0000u)
-                 : "memory");
-  } else if (what != kWaitQEmpty) {
-    asm volatile("brkpt;\n" ::: "memory");
-  }
-  __trap();
-}
-
-__device__ __forceinline__ void producer_wait(uint32_t bar, uint32_t parity, int what, int item) {
-  if (sm90::mbar_try_wait(bar, parity)) return;
-  // Low 32 bits of the timer (ns): a poll-to-poll step is their difference modulo 2^32; a step back shows
-  // as a huge value and is dropped with the jumps. Waited time in units of 1024 ns (30 s = 29.3e6 units).
-  uint32_t last = static_cast<uint32_t>(sm90::global_timer_ns());
-  uint32_t waited = 0;
-  uint32_t spins = 0;
-  while (!sm90::mbar_try_wait(bar, parity)) {
-    if ((++spins & 1023u) != 0) continue;
-    const uint32_t now = static_cast<uint32_t>(sm90::global_timer_ns());
-    const uint32_t delta = now - last;
-    if (delta < 1000000000u) waited += delta >> 10;
-    last = now;
-    if (waited > 30000000000u / 1024u) watchdog_fire(what, item);
-  }
-}
-#endif  // MAGI_FFA_SM90_ENABLED
-
-struct Sm90FwdArgs {
-  CUtensorMap tm_q;  // (D, hq, total_q), box (64, 1, 128)
-  CUtensorMap tm_k;  // (D, hkv, total_k), box (64, 1, 128)
-  CUtensorMap tm_v;
-  CUtensorMap tm_o;  // (D, hq, total_q), box (64, 1, 64): each consumer warpgroup stores its 64 rows
-  FwdParams p;
-  int32_t num_items;  // query tiles x heads
-  int32_t pingpong;   // 1: the consumer warpgroups take turns issuing wgmmas (MAGI_FFA_SM90_PINGPONG=0: off)
-};
-
-template <int D, bool kXItem>
-struct Sm90Layout {
-  // K/V ring depth: 2 stages of 64 KB at D = 128, 4 of 32 KB at D = 64.
-  static constexpr int kStages = D == 64 ? 4 : 2;
-  // Q buffers: the cross-item variant double-buffers Q so the next item's Q is in place before this item
-  // ends (its first S is issued together with this item's last P V).
-  static constexpr int kQBuffers = kXItem ? 2 : 1;
-  static constexpr int kBoxes = D / 64;            // 64-column boxes per row (128 B each)
-  static constexpr int kQBox = kSm90BlockM * 128;  // bytes of one Q (or O) box: 128 rows
-  static constexpr int kKVBox = kSm90BlockN * 128;  // bytes of one K or V box: 128 keys
-  static constexpr int kQBytes = kBoxes * kQBox;
-  static constexpr int kKVStage = kBoxes * kKVBox;
-  static constexpr int kOffQ = 0;
-  static constexpr int kOffO = kOffQ + kQBuffers * kQBytes;  // O staging for the TMA store (apart from Q, so the next
-                                                 // item's Q can load during this item's epilogue)
-  static constexpr int kOffK = kOffO + kQBytes;
-  static constexpr int kOffV = kOffK + kStages * kKVStage;
-  static constexpr int kOffBar = kOffV + kStages * kKVStage;
-  // barriers: q_full, q_empty, vtmp, full_k[S], full_v[S], empty_k[S], empty_v[S], q_full_1, q_empty_1
-  static constexpr int kNumBars = 5 + 4 * kStages;
-  static constexpr int kBytes = kOffBar + kNumBars * 8;
-  static constexpr size_t kSmemBytes = static_cast<size_t>(kBytes) + 1024;  // + alignment slack
-  static_assert(kSmemBytes <= 227 * 1024, "shared memory per block");
-};
-
-// kXItem = false: each item's pipeline drains before the next starts (the version measured on the H200).
-// kXItem = true: the step stream runs on across items: an item's first S = Q K^T is issued with the
-// previous item's last P V, and the previous item's epilogue runs while it computes (Q double-buffered).
-template <typename T, int D, bool kXItem>
+template <typename T, int D>
 __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const __grid_constant__ Sm90FwdArgs args) {
 #if defined(MAGI_FFA_SM90_ENABLED)
   using namespace sm90;
-  using L = Sm90Layout<D, kXItem>;
+  using L = Sm90Layout<D>;
   constexpr int BM = kSm90BlockM;
   constexpr int BN = kSm90BlockN;
   constexpr int S = L::kStages;
@@ -166,9 +81,6 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
   auto bar_full_v = [&](int s) { return bar0 + 24 + 8 * (S + s); };
   auto bar_empty_k = [&](int s) { return bar0 + 24 + 8 * (2 * S + s); };
   auto bar_empty_v = [&](int s) { return bar0 + 24 + 8 * (3 * S + s); };
-  // Q buffer b's barriers (b = 1 only in the cross-item variant).
-  auto bar_qf = [&](int b) { return b == 0 ? bar_q_full : bar0 + 24 + 8 * (4 * S); };
-  auto bar_qe = [&](int b) { return b == 0 ? bar_q_empty : bar0 + 24 + 8 * (4 * S + 1); };
 
   const int total_q = p.plan.total_q;
   const int total_k = p.plan.total_k;
@@ -184,10 +96,6 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
       mbar_init(bar_full_v(s), 1);
       mbar_init(bar_empty_k(s), 8);
       mbar_init(bar_empty_v(s), 8);
-    }
-    if (kXItem) {
-      mbar_init(bar_qf(1), 1);
-      mbar_init(bar_qe(1), 8);
     }
     fence_mbar_init();
   }
@@ -209,7 +117,6 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
     int step = 0;
     uint32_t vtmp_phase = 0;
     int item_count = 0;
-    int q_items = 0;
     for (int w = blockIdx.x; w < args.num_items; w += gridDim.x, ++item_count) {
       const int h = w % p.hq;
       const int tile = p.plan.fwd.order[w / p.hq];
@@ -222,19 +129,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
       it.end = p.plan.fwd.offsets[tile + 1];
       it.m0 = m0;
       bool valid = it.next_slice();
-      if constexpr (kXItem) {
-        // Q only for items with steps, alternating between the two buffers (qi counts such items).
-        if (valid && lane == 0) {
-          const int qb = q_items & 1;
-          if (q_items >= 2) producer_wait(bar_qe(qb), ((q_items >> 1) - 1) & 1, kWaitQEmpty, w);
-          mbar_arrive_expect_tx(bar_qf(qb), L::kQBytes);
-#pragma unroll
-          for (int b = 0; b < L::kBoxes; ++b) {
-            tma_load_3d(sQ + qb * L::kQBytes + b * L::kQBox, &args.tm_q, b * 64, h, m0, bar_qf(qb));
-          }
-        }
-        if (valid) ++q_items;
-      } else if (lane == 0) {
+      if (lane == 0) {
         // The consumers are done reading the previous item's Q (its last S = Q K^T has completed).
         if (item_count > 0) producer_wait(bar_q_empty, (item_count - 1) & 1, kWaitQEmpty, w);
         mbar_arrive_expect_tx(bar_q_full, L::kQBytes);
@@ -362,7 +257,6 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
     }
   };
 
-  if constexpr (!kXItem) {
   int step = 0;
   int item_count = 0;
   for (int w = blockIdx.x; w < args.num_items; w += gridDim.x, ++item_count) {
@@ -554,231 +448,6 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
       tma_store_commit();
     }
   }
-  } else {
-    // ---------------------------------------------------------------- cross-item step stream
-    // The P of a step waits for its P V until the next step's S has been issued, also across items: an
-    // item's first step issues its S with the previous item's last P V, computes its softmax with fresh
-    // row statistics, then (P V done) writes the previous item's output while its own S is already done.
-    auto softmax_rows = [&](const Slice& slice, int n0, int row0, const int (&rows)[2], float (&rescale)[2]) {
-      if (softcap_on) {
-#pragma unroll
-        for (int i = 0; i < BN / 2; ++i) sacc[i] = tanhf(sacc[i] * cap_in) * cap_out;
-      }
-      if (tile_needs_mask(slice, row0, 64, n0, BN)) {
-        int lo[2], hi[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const int row = rows[r];
-          const bool in = row >= slice.qs && row < slice.qe;
-          int l = slice.ks, e = slice.ke;
-          if (slice.type & kTypeCausalBit) e = imin(e, row + (slice.ke - slice.qe) + 1);
-          if (slice.type & kTypeInvCausalBit) l = imax(l, row + (slice.ks - slice.qs));
-          lo[r] = in ? l - n0 : 0;
-          hi[r] = in ? e - n0 : 0;
-        }
-#pragma unroll
-        for (int i = 0; i < BN / 2; ++i) {
-          const int r = (i >> 1) & 1;
-          const int j = 8 * (i >> 2) + 2 * t + (i & 1);
-          if (j < lo[r] || j >= hi[r]) sacc[i] = -INFINITY;
-        }
-      }
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float tile_max = -INFINITY;
-#pragma unroll
-        for (int nb = 0; nb < BN / 8; ++nb) {
-          tile_max = fmaxf(tile_max, fmaxf(sacc[4 * nb + 2 * r], sacc[4 * nb + 2 * r + 1]));
-        }
-        tile_max = quad_max(tile_max);
-        const float new_max = fmaxf(row_max[r], tile_max);
-        const float base_scaled = new_max == -INFINITY ? 0.f : new_max * mult;
-        rescale[r] = fast_exp2(row_max[r] * mult - base_scaled);
-        row_max[r] = new_max;
-        float sum = 0.f;
-#pragma unroll
-        for (int nb = 0; nb < BN / 8; ++nb) {
-          const float p0 = fast_exp2(fmaf(sacc[4 * nb + 2 * r], mult, -base_scaled));
-          const float p1 = fast_exp2(fmaf(sacc[4 * nb + 2 * r + 1], mult, -base_scaled));
-          sacc[4 * nb + 2 * r] = p0;
-          sacc[4 * nb + 2 * r + 1] = p1;
-          sum += p0 + p1;
-        }
-        row_sum[r] = row_sum[r] * rescale[r] + sum;
-      }
-    };
-    auto issue_qk_buf = [&](int s, int qb) {
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const uint64_t dq = make_desc_sw128(
-            sQ + qb * L::kQBytes + (kk / 4) * L::kQBox + cw * 64 * 128 + (kk % 4) * 32, 16, 1024);
-        Wgmma<BN, kBf16>::ss(sacc, dq, desc_k(s, kk), kk > 0 ? 1 : 0);
-      }
-      wgmma_commit();
-    };
-    // Output of one item from o and the given row statistics (lse, normalized O via the staging buffer
-    // and a TMA store).
-    auto write_item = [&](int h, int row0, const float (&mx)[2], const float (&sm)[2]) {
-      const int rows[2] = {row0 + 16 * warp_in_wg + g, row0 + 16 * warp_in_wg + g + 8};
-      float inv[2];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const float sum = quad_sum(sm[r]);
-        const bool seen = sum > 0.f;
-        inv[r] = seen ? 1.f / sum : 0.f;
-        const float lse = seen ? (mx[r] * mult + __log2f(sum)) * kLn2 : -INFINITY;
-        if (t == 0 && rows[r] < total_q) p.lse[static_cast<int64_t>(rows[r]) * p.hq + h] = lse;
-      }
-      if ((threadIdx.x & 127) == 0) tma_store_wait_read();
-      named_barrier_sync(kBarEpilogue + cw, 128);
-      unsigned char* o_bytes = smem + L::kOffO;
-#pragma unroll
-      for (int i = 0; i < D / 2; i += 2) {
-        const int r = (i >> 1) & 1;
-        const int row_local = 16 * warp_in_wg + g + 8 * r;
-        const int col = 8 * (i >> 2) + 2 * t;
-        const int box = col / 64;
-        const int chunk = (col % 64) / 8;
-        const int offset =
-            box * L::kQBox + (64 * cw + row_local) * 128 + ((chunk ^ (row_local & 7)) << 4) + (col % 8) * 2;
-        *reinterpret_cast<uint32_t*>(o_bytes + offset) = Elem<T>::pack(o[i] * inv[r], o[i + 1] * inv[r]);
-      }
-      fence_proxy_async_smem();
-      named_barrier_sync(kBarEpilogue + cw, 128);
-      if ((threadIdx.x & 127) == 0 && row0 < total_q) {
-#pragma unroll
-        for (int b = 0; b < L::kBoxes; ++b) {
-          tma_store_3d(&args.tm_o, b * 64, h, row0, sO + b * L::kQBox + cw * 64 * 128);
-        }
-        tma_store_commit();
-      }
-    };
-    auto reset_item = [&]() {
-#pragma unroll
-      for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-      row_max[0] = row_max[1] = -INFINITY;
-      row_sum[0] = row_sum[1] = 0.f;
-    };
-
-    int step = 0;
-    int q_items = 0;
-    bool pending = false;  // a P waits for its P V (stage prev_stage), for the item (prev_h, prev_row0)
-    int prev_stage = 0;
-    uint32_t prev_parity = 0;
-    int prev_h = 0, prev_row0 = 0;
-    // Drains the pending P V and writes its item.
-    auto flush = [&]() {
-      mbar_wait_plain(bar_full_v(prev_stage), prev_parity);
-      fence_regs(o);
-      fence_regs(pfrag);
-      schedule_wait();
-      wgmma_fence();
-      issue_pv(prev_stage);
-      schedule_pass();
-      wgmma_wait<0>();
-      fence_regs(o);
-      fence_regs(pfrag);
-      if (lane == 0) mbar_arrive(bar_empty_v(prev_stage));
-      write_item(prev_h, prev_row0, row_max, row_sum);
-      reset_item();
-    };
-    reset_item();
-    for (int w = blockIdx.x; w < args.num_items; w += gridDim.x) {
-      const int h = w % p.hq;
-      const int tile = p.plan.fwd.order[w / p.hq];
-      const int m0 = tile * BM;
-      const int wg_row0 = m0 + 64 * cw;
-      const int row_of[2] = {wg_row0 + 16 * warp_in_wg + g, wg_row0 + 16 * warp_in_wg + g + 8};
-      QueryTileWalker<BM, BN> it;
-      it.slices = p.plan.slices;
-      it.list = p.plan.fwd.slices;
-      it.pos = p.plan.fwd.offsets[tile];
-      it.end = p.plan.fwd.offsets[tile + 1];
-      it.m0 = m0;
-      bool valid = it.next_slice();
-      if (!valid) {
-        // No step: out = 0, lse = -inf (no Q was loaded for it).
-        if (pending) {
-          flush();
-          pending = false;
-        }
-        write_item(h, wg_row0, row_max, row_sum);
-        continue;
-      }
-      const int qb = q_items & 1;
-      const uint32_t q_parity = static_cast<uint32_t>(q_items >> 1) & 1;
-      ++q_items;
-      mbar_wait_plain(bar_qf(qb), q_parity);
-      bool first = true;
-      while (valid) {
-        const Slice slice = it.slice;
-        const int n0 = it.n0;
-        valid = it.advance();
-        const int s = step % S;
-        const uint32_t parity = static_cast<uint32_t>(step / S) & 1;
-        mbar_wait_plain(bar_full_k(s), parity);
-        if (pending) {
-          mbar_wait_plain(bar_full_v(prev_stage), prev_parity);
-          fence_regs(o);
-          fence_regs(pfrag);
-          schedule_wait();
-          wgmma_fence();
-          issue_qk_buf(s, qb);   // S_j = Q K_j^T
-          issue_pv(prev_stage);  // O += P_{j-1} V_{j-1} (of this item or the previous one)
-          schedule_pass();
-          wgmma_wait<1>();
-          fence_regs(sacc);
-          if (lane == 0) {
-            mbar_arrive(bar_empty_k(s));
-            if (!valid) mbar_arrive(bar_qe(qb));  // this item's Q is no longer read
-          }
-          float prev_max[2] = {row_max[0], row_max[1]};
-          float prev_sum[2] = {row_sum[0], row_sum[1]};
-          if (first) {  // fresh statistics for the new item; the previous item's are kept for its output
-            row_max[0] = row_max[1] = -INFINITY;
-            row_sum[0] = row_sum[1] = 0.f;
-          }
-          float rescale[2];
-          softmax_rows(slice, n0, wg_row0, row_of, rescale);
-          wgmma_wait<0>();
-          fence_regs(o);
-          fence_regs(pfrag);
-          if (lane == 0) mbar_arrive(bar_empty_v(prev_stage));
-          if (first) {
-            write_item(prev_h, prev_row0, prev_max, prev_sum);
-#pragma unroll
-            for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-          } else {
-#pragma unroll
-            for (int i = 0; i < D / 2; ++i) o[i] *= rescale[(i >> 1) & 1];
-          }
-        } else {
-          // Nothing pending (the CTA's first step, or after a drained item): o and the statistics are fresh.
-          schedule_wait();
-          wgmma_fence();
-          issue_qk_buf(s, qb);
-          schedule_pass();
-          wgmma_wait<0>();
-          fence_regs(sacc);
-          if (lane == 0) {
-            mbar_arrive(bar_empty_k(s));
-            if (!valid) mbar_arrive(bar_qe(qb));
-          }
-          float rescale[2];
-          softmax_rows(slice, n0, wg_row0, row_of, rescale);
-        }
-        to_pfrag();
-        pending = true;
-        prev_stage = s;
-        prev_parity = parity;
-        prev_h = h;
-        prev_row0 = wg_row0;
-        first = false;
-        ++step;
-      }
-    }
-    if (pending) flush();
-  }
   if (cw == 0) schedule_wait();  // takes warpgroup 1's last pass, so no arrival is left pending
   if ((threadIdx.x & 127) == 0) tma_store_wait_all();
   }
@@ -787,219 +456,42 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
 #endif
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Host side: tensor maps through the driver entry point (no libcuda link).
-PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
-  static PFN_cuTensorMapEncodeTiled_v12000 fn = nullptr;
-  static std::once_flag once;
-  std::call_once(once, [] {
-    void* pointer = nullptr;
-    cudaDriverEntryPointQueryResult query = cudaDriverEntryPointSymbolNotFound;
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &pointer, 12000, cudaEnableDefault, &query) ==
-            cudaSuccess &&
-        query == cudaDriverEntryPointSuccess) {
-      fn = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(pointer);
-    }
-    (void)cudaGetLastError();
-  });
-  return fn;
-}
-
-bool encode_thd(CUtensorMap* map, const void* pointer, int rows, int heads, int head_dim, int box_rows, int dtype) {
-  return sm90_encode_thd(map, pointer, rows, heads, head_dim, 64, box_rows, dtype, false);
-}
-
-// MAGI_FFA_SM90_PINGPONG=0 (read once) turns the consumer warpgroups' turn-taking off (for A/B timing).
-bool pingpong_enabled() {
-  static const bool enabled = [] {
-    const char* value = std::getenv("MAGI_FFA_SM90_PINGPONG");
-    return !(value != nullptr && std::strcmp(value, "0") == 0);
-  }();
-  return enabled;
-}
-
-// Persistent grid size: one CTA per SM of the current device (cached per device), or MAGI_FFA_SM90_CTAS
-// (read once; a test knob: a small value makes every CTA run many items).
-cudaError_t persistent_ctas_impl(int* ctas) {
-  static const int forced = [] {
-    const char* value = std::getenv("MAGI_FFA_SM90_CTAS");
-    return value != nullptr ? std::atoi(value) : 0;
-  }();
-  if (forced > 0) {
-    *ctas = forced;
-    return cudaSuccess;
-  }
-  constexpr int kCachedDevices = 64;
-  static std::atomic<int> cached[kCachedDevices] = {};
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  if (device >= 0 && device < kCachedDevices) {
-    const int known = cached[device].load(std::memory_order_relaxed);
-    if (known > 0) {
-      *ctas = known;
-      return cudaSuccess;
-    }
-  }
-  int sms = 0;
-  err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (err != cudaSuccess) return err;
-  sms = std::max(sms, 1);
-  if (device >= 0 && device < kCachedDevices) cached[device].store(sms, std::memory_order_relaxed);
-  *ctas = sms;
-  return cudaSuccess;
-}
-
-// MAGI_FFA_SM90_XITEM=1 (read once) selects the cross-item pipelined consumer loop (kXItem).
-bool xitem_enabled() {
-  static const bool enabled = [] {
-    const char* value = std::getenv("MAGI_FFA_SM90_XITEM");
-    return value != nullptr && std::strcmp(value, "1") == 0;
-  }();
-  return enabled;
-}
-
-template <typename T, int D, bool kXItem>
-cudaError_t launch_sm90_variant(const Sm90FwdArgs& args, int grid, cudaStream_t stream) {
-  using L = Sm90Layout<D, kXItem>;
-  cudaError_t err = ensure_dynamic_smem<ffa_forward_sm90_kernel<T, D, kXItem>>(L::kSmemBytes);
-  if (err != cudaSuccess) return err;
-  ffa_forward_sm90_kernel<T, D, kXItem><<<static_cast<unsigned>(grid), kSm90Threads, L::kSmemBytes, stream>>>(args);
-  return cudaGetLastError();
-}
-
 template <typename T, int D>
-cudaError_t launch_sm90_typed(const FwdParams& params, int dtype, cudaStream_t stream) {
+cudaError_t launch_typed(const FwdParams& params, int dtype, cudaStream_t stream) {
+  using L = Sm90Layout<D>;
   const int64_t blocks = static_cast<int64_t>(params.plan.fwd.num_tiles) * params.hq;
   if (blocks == 0) return cudaSuccess;
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  // No keys at all: nothing is visible, no K / V map can be built (a zero extent); the sm80 kernel writes
-  // the zeros and -inf.
-  if (params.plan.total_k == 0) return launch_forward(params, D, dtype, stream);
+  // No keys at all: no K / V map can be built (a zero extent); dispatch.cu sends that case to the sm80 kernel.
+  if (params.plan.total_k == 0) return cudaErrorInvalidValue;
   Sm90FwdArgs args;
   args.p = params;
-  if (!encode_thd(&args.tm_q, params.q, params.plan.total_q, params.hq, D, kSm90BlockM, dtype) ||
-      !encode_thd(&args.tm_k, params.k, params.plan.total_k, params.hkv, D, kSm90BlockN, dtype) ||
-      !encode_thd(&args.tm_v, params.v, params.plan.total_k, params.hkv, D, kSm90BlockN, dtype) ||
-      !encode_thd(&args.tm_o, params.out, params.plan.total_q, params.hq, D, 64, dtype)) {
+  const int tq = params.plan.total_q, tk = params.plan.total_k;
+  if (!sm90_encode_thd(&args.tm_q, params.q, tq, params.hq, D, 64, kSm90BlockM, dtype, false) ||
+      !sm90_encode_thd(&args.tm_k, params.k, tk, params.hkv, D, 64, kSm90BlockN, dtype, false) ||
+      !sm90_encode_thd(&args.tm_v, params.v, tk, params.hkv, D, 64, kSm90BlockN, dtype, false) ||
+      !sm90_encode_thd(&args.tm_o, params.out, tq, params.hq, D, 64, 64, dtype, false)) {
     return cudaErrorInvalidValue;
   }
   args.num_items = static_cast<int32_t>(blocks);
-  args.pingpong = pingpong_enabled() ? 1 : 0;
+  args.pingpong = env_config().sm90_pingpong ? 1 : 0;
   int ctas = 0;
   cudaError_t err = sm90_persistent_ctas(&ctas);
   if (err != cudaSuccess) return err;
   const int grid = static_cast<int>(std::min<int64_t>(blocks, ctas));
-  return xitem_enabled() ? launch_sm90_variant<T, D, true>(args, grid, stream)
-                         : launch_sm90_variant<T, D, false>(args, grid, stream);
-}
-
-// MAGI_FFA_FWD_KERNEL, read once: 0 unset / empty (auto), 1 "sm80", 2 "sm90", 3 anything else.
-int forced_kernel_from_env() {
-  static const int forced = [] {
-    const char* value = std::getenv("MAGI_FFA_FWD_KERNEL");
-    if (value == nullptr || value[0] == '\0') return 0;
-    if (std::strcmp(value, "sm80") == 0) return 1;
-    if (std::strcmp(value, "sm90") == 0) return 2;
-    return 3;
-  }();
-  return forced;
-}
-
-// Whether the device is compute capability 9.0 (cached per device; -1 = not yet known).
-bool device_is_sm90(int device) {
-  constexpr int kCachedDevices = 64;
-  static std::atomic<int> cached[kCachedDevices] = {};  // 0 unknown, 1 yes, 2 no
-  if (device >= 0 && device < kCachedDevices) {
-    const int known = cached[device].load(std::memory_order_relaxed);
-    if (known != 0) return known == 1;
-  }
-  int major = 0, minor = 0;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  const bool yes = major == 9 && minor == 0;
-  if (device >= 0 && device < kCachedDevices) cached[device].store(yes ? 1 : 2, std::memory_order_relaxed);
-  return yes;
+  err = ensure_dynamic_smem<ffa_forward_sm90_kernel<T, D>>(L::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  ffa_forward_sm90_kernel<T, D><<<static_cast<unsigned>(grid), kSm90Threads, L::kSmemBytes, stream>>>(args);
+  return cudaGetLastError();
 }
 
 }  // namespace
 
-int select_forward_kernel(int head_dim, int dtype, const char** why_not) {
-  const int forced = forced_kernel_from_env();
-  if (forced == 1) return kForwardKernelSm80;
-  if (forced == 3) {
-    *why_not = "the environment variable MAGI_FFA_FWD_KERNEL must be sm80, sm90 or unset";
-    return -1;
-  }
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) {
-    (void)cudaGetLastError();
-    device = -1;
-  }
-  const bool sm90_device = device >= 0 && device_is_sm90(device);
-  const bool supported = sm90_forward_supported(head_dim, dtype);
-  if (forced == 2) {
-    if (!sm90_device) {
-      *why_not = "MAGI_FFA_FWD_KERNEL=sm90 but the current device is not sm_90 (unset it or use sm80)";
-      return -1;
-    }
-    if (!supported) {
-      *why_not = "MAGI_FFA_FWD_KERNEL=sm90 but the sm90 forward supports head_dim 64 / 128 in bf16 / fp16 only";
-      return -1;
-    }
-    return kForwardKernelSm90;
-  }
-  return sm90_device && supported ? kForwardKernelSm90 : kForwardKernelSm80;
-}
-
-bool sm90_encode_thd(CUtensorMap* map, const void* pointer, int rows, int heads, int head_dim, int box_cols,
-                     int box_rows, int dtype, bool fp32) {
-  PFN_cuTensorMapEncodeTiled_v12000 fn = encode_fn();
-  if (fn == nullptr) return false;
-  const cuuint64_t element = fp32 ? 4 : 2;
-  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(heads),
-                              static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(head_dim) * element,
-                                 static_cast<cuuint64_t>(head_dim) * element * static_cast<cuuint64_t>(heads)};
-  const cuuint32_t box[3] = {static_cast<cuuint32_t>(box_cols), 1, static_cast<cuuint32_t>(box_rows)};
-  const cuuint32_t element_strides[3] = {1, 1, 1};
-  const CUtensorMapDataType type = fp32                                ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32
-                                   : dtype == MAGI_FFA_DTYPE_BFLOAT16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
-                                                                      : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-  const CUresult result = fn(map, type, 3, const_cast<void*>(pointer), dims, strides, box, element_strides,
-                             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return result == CUDA_SUCCESS;
-}
-
-cudaError_t sm90_persistent_ctas(int* ctas) { return persistent_ctas_impl(ctas); }
-
-bool sm90_current_device_is_sm90() {
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  return device_is_sm90(device);
-}
-
-bool sm90_forward_supported(int head_dim, int dtype) {
-  return (head_dim == 64 || head_dim == 128) &&
-         (dtype == MAGI_FFA_DTYPE_BFLOAT16 || dtype == MAGI_FFA_DTYPE_FLOAT16);
-}
-
 cudaError_t launch_forward_sm90(const FwdParams& params, int head_dim, int dtype, cudaStream_t stream) {
-  if (dtype == MAGI_FFA_DTYPE_BFLOAT16) {
-    if (head_dim == 64) return launch_sm90_typed<__nv_bfloat16, 64>(params, dtype, stream);
-    if (head_dim == 128) return launch_sm90_typed<__nv_bfloat16, 128>(params, dtype, stream);
-  } else if (dtype == MAGI_FFA_DTYPE_FLOAT16) {
-    if (head_dim == 64) return launch_sm90_typed<__half, 64>(params, dtype, stream);
-    if (head_dim == 128) return launch_sm90_typed<__half, 128>(params, dtype, stream);
-  }
-  return cudaErrorInvalidValue;
+  return with_shape(head_dim, dtype, [&](auto shape) {
+    using S = decltype(shape);
+    return launch_typed<typename S::Elem, S::kHeadDim>(params, dtype, stream);
+  });
 }
 
 }  // namespace magi_ffa
