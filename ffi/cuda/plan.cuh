@@ -1,4 +1,4 @@
-// ffa_plan.cuh: host-side construction of a plan's tile lists (which slices touch each query / key
+// plan.cuh: host-side construction of a plan's tile lists (which slices touch each query / key
 // tile, and the launch order). Shared by magi_ffa.cu and the self-test's CPU replay of the schedule.
 #pragma once
 

@@ -1,4 +1,4 @@
-// ffa_walkers.cuh: the tile schedulers of the kernels. A walker enumerates, for the tile a CTA owns,
+// common/walkers.cuh: the tile schedulers of the kernels. A walker enumerates, for the tile a CTA owns,
 // the (slice, inner tile) pairs it must visit, in a fixed order (so results are deterministic). All
 // threads of a CTA run the same walker on the same data, so its decisions are CTA-uniform. This is
 // independent of how the inner product is computed (mma.sync here, wgmma later). Host-callable so the
