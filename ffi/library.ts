@@ -57,6 +57,10 @@ export interface CudaLibrary {
   readonly symbols: MagiFfaLibrary["symbols"];
   /** `magi_ffa_abi_version()` of the loaded file. */
   readonly abiVersion: number;
+  /** Head dims the kernels are compiled for (`magi_ffa_supported_head_dims`), ascending; read at load. */
+  readonly supportedHeadDims: readonly number[];
+  /** `MAGI_FFA_DTYPE_*` codes the kernels take (`magi_ffa_supported_dtypes`), ascending; read at load. */
+  readonly supportedDtypes: readonly number[];
   /** Text of the last failure on the calling (main) thread, `""` if none. */
   lastError(): string;
   /** The library-owned stream, created on first use and kept for the life of the process. */
@@ -189,6 +193,23 @@ function openCandidate(path: string): CudaLibrary {
   return library;
 }
 
+/** Reads one of the library's "what is supported" lists (the C side declares them once). */
+function readSupportedList(
+  path: string,
+  read: (values: Int32Array, capacity: number, count: Int32Array) => number,
+  what: string,
+): readonly number[] {
+  const count = new Int32Array(1);
+  let values = new Int32Array(16);
+  for (let attempt = 0; attempt < 2; attempt++) {
+    const status = read(values, values.length, count);
+    if (status !== 0) throw new MagiFfaError(status, `${what} (${path})`, "");
+    if (count[0] <= values.length) return Object.freeze(Array.from(values.subarray(0, count[0])));
+    values = new Int32Array(count[0]);
+  }
+  throw new MagiFfaError(MAGI_FFA_ERROR.INVALID_ARGUMENT, `${what} (${path})`, "the list kept growing");
+}
+
 function wrapLibrary(path: string, handle: MagiFfaLibrary): CudaLibrary {
   const symbols = handle.symbols;
   let stream: Deno.PointerValue | undefined;
@@ -196,6 +217,12 @@ function wrapLibrary(path: string, handle: MagiFfaLibrary): CudaLibrary {
     path,
     symbols,
     abiVersion: MAGI_FFA_ABI_VERSION,
+    supportedHeadDims: readSupportedList(
+      path,
+      symbols.magi_ffa_supported_head_dims,
+      "magi_ffa_supported_head_dims",
+    ),
+    supportedDtypes: readSupportedList(path, symbols.magi_ffa_supported_dtypes, "magi_ffa_supported_dtypes"),
     lastError(): string {
       const text = symbols.magi_ffa_last_error();
       return text === null ? "" : Deno.UnsafePointerView.getCString(text);
