@@ -175,6 +175,17 @@ function toThd(input: HostTensor, field: string): HostTensor {
  * Factory path: returns an attention function that picks its mask by priority — explicit `magiAttnSpec`
  * → `cuSeqlens` → the stamped spec of `module` → the active spec → causal — and marks stamped specs
  * consumed. Gives bitwise the same output as the `"magi"` registry entry for the same spec.
+ *
+ * @example Packed documents by their boundaries
+ * ```ts
+ * import { makeMagiAttnFunc, randomTensor } from "@magi/attn";
+ *
+ * const attention = makeMagiAttnFunc();
+ * const q = randomTensor([8, 2, 16], { seed: 1 }); // thd [tokens, heads, headDim], or [1, S, H, D]
+ * const k = randomTensor([8, 2, 16], { seed: 2 });
+ * const v = randomTensor([8, 2, 16], { seed: 3 });
+ * const out = await attention(q, k, v, { cuSeqlens: [0, 5, 8] }); // [8, 2, 16], two causal documents
+ * ```
  */
 export function makeMagiAttnFunc(factoryOptions: { softmaxScale?: number } = {}): MagiAttnFunc {
   const { softmaxScale } = factoryOptions;

@@ -155,6 +155,16 @@ function tuplesOf(flat: Int32Array): readonly Range[] {
  * bottom-right aligned, `"inv_causal"` top-left, `"bi_causal"` both). Build one with the static builders;
  * compile it with `compileFlexKey`. Instances are frozen; the range and type lists they hand out are
  * frozen too (built on first access, then kept).
+ *
+ * @example Packed documents, a window, a prefix tree
+ * ```ts
+ * import { AttnMaskSpec } from "@magi/attn";
+ *
+ * const documents = AttnMaskSpec.varlen([5, 3, 4]); // three causal documents in 12 tokens
+ * const window = AttnMaskSpec.slidingWindow(12, { left: 2, right: 0 }); // causal, 2 keys back
+ * const rollouts = AttnMaskSpec.prefixTree([4, 2, 3], [[0, 1], [0, 2]]); // a prompt, two completions
+ * console.log(documents.totalSeqlenQ, window.numSlices, rollouts.qRanges);
+ * ```
  */
 export class AttnMaskSpec {
   /** Query tokens of the packed sequence. */
