@@ -123,7 +123,7 @@ export async function magiAttentionForward(
     flexKey,
     { softmaxScale: options.scaling, softcap: options.softcap },
   );
-  return [reshape(out as HostTensor, [batch, seqQ, heads, headDim]), null];
+  return [reshape(out, [batch, seqQ, heads, headDim]), null];
 }
 
 let activeSpec: AttnMaskSpec | null = null;
@@ -268,6 +268,6 @@ export function makeMagiAttnFunc(factoryOptions: { softmaxScale?: number } = {})
     const flexKey = compileFlexKey(spec);
     if (options.module && spec === stampedSpecOf(options.module)) markStampedSpecConsumed(options.module);
     const { out } = await flexFlashAttnForward(qThd, kThd, vThd, flexKey, { softmaxScale });
-    return reshape(out as HostTensor, q.shape);
+    return reshape(out, q.shape);
   };
 }
