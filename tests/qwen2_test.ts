@@ -10,15 +10,14 @@ import {
   ALL_ATTENTION_FUNCTIONS,
   AttentionInterface,
   AttnSpecNotConsumedError,
-  bf16BitsToFloat32,
   closeAttnSpecStep,
-  float32ToBf16Bits,
   MagiAttnInputError,
   prefixTreeLayout,
   resetAttnSpecGuard,
   sdpaAttentionForward,
   setAttnSpecOnAttention,
 } from "../mod.ts";
+import { bf16BitsToFloat32, float32ToBf16Bits } from "../testing.ts";
 import { parseQwen2Config, readQwen2Config } from "../examples/qwen2/config.ts";
 import { CheckpointError } from "../examples/qwen2/errors.ts";
 import {
