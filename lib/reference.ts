@@ -32,7 +32,7 @@ export interface ReferenceBackwardResult {
 }
 
 /** The CPU path reads `data`, so device tensors (or hand-made objects without data) are refused. */
-function requireHostData(value: HostTensor, name: string): void {
+export function requireHostData(value: HostTensor, name: string): void {
   const data = value.data as unknown;
   const isTypedArray = data instanceof Float32Array || data instanceof Float16Array ||
     data instanceof Uint16Array;
@@ -49,7 +49,7 @@ function requireHostData(value: HostTensor, name: string): void {
  * The visible key interval `[lo, hi)` of query row `queryIndex` in one slice, written into `bounds`.
  * CAUSAL is bottom-right aligned (`j ≤ i + ke − qe`), INVCAUSAL top-left (`j ≥ i + ks − qs`).
  */
-function visibleInterval(
+export function visibleInterval(
   type: number,
   queryIndex: number,
   qStart: number,
