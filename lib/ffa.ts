@@ -6,7 +6,8 @@
 
 import { BackendUnavailableError, MagiAttnInputError } from "./errors.ts";
 import { isFlexKey, toFlexKey } from "./flex_key.ts";
-import { referenceBackward, referenceForward } from "./reference.ts";
+import { cpuBackward, cpuForward } from "./cpu/attention.ts";
+import { noticeLargeCpuCall } from "./cpu/notice.ts";
 import type { HostTensor } from "./tensor.ts";
 import type { FlexKey, PlainFlexKey } from "./types.ts";
 import { validateBackwardArgs, validateForwardArgs } from "./validate.ts";
@@ -147,6 +148,16 @@ function resolveBackend(
   return backendInfo({ libraryPath: options.libraryPath }).backend;
 }
 
+/** Why a call runs on the CPU rather than the GPU, for the once-per-process notice on large calls. */
+function cpuReason(requested: Backend, dtype: string, headDim: number, options: FlexAttnOptions): string {
+  if (requested === "cpu") return 'backend "cpu" was requested';
+  if (dtype === "float32") return "the inputs are float32 (the CUDA kernels take bfloat16 and float16)";
+  if (!GPU_HEAD_DIMS.includes(headDim)) {
+    return `head dim ${headDim} (the CUDA kernels take ${GPU_HEAD_DIMS.join(" and ")})`;
+  }
+  return backendInfo({ libraryPath: options.libraryPath }).reason ?? "the CUDA backend is not available";
+}
+
 function resolveKey(key: FlexKey | PlainFlexKey, q: AnyTensor, k: AnyTensor): FlexKey {
   if (isFlexKey(key)) return key;
   for (const [field, item] of [["q", q], ["k", k]] as const) {
@@ -183,7 +194,9 @@ export async function flexFlashAttnForward(
     libraryPath: options.libraryPath,
   };
   if (backend === "cuda") return await cudaForward(q, k, v, flexKey, kernelOptions);
-  return referenceForward(q as HostTensor, k as HostTensor, v as HostTensor, flexKey, kernelOptions);
+  const flops = 4 * flexKey.area * shape.numHeadsQ * shape.headDim;
+  noticeLargeCpuCall(flops, "forward", () => cpuReason(requested, shape.dtype, shape.headDim, options));
+  return await cpuForward(q as HostTensor, k as HostTensor, v as HostTensor, flexKey, kernelOptions);
 }
 
 /**
@@ -211,7 +224,9 @@ export async function flexFlashAttnBackward(
     libraryPath: options.libraryPath,
   };
   if (backend === "cuda") return await cudaBackward(dout, q, k, v, out, lse, flexKey, kernelOptions);
-  return referenceBackward(
+  const flops = 10 * flexKey.area * shape.numHeadsQ * shape.headDim; // 2.5 × the forward's
+  noticeLargeCpuCall(flops, "backward", () => cpuReason(requested, shape.dtype, shape.headDim, options));
+  return await cpuBackward(
     dout as HostTensor,
     q as HostTensor,
     k as HostTensor,

@@ -11,7 +11,7 @@
  * @module
  */
 
-import wabtInit from "npm:wabt@1.0.39";
+import wabtInit from "wabt";
 
 /** Rows of C computed together by the micro-kernel (each row reuses the loaded B vectors). */
 export const MICRO_ROWS = 2;
@@ -69,7 +69,9 @@ function emitRowLoop(
 ): void {
   const acc = (row: number, vector: number) => `$c${row}_${vector}`;
   const rowAddress = (base: string, stride: string, row: number) =>
-    row === 0 ? `(local.get ${base})` : `(i32.add (local.get ${base}) (i32.mul (local.get ${stride}) (i32.const ${row})))`;
+    row === 0
+      ? `(local.get ${base})`
+      : `(i32.add (local.get ${base}) (i32.mul (local.get ${stride}) (i32.const ${row})))`;
   emit(`    (block $${label}_i_end (loop $${label}_i`);
   emit(`      (br_if $${label}_i_end (i32.ge_u (local.get $i) (local.get ${rowLimit})))`);
   emit(`      (local.set $j (i32.const 0))`);
@@ -173,7 +175,9 @@ if (import.meta.main) {
   if (Deno.args.includes("--check")) {
     const current = await Deno.readTextFile(OUTPUT_URL);
     if (current !== text) {
-      console.error("lib/cpu/gemm_wasm.ts is stale: run deno run --allow-read --allow-write scripts/gen_cpu_wasm.ts");
+      console.error(
+        "lib/cpu/gemm_wasm.ts is stale: run deno run --allow-read --allow-write scripts/gen_cpu_wasm.ts",
+      );
       Deno.exit(1);
     }
     console.log("lib/cpu/gemm_wasm.ts is up to date");

@@ -13,7 +13,7 @@
  */
 
 import { visibleInterval } from "../reference.ts";
-import { float32ToBf16Bits, type DType, type TensorData } from "../tensor.ts";
+import { type DType, float32ToBf16Bits, type TensorData } from "../tensor.ts";
 import { GEMM_COLUMN_MULTIPLE, GEMM_WASM_BASE64 } from "./gemm_wasm.ts";
 
 /** One attention problem as plain, structured-cloneable data (sent to each worker once per call). */
@@ -351,6 +351,72 @@ function loadRows(
   }
 }
 
+/** Scales (and softcaps) `count` scores in place; returns their max by `>` (NaN ignored), as the reference. */
+function scaleRow(heap: Float64Array, start: number, count: number, scale: number, softcap: number): number {
+  let max = -Infinity;
+  const end = start + count;
+  if (softcap > 0) {
+    for (let index = start; index < end; index++) {
+      const score = softcap * Math.tanh((heap[index] * scale) / softcap);
+      heap[index] = score;
+      if (score > max) max = score;
+    }
+    return max;
+  }
+  for (let index = start; index < end; index++) {
+    const score = heap[index] * scale;
+    heap[index] = score;
+    if (score > max) max = score;
+  }
+  return max;
+}
+
+/** `p = exp(s − max)` in place; returns the sum of the `p` in index order. */
+function exponentiateRow(heap: Float64Array, start: number, count: number, max: number): number {
+  let sum = 0;
+  const end = start + count;
+  for (let index = start; index < end; index++) {
+    const weight = Math.exp(heap[index] - max);
+    sum += weight;
+    heap[index] = weight;
+  }
+  return sum;
+}
+
+/**
+ * One row of the backward: scores → probabilities `exp(s − lse)` in place at `scores`, dout·v → score
+ * gradients `P (dP − D)` (softcap chain rule) `· scale` in place at `grads`, with the reference's operations.
+ */
+function gradientRow(
+  heap: Float64Array,
+  scores: number,
+  grads: number,
+  count: number,
+  scale: number,
+  softcap: number,
+  inverseCap: number,
+  lse: number,
+  delta: number,
+): void {
+  if (softcap > 0) {
+    for (let index = 0; index < count; index++) {
+      const score = softcap * Math.tanh(heap[scores + index] * scale * inverseCap);
+      const probability = Math.exp(score - lse);
+      const capped = score * inverseCap;
+      let scoreGrad = probability * (heap[grads + index] - delta);
+      scoreGrad *= 1 - capped * capped;
+      heap[scores + index] = probability;
+      heap[grads + index] = scoreGrad * scale;
+    }
+    return;
+  }
+  for (let index = 0; index < count; index++) {
+    const probability = Math.exp(heap[scores + index] * scale - lse);
+    heap[scores + index] = probability;
+    heap[grads + index] = probability * (heap[grads + index] - delta) * scale;
+  }
+}
+
 /** Runs forward and backward tasks. One per thread: it owns a WebAssembly instance and reuses its memory. */
 export class CpuKernels {
   private readonly arena = new Arena();
@@ -383,7 +449,19 @@ export class CpuKernels {
     arena.commit();
     const heap = arena.heap;
     heap.fill(0, accumulatorAt / BYTES, accumulatorAt / BYTES + taskRows * paddedDim);
-    loadKeys(heap, keysAt, keysTAt, leading, buffers.k, read, problem, kvHead, window.low, window.high, paddedDim);
+    loadKeys(
+      heap,
+      keysAt,
+      keysTAt,
+      leading,
+      buffers.k,
+      read,
+      problem,
+      kvHead,
+      window.low,
+      window.high,
+      paddedDim,
+    );
     loadKeys(heap, valuesAt, -1, 0, buffers.v, read, problem, kvHead, window.low, window.high, paddedDim);
 
     const rowMax = new Float64Array(taskRows).fill(-Infinity);
@@ -423,13 +501,7 @@ export class CpuKernels {
         heap.fill(0, line, line + lo);
         heap.fill(0, line + hi, line + keys);
         // Scale, softcap and the slice's max, keys ascending (the reference's order and `>` test).
-        let sliceMax = -Infinity;
-        for (let index = line + lo; index < line + hi; index++) {
-          let score = heap[index] * softmaxScale;
-          if (softcap > 0) score = softcap * Math.tanh(score / softcap);
-          heap[index] = score;
-          if (score > sliceMax) sliceMax = score;
-        }
+        const sliceMax = scaleRow(heap, line + lo, hi - lo, softmaxScale, softcap);
         // Merge with what earlier slices accumulated: one running max per row, like the reference.
         const taskRow = rowBase + row;
         const previousMax = rowMax[taskRow];
@@ -441,12 +513,7 @@ export class CpuKernels {
           for (let d = 0; d < headDim; d++) heap[accumulator + d] *= factor;
         }
         rowMax[taskRow] = merged;
-        let sum = 0;
-        for (let index = line + lo; index < line + hi; index++) {
-          const weight = Math.exp(heap[index] - merged);
-          sum += weight;
-          heap[index] = weight;
-        }
+        const sum = exponentiateRow(heap, line + lo, hi - lo, merged);
         rowSum[taskRow] += sum;
       }
       // accumulator[rows, D] += P[rows, keys] · V[keys, D], keys ascending per element; masked cells are
@@ -523,8 +590,32 @@ export class CpuKernels {
       heap.fill(0, dkAt / BYTES, dkAt / BYTES + windowKeys * paddedDim);
       heap.fill(0, dvAt / BYTES, dvAt / BYTES + windowKeys * paddedDim);
     }
-    loadKeys(heap, keysAt, keysTAt, leading, buffers.k, read, problem, kvHead, window.low, window.high, paddedDim);
-    loadKeys(heap, valuesAt, valuesTAt, leading, buffers.v, read, problem, kvHead, window.low, window.high, paddedDim);
+    loadKeys(
+      heap,
+      keysAt,
+      keysTAt,
+      leading,
+      buffers.k,
+      read,
+      problem,
+      kvHead,
+      window.low,
+      window.high,
+      paddedDim,
+    );
+    loadKeys(
+      heap,
+      valuesAt,
+      valuesTAt,
+      leading,
+      buffers.v,
+      read,
+      problem,
+      kvHead,
+      window.low,
+      window.high,
+      paddedDim,
+    );
 
     const inverseCap = softcap > 0 ? 1 / softcap : 0;
     const gemm = arena.exports.gemm;
@@ -538,8 +629,32 @@ export class CpuKernels {
       loadRows(heap, queriesAt, buffers.q, read, problem, kvHead, rowStart, rowEnd, paddedDim);
       loadRows(heap, doutAt, buffers.dout, read, problem, kvHead, rowStart, rowEnd, paddedDim);
       // Scores and dout·vᵀ, [rows, keys].
-      gemm(rows, stride, headDim, queriesAt, paddedDim, 1, keysTAt + keyShift, leading, probabilitiesAt, stride, 0);
-      gemm(rows, stride, headDim, doutAt, paddedDim, 1, valuesTAt + keyShift, leading, scoreGradsAt, stride, 0);
+      gemm(
+        rows,
+        stride,
+        headDim,
+        queriesAt,
+        paddedDim,
+        1,
+        keysTAt + keyShift,
+        leading,
+        probabilitiesAt,
+        stride,
+        0,
+      );
+      gemm(
+        rows,
+        stride,
+        headDim,
+        doutAt,
+        paddedDim,
+        1,
+        valuesTAt + keyShift,
+        leading,
+        scoreGradsAt,
+        stride,
+        0,
+      );
       for (let row = 0; row < rows; row++) {
         const local = (row / group) | 0;
         const query = rowStart + local;
@@ -561,30 +676,67 @@ export class CpuKernels {
         // D = rowsum(dout ∘ out), the reference's sequential sum over d.
         const offset = outRow * headDim;
         let delta = 0;
-        for (let d = 0; d < headDim; d++) delta += read(buffers.dout, offset + d) * read(buffers.out, offset + d);
-        for (let index = lo; index < hi; index++) {
-          let score = heap[probabilityLine + index] * softmaxScale;
-          if (softcap > 0) score = softcap * Math.tanh(score * inverseCap);
-          const probability = Math.exp(score - lse);
-          let scoreGrad = probability * (heap[gradLine + index] - delta);
-          if (softcap > 0) {
-            const capped = score * inverseCap;
-            scoreGrad *= 1 - capped * capped;
-          }
-          heap[probabilityLine + index] = probability;
-          heap[gradLine + index] = scoreGrad * softmaxScale;
+        for (let d = 0; d < headDim; d++) {
+          delta += read(buffers.dout, offset + d) * read(buffers.out, offset + d);
         }
+        gradientRow(
+          heap,
+          probabilityLine + lo,
+          gradLine + lo,
+          hi - lo,
+          softmaxScale,
+          softcap,
+          inverseCap,
+          lse,
+          delta,
+        );
       }
       if (task.dkdv) {
         // dv[keys] += Pᵀ · dout and dk[keys] += dSᵀ · q, rows (query, head) ascending per element.
         const keyOffset = (keyLow - window.low) * paddedDim * BYTES;
-        gemm(keys, paddedDim, rows, probabilitiesAt, 1, stride, doutAt, paddedDim, dvAt + keyOffset, paddedDim, 1);
-        gemm(keys, paddedDim, rows, scoreGradsAt, 1, stride, queriesAt, paddedDim, dkAt + keyOffset, paddedDim, 1);
+        gemm(
+          keys,
+          paddedDim,
+          rows,
+          probabilitiesAt,
+          1,
+          stride,
+          doutAt,
+          paddedDim,
+          dvAt + keyOffset,
+          paddedDim,
+          1,
+        );
+        gemm(
+          keys,
+          paddedDim,
+          rows,
+          scoreGradsAt,
+          1,
+          stride,
+          queriesAt,
+          paddedDim,
+          dkAt + keyOffset,
+          paddedDim,
+          1,
+        );
       }
       if (task.dq) {
         // This slice's partial dq (keys ascending from 0, like the reference's dqRow), then one add.
         const keyOffset = (keyLow - window.low) * paddedDim * BYTES;
-        gemm(rows, paddedDim, keys, scoreGradsAt, stride, 1, keysAt + keyOffset, paddedDim, dqPartialAt, paddedDim, 0);
+        gemm(
+          rows,
+          paddedDim,
+          keys,
+          scoreGradsAt,
+          stride,
+          1,
+          keysAt + keyOffset,
+          paddedDim,
+          dqPartialAt,
+          paddedDim,
+          0,
+        );
         const partial = dqPartialAt / BYTES;
         let blockRow = 0;
         for (let query = rowStart; query < rowEnd; query++) {
