@@ -27,6 +27,25 @@ export interface CpuOptions extends ReferenceOptions {
   threads?: number;
 }
 
+/** How a {@linkcode cpuForward} or {@linkcode cpuBackward} call ran (see {@linkcode lastCpuRun}). */
+export interface CpuRunInfo {
+  /** `"workers"` (the pool), `"in-thread"` (the calling thread) or `"reference"` (non-finite inputs). */
+  mode: "workers" | "in-thread" | "reference";
+  /** Worker threads used (0 unless `mode` is `"workers"`). */
+  threads: number;
+  /** Tasks the call was cut into. */
+  tasks: number;
+  /** Why workers were not used, when they were asked for but not used. */
+  reason?: string;
+}
+
+let lastRun: CpuRunInfo = { mode: "in-thread", threads: 0, tasks: 0 };
+
+/** How the last CPU-path call of this process ran: for diagnostics and tests. */
+export function lastCpuRun(): CpuRunInfo {
+  return { ...lastRun };
+}
+
 /** Below this many FLOPs a call runs in the calling thread at once: starting workers would cost more. */
 const IN_THREAD_FLOPS = 3e7;
 /** In the calling thread, tasks are cut to about this many FLOPs (a few ms each) between event-loop turns. */
@@ -126,10 +145,12 @@ async function runInThread<T>(tasks: readonly T[], run: (task: T) => void): Prom
   }
 }
 
-/** How a call runs: on `threads` workers, or in the calling thread (`threads` 0). */
-function chooseThreads(requested: number, flops: number): number {
-  if (requested === 0 || flops < IN_THREAD_FLOPS) return 0;
-  return workerUnavailableReason() === undefined ? requested : 0;
+/** How a call runs: on `threads` workers, or in the calling thread (`threads` 0, with the reason). */
+function chooseThreads(requested: number, flops: number): { threads: number; reason?: string } {
+  if (requested === 0) return { threads: 0 };
+  if (flops < IN_THREAD_FLOPS) return { threads: 0, reason: "small call" };
+  const reason = workerUnavailableReason();
+  return reason === undefined ? { threads: requested } : { threads: 0, reason };
 }
 
 /**
@@ -150,11 +171,15 @@ export async function cpuForward(
   requireHostData(k, "k");
   requireHostData(v, "v");
   const requestedThreads = resolveThreads(opts.threads);
-  if (hasNonFinite(v.data, shape.dtype)) return referenceForward(q, k, v, key, opts);
+  if (hasNonFinite(v.data, shape.dtype)) {
+    lastRun = { mode: "reference", threads: 0, tasks: 1 };
+    return referenceForward(q, k, v, key, opts);
+  }
   const problem = problemOf(shape, key);
   const cells = countCells(problem);
   const flops = forwardFlops(problem, cells.total);
-  const threads = chooseThreads(requestedThreads, flops);
+  const { threads, reason: notOnWorkers } = chooseThreads(requestedThreads, flops);
+  let reason = notOnWorkers;
   const length = shape.totalQ * shape.numHeadsQ;
 
   if (threads > 0) {
@@ -167,8 +192,10 @@ export async function cpuForward(
     };
     const tasks = planForward(problem, cells, Math.ceil((4 * threads) / problem.numHeadsKV));
     const job: PoolJob = { kind: "forward", problem, buffers, tasks };
-    const ran = await runOnPool(job, threads).then(() => true, () => false);
-    if (ran) {
+    const failure = await runOnPool(job, threads).then(() => undefined, (error: Error) => error.message);
+    lastRun = { mode: "workers", threads, tasks: tasks.length };
+    reason = failure;
+    if (failure === undefined) {
       return {
         out: tensor(unshared(buffers.out), q.shape, shape.dtype),
         lse: tensor(unshared(buffers.lse), [shape.totalQ, shape.numHeadsQ], "float32"),
@@ -184,7 +211,9 @@ export async function cpuForward(
   };
   const chunks = Math.ceil(flops / IN_THREAD_TASK_FLOPS / problem.numHeadsKV);
   const kernels = new CpuKernels();
-  await runInThread(planForward(problem, cells, chunks), (task) => kernels.forward(problem, buffers, task));
+  const tasks = planForward(problem, cells, chunks);
+  lastRun = { mode: "in-thread", threads: 0, tasks: tasks.length, reason };
+  await runInThread(tasks, (task) => kernels.forward(problem, buffers, task));
   return {
     out: tensor(buffers.out, q.shape, shape.dtype),
     lse: tensor(buffers.lse, [shape.totalQ, shape.numHeadsQ], "float32"),
@@ -214,12 +243,14 @@ export async function cpuBackward(
   }
   const requestedThreads = resolveThreads(opts.threads);
   if ([q, k, dout].some((item) => hasNonFinite(item.data, shape.dtype))) {
+    lastRun = { mode: "reference", threads: 0, tasks: 1 };
     return referenceBackward(dout, q, k, v, out, lse, key, opts);
   }
   const problem = problemOf(shape, key);
   const cells = countCells(problem);
   const flops = 2.5 * forwardFlops(problem, cells.total);
-  const threads = chooseThreads(requestedThreads, flops);
+  const { threads, reason: notOnWorkers } = chooseThreads(requestedThreads, flops);
+  let reason = notOnWorkers;
   const { dtype } = shape;
 
   if (threads > 0) {
@@ -242,8 +273,10 @@ export async function cpuBackward(
       : Math.ceil((3 * threads) / heads);
     const tasks = planBackward(problem, cells, perHead);
     const job: PoolJob = { kind: "backward", problem, buffers, tasks };
-    const ran = await runOnPool(job, threads).then(() => true, () => false);
-    if (ran) {
+    const failure = await runOnPool(job, threads).then(() => undefined, (error: Error) => error.message);
+    lastRun = { mode: "workers", threads, tasks: tasks.length };
+    reason = failure;
+    if (failure === undefined) {
       return {
         dq: tensor(unshared(buffers.dq), q.shape, dtype),
         dk: tensor(unshared(buffers.dk), k.shape, dtype),
@@ -265,7 +298,9 @@ export async function cpuBackward(
   };
   const chunks = Math.ceil(flops / IN_THREAD_TASK_FLOPS / problem.numHeadsKV);
   const kernels = new CpuKernels();
-  await runInThread(planBackward(problem, cells, chunks), (task) => kernels.backward(problem, buffers, task));
+  const tasks = planBackward(problem, cells, chunks);
+  lastRun = { mode: "in-thread", threads: 0, tasks: tasks.length, reason };
+  await runInThread(tasks, (task) => kernels.backward(problem, buffers, task));
   return {
     dq: tensor(buffers.dq, q.shape, dtype),
     dk: tensor(buffers.dk, k.shape, dtype),

@@ -9,6 +9,12 @@ export const LARGE_CPU_FLOPS = 1e9;
 
 let noticed = false;
 
+/** The first line of a (possibly multi-line) reason, without a leading "magi-attn:" or trailing colon. */
+export function firstLineOf(reason: string): string {
+  const line = reason.split("\n")[0].trim().replace(/^magi-attn:\s*/, "");
+  return line.replace(/\s*Tried:?$/, "").replace(/[\s:.]+$/, "");
+}
+
 /**
  * Writes one line to stderr the first time in this process that a call of more than
  * {@linkcode LARGE_CPU_FLOPS} FLOPs runs on the CPU: its size, and `reason()` (why not the GPU). Returns
@@ -25,7 +31,7 @@ export function noticeLargeCpuCall(
     `magi-attn: a ${
       flops.toExponential(1)
     }-FLOP attention ${pass} runs on the CPU (much slower than a GPU): ` +
-      `${reason()}. This notice is shown once per process.`,
+      `${firstLineOf(reason())}. This notice is shown once per process.`,
   );
   return true;
 }
