@@ -42,7 +42,8 @@ async function runFrom(base: string): Promise<Record<string, unknown>> {
   const backwardRun = attention.lastCpuRun();
   const expected = reference.referenceForward(q, k, v, key);
   const expectedGrads = reference.referenceBackward(dout, q, k, v, expected.out, expected.lse, key);
-  const identical = sameBits(forward.out.data, expected.out.data) && sameBits(forward.lse.data, expected.lse.data) &&
+  const identical = sameBits(forward.out.data, expected.out.data) &&
+    sameBits(forward.lse.data, expected.lse.data) &&
     sameBits(grads.dq.data, expectedGrads.dq.data) && sameBits(grads.dk.data, expectedGrads.dk.data) &&
     sameBits(grads.dv.data, expectedGrads.dv.data);
   return { forwardRun, backwardRun, identical, finishedAt: Date.now() };

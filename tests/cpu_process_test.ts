@@ -32,7 +32,15 @@ async function runChild(permissions: string[], args: string[]): Promise<ChildRes
   };
 }
 
-function lastJson(child: ChildResult): Record<string, any> {
+/** What tests/cpu_child.ts prints for `run` and `remote` (the notice modes print `{ done: true }`). */
+interface ChildReport {
+  forwardRun: { mode: string; tasks: number; reason?: string };
+  backwardRun: { mode: string };
+  identical: boolean;
+  finishedAt: number;
+}
+
+function lastJson(child: ChildResult): ChildReport {
   assert.equal(child.code, 0, `child failed:\n${child.stdout}\n${child.stderr}`);
   const line = child.stdout.trim().split("\n").at(-1) ?? "";
   return JSON.parse(line);
@@ -86,7 +94,10 @@ Deno.test("workers from a file path: bit-identical results, and the process exit
   assert.equal(result.backwardRun.mode, "workers", JSON.stringify(result));
   assert.equal(result.identical, true);
   // Idle workers quit after a moment: the process ends soon after its work, not at the test's timeout.
-  assert.ok(child.endedAt - result.finishedAt < 20_000, `exited ${child.endedAt - result.finishedAt} ms late`);
+  assert.ok(
+    child.endedAt - result.finishedAt < 20_000,
+    `exited ${child.endedAt - result.finishedAt} ms late`,
+  );
 });
 
 Deno.test("workers from an HTTP URL (as a remote or JSR import): bit-identical results, process exits", async () => {
@@ -104,7 +115,7 @@ Deno.test("without read permission for the worker module: in the calling thread,
   const child = await runChild([], ["run"]);
   const result = lastJson(child);
   assert.equal(result.forwardRun.mode, "in-thread", JSON.stringify(result));
-  assert.match(result.forwardRun.reason, /read permission/);
+  assert.match(result.forwardRun.reason ?? "", /read permission/);
   assert.ok(result.forwardRun.tasks > 1, "cut into several tasks, so the event loop gets turns");
   assert.equal(result.identical, true);
 });
