@@ -3,7 +3,7 @@
 Reads one JSON object from argv[1]: {"seqlen", "heads", "head_dim", "causal", "repeats"}. Computes the
 whole S x S score matrix per head (dense: every cell, masked cells set to -inf when causal), softmax with
 its log-sum-exp, then dV, dP, dS, dQ, dK by matrix products. Prints one JSON line:
-{"forward_s", "backward_s", "total_s" (medians over repeats), "numpy", "blas", "threads"}.
+{"forward_s", "backward_s", "total_s" (medians over repeats), "samples" (each repeat), "numpy", "blas"}.
 """
 
 import json
@@ -81,6 +81,10 @@ def main():
         "forward_s": median(forward_times),
         "backward_s": median(backward_times),
         "total_s": median(total_times),
+        "samples": [
+            {"forward_s": f, "backward_s": b, "total_s": t}
+            for f, b, t in zip(forward_times[1:], backward_times[1:], total_times[1:])
+        ],
         "numpy": np.__version__,
         "blas": blas_name(),
     }))
