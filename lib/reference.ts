@@ -45,6 +45,22 @@ export function requireHostData(value: HostTensor, name: string): void {
   }
 }
 
+/** {@linkcode requireHostData} for each of the backward's six tensors. */
+export function requireBackwardHostData(
+  dout: HostTensor,
+  q: HostTensor,
+  k: HostTensor,
+  v: HostTensor,
+  out: HostTensor,
+  lse: HostTensor,
+): void {
+  for (
+    const [value, name] of [[dout, "dout"], [q, "q"], [k, "k"], [v, "v"], [out, "out"], [lse, "lse"]] as const
+  ) {
+    requireHostData(value, name);
+  }
+}
+
 /**
  * The visible key interval `[lo, hi)` of query row `queryIndex` in one slice, written into `bounds`.
  * CAUSAL is bottom-right aligned (`j ≤ i + ke − qe`), INVCAUSAL top-left (`j ≥ i + ks − qs`).
@@ -200,11 +216,7 @@ export function referenceBackward(
   opts: ReferenceOptions = {},
 ): ReferenceBackwardResult {
   const shape = validateBackwardArgs(dout, q, k, v, out, lse, key, opts);
-  for (
-    const [value, name] of [[dout, "dout"], [q, "q"], [k, "k"], [v, "v"], [out, "out"], [lse, "lse"]] as const
-  ) {
-    requireHostData(value, name);
-  }
+  requireBackwardHostData(dout, q, k, v, out, lse);
   const { totalQ, totalK, numHeadsQ, numHeadsKV, headDim, softmaxScale, softcap } = shape;
   const doutData = toFloat32(dout);
   const qData = toFloat32(q);

@@ -7,11 +7,18 @@
  * @module
  */
 
-import { type ReferenceBackwardResult, type ReferenceForwardResult, requireHostData } from "../reference.ts";
-import { referenceBackward, referenceForward, type ReferenceOptions } from "../reference.ts";
+import {
+  referenceBackward,
+  type ReferenceBackwardResult,
+  referenceForward,
+  type ReferenceForwardResult,
+  type ReferenceOptions,
+  requireBackwardHostData,
+  requireHostData,
+} from "../reference.ts";
 import { type DType, type HostTensor, tensor, type TensorData } from "../tensor.ts";
 import type { FlexKey } from "../types.ts";
-import { validateBackwardArgs, validateForwardArgs } from "../validate.ts";
+import { type ForwardShape, validateBackwardArgs, validateForwardArgs } from "../validate.ts";
 import { MagiAttnInputError } from "../errors.ts";
 import { type BackwardBuffers, CpuKernels, type CpuProblem, type ForwardBuffers } from "./kernels.ts";
 import { countCells, planBackward, planForward } from "./plan.ts";
@@ -104,32 +111,8 @@ function unshared<T extends TensorData>(data: T): T {
   return data.buffer instanceof SharedArrayBuffer ? data.slice() as T : data;
 }
 
-function problemOf(
-  shape: {
-    totalQ: number;
-    totalK: number;
-    numHeadsQ: number;
-    numHeadsKV: number;
-    headDim: number;
-    softmaxScale: number;
-    softcap: number;
-    dtype: DType;
-  },
-  key: FlexKey,
-): CpuProblem {
-  return {
-    totalQ: shape.totalQ,
-    totalK: shape.totalK,
-    numHeadsQ: shape.numHeadsQ,
-    numHeadsKV: shape.numHeadsKV,
-    headDim: shape.headDim,
-    softmaxScale: shape.softmaxScale,
-    softcap: shape.softcap,
-    dtype: shape.dtype,
-    qRanges: key.qRanges,
-    kRanges: key.kRanges,
-    attnTypeMap: key.attnTypeMap,
-  };
+function problemOf(shape: ForwardShape, key: FlexKey): CpuProblem {
+  return { ...shape, qRanges: key.qRanges, kRanges: key.kRanges, attnTypeMap: key.attnTypeMap };
 }
 
 /** Forward FLOPs of a problem with `cells` visible cells (the project's count: 4 · area · Hq · D). */
@@ -236,11 +219,7 @@ export async function cpuBackward(
   opts: CpuOptions = {},
 ): Promise<ReferenceBackwardResult> {
   const shape = validateBackwardArgs(dout, q, k, v, out, lse, key, opts);
-  for (
-    const [value, name] of [[dout, "dout"], [q, "q"], [k, "k"], [v, "v"], [out, "out"], [lse, "lse"]] as const
-  ) {
-    requireHostData(value, name);
-  }
+  requireBackwardHostData(dout, q, k, v, out, lse);
   const requestedThreads = resolveThreads(opts.threads);
   if ([q, k, dout].some((item) => hasNonFinite(item.data, shape.dtype))) {
     lastRun = { mode: "reference", threads: 0, tasks: 1 };

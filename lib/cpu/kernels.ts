@@ -14,26 +14,11 @@
 
 import { visibleInterval } from "../reference.ts";
 import { type DType, float32ToBf16Bits, type TensorData } from "../tensor.ts";
+import type { ForwardShape } from "../validate.ts";
 import { GEMM_COLUMN_MULTIPLE, GEMM_WASM_BASE64 } from "./gemm_wasm.ts";
 
 /** One attention problem as plain, structured-cloneable data (sent to each worker once per call). */
-export interface CpuProblem {
-  /** Query tokens. */
-  totalQ: number;
-  /** Key tokens. */
-  totalK: number;
-  /** Query heads. */
-  numHeadsQ: number;
-  /** Key/value heads. */
-  numHeadsKV: number;
-  /** Head dimension. */
-  headDim: number;
-  /** Resolved logit scale. */
-  softmaxScale: number;
-  /** Resolved softcap (0 = off). */
-  softcap: number;
-  /** Element type of every input and output tensor except lse. */
-  dtype: DType;
+export interface CpuProblem extends ForwardShape {
   /** The flex key's query ranges, flat. */
   qRanges: Int32Array;
   /** The flex key's key ranges, flat. */
@@ -211,8 +196,8 @@ class Arena {
   }
 }
 
-/** The interval tables of one slice's query rows (`lo`/`hi` per row, possibly empty). */
-function sliceIntervals(
+/** The visible key interval of each query row `[rowStart, rowEnd)` of one slice (`lo ≥ hi` when empty). */
+export function sliceIntervals(
   problem: CpuProblem,
   slice: number,
   rowStart: number,
@@ -417,44 +402,85 @@ function gradientRow(
   }
 }
 
+/** What forward and backward tasks share: the plan, the padded sizes and the float64 key/value window. */
+interface TaskFrame {
+  group: number;
+  read: ElementReader;
+  write: ElementWriter;
+  blocks: Block[];
+  window: { low: number; high: number };
+  windowKeys: number;
+  /** Row length of the transposed key/value windows (padded past the last column group). */
+  leading: number;
+  paddedDim: number;
+  blockRows: number;
+  keysAt: number;
+  keysTAt: number;
+  valuesAt: number;
+  /** −1 when the values are not needed transposed (the forward). */
+  valuesTAt: number;
+}
+
 /** Runs forward and backward tasks. One per thread: it owns a WebAssembly instance and reuses its memory. */
 export class CpuKernels {
   private readonly arena = new Arena();
 
-  /** Runs one forward task: writes `out` and `lse` of its rows (all of them, empty rows included). */
-  forward(problem: CpuProblem, buffers: ForwardBuffers, task: ForwardTask): void {
-    const { numHeadsQ, numHeadsKV, headDim, softmaxScale, softcap, dtype } = problem;
-    const group = numHeadsQ / numHeadsKV;
-    const read = readerFor(dtype);
-    const write = writerFor(dtype);
-    const { kvHead, queryStart, queryEnd } = task;
+  /**
+   * Plans a task's blocks and reserves its key/value window (k, kᵀ, v and, for the backward, vᵀ); the
+   * caller reserves its own buffers, then calls {@linkcode CpuKernels.loadWindow}.
+   */
+  private frame(
+    problem: CpuProblem,
+    queryStart: number,
+    queryEnd: number,
+    keyStart: number,
+    keyEnd: number,
+    transposedValues: boolean,
+  ): TaskFrame {
+    const group = problem.numHeadsQ / problem.numHeadsKV;
     const rowsPerBlock = Math.max(1, Math.floor(BLOCK_ROWS / group));
-    const blocks = planBlocks(problem, queryStart, queryEnd, 0, problem.totalK, rowsPerBlock);
+    const blocks = planBlocks(problem, queryStart, queryEnd, keyStart, keyEnd, rowsPerBlock);
     const window = keyWindow(blocks);
     const windowKeys = window.high - window.low;
-    // Rows of the transposed keys are padded so a product's last, partial column group stays inside.
+    // Rows of the transposed windows are padded so a product's last, partial column group stays inside.
     const leading = roundUp(windowKeys, GEMM_COLUMN_MULTIPLE) + GEMM_COLUMN_MULTIPLE;
-    const paddedDim = roundUp(headDim, GEMM_COLUMN_MULTIPLE);
-    const blockRows = rowsPerBlock * group;
-    const taskRows = (queryEnd - queryStart) * group;
-
+    const paddedDim = roundUp(problem.headDim, GEMM_COLUMN_MULTIPLE);
     const arena = this.arena;
     arena.reset();
-    const keysAt = arena.allocate(windowKeys * paddedDim);
-    const keysTAt = arena.allocate(headDim * leading);
-    const valuesAt = arena.allocate(windowKeys * paddedDim);
-    const queriesAt = arena.allocate(blockRows * paddedDim);
-    const scoresAt = arena.allocate(blockRows * leading);
-    const accumulatorAt = arena.allocate(taskRows * paddedDim);
-    arena.commit();
-    const heap = arena.heap;
-    heap.fill(0, accumulatorAt / BYTES, accumulatorAt / BYTES + taskRows * paddedDim);
+    return {
+      group,
+      read: readerFor(problem.dtype),
+      write: writerFor(problem.dtype),
+      blocks,
+      window,
+      windowKeys,
+      leading,
+      paddedDim,
+      blockRows: rowsPerBlock * group,
+      keysAt: arena.allocate(windowKeys * paddedDim),
+      keysTAt: arena.allocate(problem.headDim * leading),
+      valuesAt: arena.allocate(windowKeys * paddedDim),
+      valuesTAt: transposedValues ? arena.allocate(problem.headDim * leading) : -1,
+    };
+  }
+
+  /** Grows the memory for everything reserved and loads the task's key/value window; returns the heap. */
+  private loadWindow(
+    frame: TaskFrame,
+    problem: CpuProblem,
+    k: TensorData,
+    v: TensorData,
+    kvHead: number,
+  ): Float64Array {
+    this.arena.commit();
+    const heap = this.arena.heap;
+    const { window, leading, paddedDim, read } = frame;
     loadKeys(
       heap,
-      keysAt,
-      keysTAt,
+      frame.keysAt,
+      frame.keysTAt,
       leading,
-      buffers.k,
+      k,
       read,
       problem,
       kvHead,
@@ -462,7 +488,35 @@ export class CpuKernels {
       window.high,
       paddedDim,
     );
-    loadKeys(heap, valuesAt, -1, 0, buffers.v, read, problem, kvHead, window.low, window.high, paddedDim);
+    loadKeys(
+      heap,
+      frame.valuesAt,
+      frame.valuesTAt,
+      leading,
+      v,
+      read,
+      problem,
+      kvHead,
+      window.low,
+      window.high,
+      paddedDim,
+    );
+    return heap;
+  }
+
+  /** Runs one forward task: writes `out` and `lse` of its rows (all of them, empty rows included). */
+  forward(problem: CpuProblem, buffers: ForwardBuffers, task: ForwardTask): void {
+    const { numHeadsQ, headDim, softmaxScale, softcap } = problem;
+    const { kvHead, queryStart, queryEnd } = task;
+    const frame = this.frame(problem, queryStart, queryEnd, 0, problem.totalK, false);
+    const { group, read, write, blocks, window, leading, paddedDim, blockRows, keysTAt, valuesAt } = frame;
+    const taskRows = (queryEnd - queryStart) * group;
+    const arena = this.arena;
+    const queriesAt = arena.allocate(blockRows * paddedDim);
+    const scoresAt = arena.allocate(blockRows * leading);
+    const accumulatorAt = arena.allocate(taskRows * paddedDim);
+    const heap = this.loadWindow(frame, problem, buffers.k, buffers.v, kvHead);
+    heap.fill(0, accumulatorAt / BYTES, accumulatorAt / BYTES + taskRows * paddedDim);
 
     const rowMax = new Float64Array(taskRows).fill(-Infinity);
     const rowSum = new Float64Array(taskRows);
@@ -558,25 +612,12 @@ export class CpuKernels {
 
   /** Runs one backward task: dq of its query rows and/or dk, dv of its keys (see {@linkcode BackwardTask}). */
   backward(problem: CpuProblem, buffers: BackwardBuffers, task: BackwardTask): void {
-    const { numHeadsQ, numHeadsKV, headDim, softmaxScale, softcap, dtype } = problem;
-    const group = numHeadsQ / numHeadsKV;
-    const read = readerFor(dtype);
-    const write = writerFor(dtype);
+    const { numHeadsQ, numHeadsKV, headDim, softmaxScale, softcap } = problem;
     const { kvHead, queryStart, queryEnd, keyStart, keyEnd } = task;
-    const rowsPerBlock = Math.max(1, Math.floor(BLOCK_ROWS / group));
-    const blocks = planBlocks(problem, queryStart, queryEnd, keyStart, keyEnd, rowsPerBlock);
-    const window = keyWindow(blocks);
-    const windowKeys = window.high - window.low;
-    const leading = roundUp(windowKeys, GEMM_COLUMN_MULTIPLE) + GEMM_COLUMN_MULTIPLE;
-    const paddedDim = roundUp(headDim, GEMM_COLUMN_MULTIPLE);
-    const blockRows = rowsPerBlock * group;
-
+    const frame = this.frame(problem, queryStart, queryEnd, keyStart, keyEnd, true);
+    const { group, read, write, blocks, window, windowKeys, leading, paddedDim, blockRows } = frame;
+    const { keysAt, keysTAt, valuesTAt } = frame;
     const arena = this.arena;
-    arena.reset();
-    const keysAt = arena.allocate(windowKeys * paddedDim);
-    const keysTAt = arena.allocate(headDim * leading);
-    const valuesAt = arena.allocate(windowKeys * paddedDim);
-    const valuesTAt = arena.allocate(headDim * leading);
     const queriesAt = arena.allocate(blockRows * paddedDim);
     const doutAt = arena.allocate(blockRows * paddedDim);
     const probabilitiesAt = arena.allocate(blockRows * leading);
@@ -584,38 +625,11 @@ export class CpuKernels {
     const dqPartialAt = arena.allocate(task.dq ? blockRows * paddedDim : 0);
     const dkAt = arena.allocate(task.dkdv ? windowKeys * paddedDim : 0);
     const dvAt = arena.allocate(task.dkdv ? windowKeys * paddedDim : 0);
-    arena.commit();
-    const heap = arena.heap;
+    const heap = this.loadWindow(frame, problem, buffers.k, buffers.v, kvHead);
     if (task.dkdv) {
       heap.fill(0, dkAt / BYTES, dkAt / BYTES + windowKeys * paddedDim);
       heap.fill(0, dvAt / BYTES, dvAt / BYTES + windowKeys * paddedDim);
     }
-    loadKeys(
-      heap,
-      keysAt,
-      keysTAt,
-      leading,
-      buffers.k,
-      read,
-      problem,
-      kvHead,
-      window.low,
-      window.high,
-      paddedDim,
-    );
-    loadKeys(
-      heap,
-      valuesAt,
-      valuesTAt,
-      leading,
-      buffers.v,
-      read,
-      problem,
-      kvHead,
-      window.low,
-      window.high,
-      paddedDim,
-    );
 
     const inverseCap = softcap > 0 ? 1 / softcap : 0;
     const gemm = arena.exports.gemm;

@@ -5,8 +5,7 @@
  * @module
  */
 
-import { visibleInterval } from "../reference.ts";
-import type { BackwardTask, CpuProblem, ForwardTask } from "./kernels.ts";
+import { type BackwardTask, type CpuProblem, type ForwardTask, sliceIntervals } from "./kernels.ts";
 
 /** Visible cells per query row and per key (summed over slices), the work estimate of the planner. */
 export interface CellCounts {
@@ -22,21 +21,18 @@ export interface CellCounts {
 export function countCells(problem: CpuProblem): CellCounts {
   const perQuery = new Float64Array(problem.totalQ);
   const keyDifferences = new Float64Array(problem.totalK + 1);
-  const bounds = new Int32Array(2);
   let total = 0;
   for (let slice = 0; slice < problem.attnTypeMap.length; slice++) {
     const qStart = problem.qRanges[2 * slice];
-    const qEnd = problem.qRanges[2 * slice + 1];
-    const kStart = problem.kRanges[2 * slice];
-    const kEnd = problem.kRanges[2 * slice + 1];
-    const type = problem.attnTypeMap[slice];
-    for (let row = qStart; row < qEnd; row++) {
-      visibleInterval(type, row, qStart, qEnd, kStart, kEnd, bounds);
-      if (bounds[0] >= bounds[1]) continue;
-      perQuery[row] += bounds[1] - bounds[0];
-      keyDifferences[bounds[0]] += 1;
-      keyDifferences[bounds[1]] -= 1;
-      total += bounds[1] - bounds[0];
+    const rows = problem.qRanges[2 * slice + 1] - qStart;
+    const lows = new Int32Array(rows), highs = new Int32Array(rows);
+    sliceIntervals(problem, slice, qStart, qStart + rows, lows, highs);
+    for (let row = 0; row < rows; row++) {
+      if (lows[row] >= highs[row]) continue;
+      perQuery[qStart + row] += highs[row] - lows[row];
+      keyDifferences[lows[row]] += 1;
+      keyDifferences[highs[row]] -= 1;
+      total += highs[row] - lows[row];
     }
   }
   const perKey = new Float64Array(problem.totalK);
