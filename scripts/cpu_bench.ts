@@ -6,8 +6,8 @@
  * (lib/reference.ts, the CPU path before it was tiled). Prints a table and writes
  * `bench/cpu-<machine>-<date>.json` with the machine, the date and every sample.
  *
- * numpy runs before and after ours (its samples pooled), so a load change on a shared machine hits both.
- * Figures are medians. Flags: `--seqlen N` (2048), `--heads N` (8), `--head-dim N` (64), `--repeats N` (5),
+ * numpy and each dtype of ours are timed in turn, round after round, so a load change on a shared machine
+ * hits all of them alike. Figures are medians. Flags: `--seqlen N` (2048), `--heads N` (8), `--head-dim N` (64), `--repeats N` (5),
  * `--dtypes a,b` (float32,bfloat16), `--threads N` (default: all cores), `--reference` (also time the plain
  * reference once per dtype: slow), `--skip-numpy`, `--out-dir DIR` (bench/), `--help`.
  * @module
@@ -140,7 +140,8 @@ function summarize(samples: readonly Sample[]): Sample {
   };
 }
 
-async function timeOurs(args: CpuBenchArgs, dtype: DType, plainReference: boolean): Promise<Sample[]> {
+/** Inputs of one dtype and a function timing one forward + backward on them. */
+function oursRunner(args: CpuBenchArgs, dtype: DType, plainReference: boolean): () => Promise<Sample> {
   const { seqlen, heads, headDim } = args;
   const key = toFlexKey({ qRanges: [[0, seqlen]], kRanges: [[0, seqlen]], attnTypeMap: [1] }, {
     totalQ: seqlen,
@@ -149,9 +150,7 @@ async function timeOurs(args: CpuBenchArgs, dtype: DType, plainReference: boolea
   const make = (seed: number): HostTensor => randomTensor([seqlen, heads, headDim], { seed, dtype });
   const q = make(1), k = make(2), v = make(3), dout = make(4);
   const options = { backend: "cpu" as const };
-  const samples: Sample[] = [];
-  const runs = plainReference ? 1 : args.repeats + 1; // the first run warms up (compiles, starts workers)
-  for (let run = 0; run < runs; run++) {
+  return async () => {
     const start = performance.now();
     let middle: number;
     if (plainReference) {
@@ -164,15 +163,8 @@ async function timeOurs(args: CpuBenchArgs, dtype: DType, plainReference: boolea
       await flexFlashAttnBackward(dout, q, k, v, forward.out, forward.lse, key, options);
     }
     const end = performance.now();
-    if (plainReference || run > 0) {
-      samples.push({
-        forward: (middle - start) / 1e3,
-        backward: (end - middle) / 1e3,
-        total: (end - start) / 1e3,
-      });
-    }
-  }
-  return samples;
+    return { forward: (middle - start) / 1e3, backward: (end - middle) / 1e3, total: (end - start) / 1e3 };
+  };
 }
 
 /** What numpy_attention.py reports. */
@@ -261,20 +253,27 @@ if (import.meta.main) {
   const machine = await describeMachine();
   const shape = `S=${args.seqlen} H=${args.heads} D=${args.headDim} causal`;
   console.log(`CPU benchmark, ${shape}: ${machine.cpu}, ${machine.cores} cores, load ${machine.loadAverage}`);
+  // Interleaved: each round times numpy once and each dtype once, so a load change on a shared machine
+  // hits every column alike. One untimed round first (compiles, starts the workers, warms numpy).
   const numpySamples: Sample[] = [];
   let numpyInfo: { numpy: string; blas: string } | undefined;
-  if (!args.skipNumpy) {
-    const report = await timeNumpy(args);
-    numpySamples.push(...report.samples);
-    numpyInfo = { numpy: report.numpy, blas: report.blas };
-  }
   const ours: Record<string, Sample[]> = {};
-  const reference: Record<string, Sample[]> = {};
-  for (const dtype of args.dtypes) {
-    ours[dtype] = await timeOurs(args, dtype, false);
-    if (args.reference) reference[dtype] = await timeOurs(args, dtype, true);
+  const runners = args.dtypes.map((dtype) => [dtype, oursRunner(args, dtype, false)] as const);
+  for (let round = 0; round <= args.repeats; round++) {
+    if (!args.skipNumpy) {
+      const report = await timeNumpy(args);
+      numpyInfo = { numpy: report.numpy, blas: report.blas };
+      if (round > 0) numpySamples.push(...report.samples);
+    }
+    for (const [dtype, runner] of runners) {
+      const sample = await runner();
+      if (round > 0) (ours[dtype] ??= []).push(sample);
+    }
   }
-  if (!args.skipNumpy) numpySamples.push(...(await timeNumpy(args)).samples);
+  const reference: Record<string, Sample[]> = {};
+  if (args.reference) {
+    for (const dtype of args.dtypes) reference[dtype] = [await oursRunner(args, dtype, true)()];
+  }
 
   const numpy = numpySamples.length ? summarize(numpySamples) : undefined;
   const rows: string[][] = [["run", "forward s", "backward s", "total s", "× numpy dense"]];
