@@ -14,9 +14,9 @@
 import wabtInit from "wabt";
 
 /** Rows of C computed together by the micro-kernel (each row reuses the loaded B vectors). */
-export const MICRO_ROWS = 2;
+export const MICRO_ROWS = 3;
 /** f64x2 vectors of C per row in the micro-kernel: `2 * MICRO_VECTORS` columns per step. */
-export const MICRO_VECTORS = 4;
+export const MICRO_VECTORS = 3;
 /** Columns of C per micro-kernel step; callers pad `n` to a multiple of this. */
 export const MICRO_COLUMNS = 2 * MICRO_VECTORS;
 
