@@ -15,7 +15,7 @@
 import { visibleInterval } from "../reference.ts";
 import { type DType, float32ToBf16Bits, type TensorData } from "../tensor.ts";
 import type { ForwardShape } from "../validate.ts";
-import { GEMM_COLUMN_MULTIPLE, GEMM_WASM_BASE64 } from "./gemm_wasm.ts";
+import { GEMM_COLUMN_MULTIPLE, GEMM_HEAP_BASE, GEMM_WASM_BASE64 } from "./gemm_wasm.ts";
 
 /** One attention problem as plain, structured-cloneable data (sent to each worker once per call). */
 export interface CpuProblem extends ForwardShape {
@@ -116,6 +116,10 @@ interface GemmExports {
     ldc: number,
     accumulate: number,
   ) => void;
+  /** `p[i] = exp(p[i] − shift)` for n float64 at byte address p; returns their sum in index order. */
+  exp_sum: (p: number, n: number, shift: number) => number;
+  /** The backward row without softcap (see gradientRow), at byte addresses p and g. */
+  gradient_row: (p: number, g: number, n: number, scale: number, lse: number, delta: number) => void;
 }
 
 let compiledModule: WebAssembly.Module | undefined;
@@ -165,18 +169,20 @@ function writerFor(dtype: DType): ElementWriter {
 /** Bump allocator over the kernel's linear memory; views are refreshed after the memory grows. */
 class Arena {
   readonly exports: GemmExports;
-  private used = 0;
+  private used = GEMM_HEAP_BASE;
   heap: Float64Array;
 
   constructor() {
-    const instance = new WebAssembly.Instance(gemmModule(), {});
+    // The kernel's exp is correctly rounded, like Math.exp here; the few lanes whose rounding it cannot
+    // decide quickly (and out-of-range arguments) call Math.exp itself.
+    const instance = new WebAssembly.Instance(gemmModule(), { env: { exp: Math.exp } });
     this.exports = instance.exports as unknown as GemmExports;
     this.heap = new Float64Array(this.exports.memory.buffer);
   }
 
   /** Starts a new layout: every earlier allocation is released. */
   reset(): void {
-    this.used = 0;
+    this.used = GEMM_HEAP_BASE;
   }
 
   /** Reserves `count` float64 values (16-byte aligned) and returns their byte address. */
@@ -356,23 +362,13 @@ function scaleRow(heap: Float64Array, start: number, count: number, scale: numbe
   return max;
 }
 
-/** `p = exp(s − max)` in place; returns the sum of the `p` in index order. */
-function exponentiateRow(heap: Float64Array, start: number, count: number, max: number): number {
-  let sum = 0;
-  const end = start + count;
-  for (let index = start; index < end; index++) {
-    const weight = Math.exp(heap[index] - max);
-    sum += weight;
-    heap[index] = weight;
-  }
-  return sum;
-}
-
 /**
  * One row of the backward: scores → probabilities `exp(s − lse)` in place at `scores`, dout·v → score
- * gradients `P (dP − D)` (softcap chain rule) `· scale` in place at `grads`, with the reference's operations.
+ * gradients `P (dP − D)` (softcap chain rule) `· scale` in place at `grads`, with the reference's operations
+ * (without softcap in the kernel's `gradient_row`, whose exp gives Math.exp's bits).
  */
 function gradientRow(
+  kernel: GemmExports,
   heap: Float64Array,
   scores: number,
   grads: number,
@@ -395,11 +391,7 @@ function gradientRow(
     }
     return;
   }
-  for (let index = 0; index < count; index++) {
-    const probability = Math.exp(heap[scores + index] * scale - lse);
-    heap[scores + index] = probability;
-    heap[grads + index] = probability * (heap[grads + index] - delta) * scale;
-  }
+  kernel.gradient_row(scores * BYTES, grads * BYTES, count, scale, lse, delta);
 }
 
 /** What forward and backward tasks share: the plan, the padded sizes and the float64 key/value window. */
@@ -567,7 +559,7 @@ export class CpuKernels {
           for (let d = 0; d < headDim; d++) heap[accumulator + d] *= factor;
         }
         rowMax[taskRow] = merged;
-        const sum = exponentiateRow(heap, line + lo, hi - lo, merged);
+        const sum = arena.exports.exp_sum((line + lo) * BYTES, hi - lo, merged); // exp(s − max), Σ in order
         rowSum[taskRow] += sum;
       }
       // accumulator[rows, D] += P[rows, keys] · V[keys, D], keys ascending per element; masked cells are
@@ -694,6 +686,7 @@ export class CpuKernels {
           delta += read(buffers.dout, offset + d) * read(buffers.out, offset + d);
         }
         gradientRow(
+          arena.exports,
           heap,
           probabilityLine + lo,
           gradLine + lo,
