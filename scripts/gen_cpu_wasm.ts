@@ -147,7 +147,9 @@ function i64Constant(bits: bigint): string {
 
 /** The declarations of the constants {@linkcode f64Splat} and {@linkcode i64Constant} handed out. */
 function constantDeclarations(): string[] {
-  return [...constantGlobals].map(([literal, name]) => `  (global ${name} v128 (v128.const i64x2 ${literal} ${literal}))`);
+  return [...constantGlobals].map(([literal, name]) =>
+    `  (global ${name} v128 (v128.const i64x2 ${literal} ${literal}))`
+  );
 }
 
 /**
@@ -172,9 +174,9 @@ function expWat(): string[] {
   const mul = (a: string, b: string) => `(f64x2.mul ${a} ${b})`;
   const lane = (index: number) => [
     `      (if (i64.eqz (i64x2.extract_lane ${index} ${get("ok")})) (then`,
-    `        (local.set $result (f64x2.replace_lane ${index} ${get("result")} (call $mathExp (f64x2.extract_lane ${index} ${
-      get("x")
-    }))))))`,
+    `        (local.set $result (f64x2.replace_lane ${index} ${
+      get("result")
+    } (call $mathExp (f64x2.extract_lane ${index} ${get("x")}))))))`,
   ];
   const tableLoad = (field: number) =>
     `(f64x2.replace_lane 1 (f64x2.splat (f64.load offset=${field * 8} ${get("entry0")})) (f64.load offset=${
@@ -203,9 +205,15 @@ function expWat(): string[] {
     `    (local.set $bb ${sub(get("rHi"), get("rHi0"))})`,
     `    (local.set $rLo ${add(sub(get("rHi0"), sub(get("rHi"), get("bb"))), sub(get("t2"), get("bb")))})`,
     // exp(r) − 1 = m = rHi + mLo, mLo = rLo + rHi·rLo + rHi²(1/2 + rHi/6 + … + rHi⁵/5040).
-    `    (local.set $mLo ${add(get("rLo"), add(mul(get("rHi"), get("rLo")), mul(mul(get("rHi"), get("rHi")), polynomial)))})`,
-    `    (local.set $entry0 (i32.shl (i32.and (i32x4.extract_lane 0 ${get("n")}) (i32.const 63)) (i32.const 5)))`,
-    `    (local.set $entry1 (i32.shl (i32.and (i32x4.extract_lane 2 ${get("n")}) (i32.const 63)) (i32.const 5)))`,
+    `    (local.set $mLo ${
+      add(get("rLo"), add(mul(get("rHi"), get("rLo")), mul(mul(get("rHi"), get("rHi")), polynomial)))
+    })`,
+    `    (local.set $entry0 (i32.shl (i32.and (i32x4.extract_lane 0 ${
+      get("n")
+    }) (i32.const 63)) (i32.const 5)))`,
+    `    (local.set $entry1 (i32.shl (i32.and (i32x4.extract_lane 2 ${
+      get("n")
+    }) (i32.const 63)) (i32.const 5)))`,
     `    (local.set $tHi ${tableLoad(0)})`,
     `    (local.set $tLo ${tableLoad(1)})`,
     `    (local.set $thHigh ${tableLoad(2)})`,
@@ -217,7 +225,10 @@ function expWat(): string[] {
     `    (local.set $pHi ${mul(get("tHi"), get("rHi"))})`,
     `    (local.set $pLo ${
       add(
-        add(add(sub(mul(get("thHigh"), get("mh")), get("pHi")), mul(get("thHigh"), get("ml"))), mul(get("thLow"), get("mh"))),
+        add(
+          add(sub(mul(get("thHigh"), get("mh")), get("pHi")), mul(get("thHigh"), get("ml"))),
+          mul(get("thLow"), get("mh")),
+        ),
         mul(get("thLow"), get("ml")),
       )
     })`,
@@ -232,14 +243,16 @@ function expWat(): string[] {
     `    (local.set $margin ${mul(get("yHi"), f64Splat(2 ** -62))})`,
     `    (local.set $result ${add(get("yHi"), sub(get("yLo"), get("margin")))})`,
     `    (local.set $ok (f64x2.eq ${get("result")} ${add(get("yHi"), add(get("yLo"), get("margin")))}))`,
-    `    (local.set $ok (v128.and ${get("ok")} (v128.and (f64x2.gt ${get("x")} ${f64Splat(-708.39)}) (f64x2.lt ${
-      get("x")
-    } ${f64Splat(709)}))))`,
+    `    (local.set $ok (v128.and ${get("ok")} (v128.and (f64x2.gt ${get("x")} ${
+      f64Splat(-708.39)
+    }) (f64x2.lt ${get("x")} ${f64Splat(709)}))))`,
     // Times 2^k, k = floor(n / 64): its exponent bits are (n − j) · 2^46 + 1023 · 2^52 (no 64-bit shift right).
     `    (local.set $result ${
       mul(
         get("result"),
-        `(i64x2.add (i64x2.shl (v128.and ${get("n")} ${i64Constant(-64n)}) (i32.const 46)) ${i64Constant(1023n << 52n)})`,
+        `(i64x2.add (i64x2.shl (v128.and ${get("n")} ${i64Constant(-64n)}) (i32.const 46)) ${
+          i64Constant(1023n << 52n)
+        })`,
       )
     })`,
     `    (if (i32.eqz (i64x2.all_true ${get("ok")})) (then`,

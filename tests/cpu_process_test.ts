@@ -18,7 +18,8 @@ interface ChildResult {
 
 async function runChild(permissions: string[], args: string[]): Promise<ChildResult> {
   const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--no-prompt", ...permissions, CHILD, ...args],
+    // --no-lock: the remote child would otherwise record its random-port URLs in the project lockfile.
+    args: ["run", "--no-prompt", "--no-lock", ...permissions, CHILD, ...args],
     stdout: "piped",
     stderr: "piped",
     env: { NO_COLOR: "1" },
