@@ -408,10 +408,10 @@ export function bindForwardLaunch(
   opts: CudaKernelOptions = {},
 ): () => void {
   const shape = validateForwardArgs(q, k, v, key, opts);
-  const dtypeCode = checkGpuSupport(shape);
   const inputs = [q, k, v];
   if (!allOnDevice(inputs)) throw outputsNeedDeviceInputs();
   const library = resolveLibrary(inputs, opts);
+  const dtypeCode = checkGpuSupport(shape, library);
   checkSameLibrary(inputs, ["q", "k", "v"], library);
   checkOutput(outputs.out, "out", q.shape, shape.dtype, library);
   checkOutput(outputs.lse, "lse", [shape.totalQ, shape.numHeadsQ], "float32", library);

@@ -6,7 +6,8 @@
 
 import { BackendUnavailableError, MagiAttnInputError } from "../core/errors.ts";
 import { isFlexKey, toFlexKey } from "../masks/flex_key.ts";
-import { referenceBackward, referenceForward } from "./reference.ts";
+import { cpuBackward, cpuForward } from "./cpu/attention.ts";
+import { noticeLargeCpuCall } from "./cpu/notice.ts";
 import { checkBackwardMatchesForward, recordForward } from "./forward_record.ts";
 import type { HostTensor } from "../core/tensor.ts";
 import type { FlexKey, PlainFlexKey } from "../core/types.ts";
@@ -177,6 +178,16 @@ function resolveBackend(
   return backendInfo({ libraryPath: options.libraryPath }).backend;
 }
 
+/** Why a call runs on the CPU rather than the GPU, for the once-per-process notice on large calls. */
+function cpuReason(requested: Backend, dtype: string, headDim: number, options: FlexAttnOptions): string {
+  if (requested === "cpu") return 'backend "cpu" was requested';
+  if (dtype === "float32") return "the inputs are float32 (the CUDA kernels take bfloat16 and float16)";
+  if (!GPU_HEAD_DIMS.includes(headDim)) {
+    return `head dim ${headDim} (the CUDA kernels take ${GPU_HEAD_DIMS.join(" and ")})`;
+  }
+  return backendInfo({ libraryPath: options.libraryPath }).reason ?? "the CUDA backend is not available";
+}
+
 function resolveKey(key: FlexKey | PlainFlexKey, q: AnyTensor, k: AnyTensor): FlexKey {
   if (isFlexKey(key)) return key;
   for (const [field, item] of [["q", q], ["k", k]] as const) {
@@ -250,9 +261,14 @@ export async function flexFlashAttnForward(
     deterministic: options.deterministic ?? false,
     libraryPath: options.libraryPath,
   };
-  const result = backend === "cuda"
-    ? await cudaForward(q, k, v, flexKey, kernelOptions)
-    : referenceForward(q as HostTensor, k as HostTensor, v as HostTensor, flexKey, kernelOptions);
+  let result;
+  if (backend === "cuda") {
+    result = await cudaForward(q, k, v, flexKey, kernelOptions);
+  } else {
+    const flops = 4 * flexKey.area * shape.numHeadsQ * shape.headDim;
+    noticeLargeCpuCall(flops, "forward", () => cpuReason(requested, shape.dtype, shape.headDim, options));
+    result = await cpuForward(q as HostTensor, k as HostTensor, v as HostTensor, flexKey, kernelOptions);
+  }
   recordForward(result.lse, { softmaxScale: shape.softmaxScale, softcap: shape.softcap, key: flexKey });
   return result;
 }
@@ -335,7 +351,9 @@ export async function flexFlashAttnBackward(
     libraryPath: options.libraryPath,
   };
   if (backend === "cuda") return await cudaBackward(dout, q, k, v, out, lse, flexKey, kernelOptions);
-  return referenceBackward(
+  const flops = 10 * flexKey.area * shape.numHeadsQ * shape.headDim; // 2.5 × the forward's
+  noticeLargeCpuCall(flops, "backward", () => cpuReason(requested, shape.dtype, shape.headDim, options));
+  return await cpuBackward(
     dout as HostTensor,
     q as HostTensor,
     k as HostTensor,

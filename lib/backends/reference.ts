@@ -32,7 +32,7 @@ export interface ReferenceBackwardResult {
 }
 
 /** The CPU path reads `data`, so device tensors (or hand-made objects without data) are refused. */
-function requireHostData(value: HostTensor, name: string): void {
+export function requireHostData(value: HostTensor, name: string): void {
   const data = value.data as unknown;
   const isTypedArray = data instanceof Float32Array || data instanceof Float16Array ||
     data instanceof Uint16Array;
@@ -45,11 +45,27 @@ function requireHostData(value: HostTensor, name: string): void {
   }
 }
 
+/** {@linkcode requireHostData} for each of the backward's six tensors. */
+export function requireBackwardHostData(
+  dout: HostTensor,
+  q: HostTensor,
+  k: HostTensor,
+  v: HostTensor,
+  out: HostTensor,
+  lse: HostTensor,
+): void {
+  for (
+    const [value, name] of [[dout, "dout"], [q, "q"], [k, "k"], [v, "v"], [out, "out"], [lse, "lse"]] as const
+  ) {
+    requireHostData(value, name);
+  }
+}
+
 /**
  * The visible key interval `[lo, hi)` of query row `queryIndex` in one slice, written into `bounds`.
  * CAUSAL is bottom-right aligned (`j ≤ i + ke − qe`), INVCAUSAL top-left (`j ≥ i + ks − qs`).
  */
-function visibleInterval(
+export function visibleInterval(
   type: number,
   queryIndex: number,
   qStart: number,
@@ -200,11 +216,7 @@ export function referenceBackward(
   opts: ReferenceOptions = {},
 ): ReferenceBackwardResult {
   const shape = validateBackwardArgs(dout, q, k, v, out, lse, key, opts);
-  for (
-    const [value, name] of [[dout, "dout"], [q, "q"], [k, "k"], [v, "v"], [out, "out"], [lse, "lse"]] as const
-  ) {
-    requireHostData(value, name);
-  }
+  requireBackwardHostData(dout, q, k, v, out, lse);
   const { totalQ, totalK, numHeadsQ, numHeadsKV, headDim, softmaxScale, softcap } = shape;
   const doutData = toFloat32(dout);
   const qData = toFloat32(q);
