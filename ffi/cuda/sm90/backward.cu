@@ -136,7 +136,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
     mbar_init(bar_kv_full, 1);
     mbar_init(bar_kv_empty, 8);  // every consumer warp
     for (int s = 0; s < kBwdStages; ++s) {
-      mbar_init(bar_full(s), 2);  // the TMA bytes' arrive + the lse / Delta rows' arrive
+      mbar_init(bar_full(s), 2);  // the TMA's arrive.expect_tx + the arrive after the rows' st.async
       mbar_init(bar_empty(s), 8);
     }
     mbar_init(bar_tmp, 1);
@@ -245,13 +245,20 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
           }
           fence_proxy_async_smem();
         }
-        // lse (log2 domain; +inf for rows past total_q or that see nothing, so P = 0) and Delta.
-        float* rows = rows_f + s * 2 * BM;
+        // lse (log2 domain; +inf for rows past total_q or that see nothing, so P = 0) and Delta, stored through
+        // the async proxy (st.async) and counted as transaction bytes of the stage's full barrier, like the
+        // TMA loads: the consumers' generic reads are ordered after them by the barrier, and a plain
+        // generic store here (ordered only through the mbarrier) is what racecheck reported as a hazard.
+        const uint32_t rows_at = base + L::kOffRows + static_cast<uint32_t>(s * 2 * BM) * 4u;
+        if (lane == 0) mbar_expect_tx(bar_full(s), 2 * BM * 4);
+        __syncwarp();
         for (int i = lane; i < BM; i += 32) {
           const int row = m0 + i;
           const bool in = row < total_q;
-          rows[i] = in ? bwd_lse2(p.lse[static_cast<int64_t>(row) * p.hq + h]) : INFINITY;
-          rows[BM + i] = in ? p.delta[static_cast<int64_t>(row) * p.hq + h] : 0.f;
+          const float lse2 = in ? bwd_lse2(p.lse[static_cast<int64_t>(row) * p.hq + h]) : INFINITY;
+          const float delta = in ? p.delta[static_cast<int64_t>(row) * p.hq + h] : 0.f;
+          st_async_b32(rows_at + 4u * i, lse2, bar_full(s));
+          st_async_b32(rows_at + 4u * (BM + i), delta, bar_full(s));
         }
         __syncwarp();
         if (lane == 0) {
