@@ -108,6 +108,14 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
   // Named barriers: 1 = both consumer warpgroups (dS^T halves written), 2 + wg = one warpgroup (dQ staging).
   constexpr int kBarDs = 1;
   constexpr int kBarDq = 2;
+  // The lse / Delta rows of stage s: written by the producer warp with plain stores, read by both consumer
+  // warpgroups (32 + 256 threads). Named barriers order both directions (rows full: producer arrives,
+  // consumers sync; rows empty: consumers arrive after their last read, the producer syncs before it
+  // writes the stage again). The stage's mbarriers order the TMA loads; racecheck does not count an
+  // mbarrier wait as ordering plain shared-memory accesses, and reported these rows as hazards.
+  constexpr int kBarRowsFull = 4;   // + stage
+  constexpr int kBarRowsEmpty = 6;  // + stage
+  constexpr int kRowsThreads = 32 + 256;
   const BwdParams& p = args.p;
 
   extern __shared__ unsigned char smem_raw[];
@@ -136,7 +144,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
     mbar_init(bar_kv_full, 1);
     mbar_init(bar_kv_empty, 8);  // every consumer warp
     for (int s = 0; s < kBwdStages; ++s) {
-      mbar_init(bar_full(s), 2);  // the TMA's arrive.expect_tx + the arrive after the rows' st.async
+      mbar_init(bar_full(s), 1);  // the TMA's arrive.expect_tx (or, with zeroed tail rows, a plain arrive)
       mbar_init(bar_empty(s), 8);
     }
     mbar_init(bar_tmp, 1);
@@ -219,7 +227,10 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
         const int h = hk * p.group + it.head_in_group;
         valid = it.advance();
         const int s = step % kBwdStages;
-        if (step >= kBwdStages) mbar_wait(bar_empty(s), ((step / kBwdStages) - 1) & 1);
+        if (step >= kBwdStages) {
+          mbar_wait(bar_empty(s), ((step / kBwdStages) - 1) & 1);
+          named_barrier_sync(kBarRowsEmpty + s, kRowsThreads);
+        }
         // Rows [q_hi, m0 + 64) inside the tensor see none of the tile's keys in this slice (another
         // document, or padding that may hold NaN): zeroed in Q and dO before release (0 * NaN would leak
         // into dK / dV). TMA zero-fills rows past total_q.
@@ -245,28 +256,24 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
           }
           fence_proxy_async_smem();
         }
-        // lse (log2 domain; +inf for rows past total_q or that see nothing, so P = 0) and Delta, stored through
-        // the async proxy (st.async) and counted as transaction bytes of the stage's full barrier, like the
-        // TMA loads: the consumers' generic reads are ordered after them by the barrier, and a plain
-        // generic store here (ordered only through the mbarrier) is what racecheck reported as a hazard.
-        const uint32_t rows_at = base + L::kOffRows + static_cast<uint32_t>(s * 2 * BM) * 4u;
-        if (lane == 0) mbar_expect_tx(bar_full(s), 2 * BM * 4);
-        __syncwarp();
+        // lse (log2 domain; +inf for rows past total_q or that see nothing, so P = 0) and Delta.
+        float* rows = rows_f + s * 2 * BM;
         for (int i = lane; i < BM; i += 32) {
           const int row = m0 + i;
           const bool in = row < total_q;
-          const float lse2 = in ? bwd_lse2(p.lse[static_cast<int64_t>(row) * p.hq + h]) : INFINITY;
-          const float delta = in ? p.delta[static_cast<int64_t>(row) * p.hq + h] : 0.f;
-          st_async_b32(rows_at + 4u * i, lse2, bar_full(s));
-          st_async_b32(rows_at + 4u * (BM + i), delta, bar_full(s));
+          rows[i] = in ? bwd_lse2(p.lse[static_cast<int64_t>(row) * p.hq + h]) : INFINITY;
+          rows[BM + i] = in ? p.delta[static_cast<int64_t>(row) * p.hq + h] : 0.f;
         }
+        named_barrier_arrive(kBarRowsFull + s, kRowsThreads);
         __syncwarp();
-        if (lane == 0) {
-          mbar_arrive(bar_full(s));
-          if (zero_tail) mbar_arrive(bar_full(s));  // in place of the TMA's arrive.expect_tx
-        }
+        if (lane == 0 && zero_tail) mbar_arrive(bar_full(s));  // in place of the TMA's arrive.expect_tx
         ++step;
       }
+    }
+    // The consumers arrive on "rows empty" after every step; sync the last stages' arrivals so that no named
+    // barrier is left half-arrived.
+    for (int last = step - kBwdStages < 0 ? 0 : step - kBwdStages; last < step; ++last) {
+      named_barrier_sync(kBarRowsEmpty + last % kBwdStages, kRowsThreads);
     }
   } else {
     // ---------------------------------------------------------------- consumers
@@ -350,6 +357,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
         // P^T. Column c of the accumulator is query m0 + c; rows are keys key_of[r]. Softcap and the mask
         // are separate loops behind warpgroup-uniform branches: inside one loop the compiler evaluates both
         // sides of a select for every element (tanh, the visibility test), which cost 40 % of the step.
+        named_barrier_sync(kBarRowsFull + s, kRowsThreads);  // the producer's lse / Delta rows are written
         const float* rows = rows_f + s * 2 * BM;
         if constexpr ((kAblate & kAblateSoftmax) != 0) {
 #pragma unroll
@@ -409,6 +417,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
             dpt[i] = st[i] != 0.f ? ds : 0.f;
           }
         }
+        named_barrier_arrive(kBarRowsEmpty + s, kRowsThreads);  // the rows are no longer read
 #pragma unroll
         for (int kc = 0; kc < BM / 16; ++kc) {
 #pragma unroll

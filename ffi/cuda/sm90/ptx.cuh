@@ -65,18 +65,6 @@ __device__ __forceinline__ void fence_mbar_init() {
 __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
-// Adds `bytes` to the transaction count the current phase waits for, without arriving.
-__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
-  asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-// Stores one 32-bit value to shared memory through the async proxy (like a TMA load), completing 4 bytes of
-// the mbarrier's transaction count. Readers that waited on the barrier see it; compute-sanitizer's
-// racecheck does not track async-proxy writes, as it does not track TMA's.
-__device__ __forceinline__ void st_async_b32(uint32_t smem_addr, float value, uint32_t bar) {
-  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];\n" ::"r"(smem_addr),
-               "r"(__float_as_uint(value)), "r"(bar)
-               : "memory");
-}
 __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
