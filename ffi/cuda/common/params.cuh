@@ -45,12 +45,9 @@ struct Schedule {
   const int32_t* entries;   // tile * group + head in the group
 };
 
-// Schedules for groups of 1, 2 and 4 heads; a launch with `heads` heads uses the largest group dividing it.
+// Schedules for groups of 1, 2 and 4 heads (by_group[0..2]).
 struct Schedules {
   Schedule by_group[3];
-  __host__ __device__ const Schedule& for_heads(int heads) const {
-    return by_group[heads % 4 == 0 ? 2 : heads % 2 == 0 ? 1 : 0];
-  }
 };
 constexpr int kScheduleGroups[3] = {1, 2, 4};
 
@@ -69,41 +66,70 @@ struct TileHead {
   int head;
 };
 
-// The items of one CTA of a persistent grid of gridDim.x CTAs, in order: for each group of heads, the
-// entries of lanes blockIdx.x, blockIdx.x + gridDim.x, ... (one lane per CTA when the grid is the
-// schedule's; a smaller grid, e.g. forced by MAGI_FFA_SM90_CTAS, runs several lanes per CTA). Every role
-// of a CTA (producer, consumers) walks the same sequence.
+// The schedule a persistent launch over `heads` heads uses: groups of the largest of 4, 2, 1 heads that
+// divides `heads`, or none (nullptr) when a group holds fewer items than the grid has lanes (few, short
+// tiles: MQA or short sequences) or the plan has no schedules; the walk then strides over every (tile,
+// head) item, heads interleaved, so that the whole grid has work.
+__host__ __device__ inline const Schedule* schedule_for(const TileLists& tiles, int heads) {
+  const Schedule& schedule = tiles.schedules.by_group[heads % 4 == 0 ? 2 : heads % 2 == 0 ? 1 : 0];
+  if (schedule.lanes <= 0 || static_cast<int64_t>(tiles.num_tiles) * schedule.group < schedule.lanes) return nullptr;
+  return &schedule;
+}
+
+// CTAs a persistent launch over `heads` heads needs (at most `ctas`).
+inline int persistent_grid(const TileLists& tiles, int heads, int ctas) {
+  const Schedule* schedule = schedule_for(tiles, heads);
+  const int64_t lanes = schedule != nullptr ? schedule->lanes : static_cast<int64_t>(tiles.num_tiles) * heads;
+  return static_cast<int>(lanes < ctas ? lanes : ctas);
+}
+
 #if defined(__CUDACC__)
+// The items of one CTA of a persistent grid of gridDim.x CTAs, in order. With a schedule: for each group
+// of heads, the entries of lanes blockIdx.x, blockIdx.x + gridDim.x, ... (one lane per CTA when the grid
+// is the schedule's; a smaller grid, e.g. forced by MAGI_FFA_SM90_CTAS, runs several lanes per CTA).
+// Without: items w = blockIdx.x, + gridDim.x, ... of (tile order[w / heads], head w % heads). Every role
+// of a CTA (producer, consumers) walks the same sequence.
 struct ItemWalker {
-  const Schedule& schedule;  // in the kernel's parameter space (no registers for a copy)
+  const TileLists& tiles;  // in the kernel's parameter space (no registers for a copy)
+  const Schedule* schedule;
   int heads;
-  int first_head;
+  int first_head;  // with a schedule: the group's first head; without: the next item w
   int lane;
   int index;
   int end;
-  __device__ ItemWalker(const Schedule& s, int num_heads)
-      : schedule(s), heads(num_heads), first_head(0), lane(static_cast<int>(blockIdx.x)) {
+  __device__ ItemWalker(const TileLists& lists, int num_heads)
+      : tiles(lists), schedule(schedule_for(lists, num_heads)), heads(num_heads), first_head(0),
+        lane(static_cast<int>(blockIdx.x)) {
+    if (schedule == nullptr) first_head = lane;
     load_lane();
   }
   __device__ void load_lane() {
-    const bool in = lane < schedule.lanes;
-    index = in ? schedule.offsets[lane] : 0;
-    end = in ? schedule.offsets[lane + 1] : 0;
+    const bool in = schedule != nullptr && lane < schedule->lanes;
+    index = in ? schedule->offsets[lane] : 0;
+    end = in ? schedule->offsets[lane + 1] : 0;
   }
   __device__ bool next(TileHead* item) {
+    if (schedule == nullptr) {
+      const int w = first_head;
+      if (w >= tiles.num_tiles * heads) return false;
+      first_head += static_cast<int>(gridDim.x);
+      item->tile = tiles.order[w / heads];
+      item->head = w % heads;
+      return true;
+    }
     for (;;) {
       if (index < end) {
-        const int entry = schedule.entries[index++];
-        item->tile = entry / schedule.group;
-        item->head = first_head + entry % schedule.group;
+        const int entry = schedule->entries[index++];
+        item->tile = entry / schedule->group;
+        item->head = first_head + entry % schedule->group;
         return true;
       }
       lane += static_cast<int>(gridDim.x);
-      if (lane < schedule.lanes) {
+      if (lane < schedule->lanes) {
         load_lane();
         continue;
       }
-      first_head += schedule.group;
+      first_head += schedule->group;
       if (first_head >= heads) return false;
       lane = static_cast<int>(blockIdx.x);
       load_lane();

@@ -165,7 +165,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
     int step = 0;
     int item_count = 0;
     uint32_t tmp_phase = 0;
-    ItemWalker items(args.tiles.schedules.for_heads(p.hkv), p.hkv);
+    ItemWalker items(args.tiles, p.hkv);
     for (TileHead item; items.next(&item); ++item_count) {
       const int tile = item.tile;
       const int hk = item.head;
@@ -312,7 +312,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
     const int key_row0 = 64 * cw + 16 * warp_in_wg + g;  // tile-local key of the thread's first row
     int step = 0;
     int item_count = 0;
-    ItemWalker items(args.tiles.schedules.for_heads(p.hkv), p.hkv);
+    ItemWalker items(args.tiles, p.hkv);
     for (TileHead item; items.next(&item); ++item_count) {
       const int tile = item.tile;
       const int hk = item.head;
@@ -555,12 +555,10 @@ cudaError_t launch_typed(const BwdParams& params, const TileLists& tiles, float*
       !sm90_encode_thd(&args.tm_dq, dq_accum, tq, params.hq, D, 32, kBwdBlockM, dtype, true)) {
     return cudaErrorInvalidValue;
   }
-  const Schedule& schedule = tiles.schedules.for_heads(params.hkv);
-  if (schedule.lanes <= 0) return cudaErrorInvalidValue;  // the plan was made on a device without sm90 kernels
   int ctas = 0;
   cudaError_t err = sm90_persistent_ctas(&ctas);
   if (err != cudaSuccess) return err;
-  const int grid = std::min(schedule.lanes, ctas);
+  const int grid = persistent_grid(tiles, params.hkv, ctas);
   err = ensure_dynamic_smem<ffa_bwd_sm90_kernel<T, D, kAblate, kSoftcap>>(BwdLayout::kSmemBytes);
   if (err != cudaSuccess) return err;
   ffa_bwd_sm90_kernel<T, D, kAblate, kSoftcap><<<static_cast<unsigned>(grid), kBwdThreads, BwdLayout::kSmemBytes, stream>>>(args);

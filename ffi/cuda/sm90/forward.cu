@@ -117,7 +117,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
     int step = 0;
     uint32_t vtmp_phase = 0;
     int item_count = 0;
-    ItemWalker items(p.plan.fwd.schedules.for_heads(p.hq), p.hq);
+    ItemWalker items(p.plan.fwd, p.hq);
     for (TileHead item; items.next(&item); ++item_count) {
       const int h = item.head;
       const int tile = item.tile;
@@ -261,7 +261,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) ffa_forward_sm90_kernel(const
 
   int step = 0;
   int item_count = 0;
-  ItemWalker items(p.plan.fwd.schedules.for_heads(p.hq), p.hq);
+  ItemWalker items(p.plan.fwd, p.hq);
   for (TileHead item; items.next(&item); ++item_count) {
     const int h = item.head;
     const int tile = item.tile;
@@ -477,12 +477,10 @@ cudaError_t launch_typed(const FwdParams& params, int dtype, cudaStream_t stream
     return cudaErrorInvalidValue;
   }
   args.pingpong = env_config().sm90_pingpong ? 1 : 0;
-  const Schedule& schedule = params.plan.fwd.schedules.for_heads(params.hq);
-  if (schedule.lanes <= 0) return cudaErrorInvalidValue;  // the plan was made on a device without sm90 kernels
   int ctas = 0;
   cudaError_t err = sm90_persistent_ctas(&ctas);
   if (err != cudaSuccess) return err;
-  const int grid = std::min(schedule.lanes, ctas);
+  const int grid = persistent_grid(params.plan.fwd, params.hq, ctas);
   err = ensure_dynamic_smem<ffa_forward_sm90_kernel<T, D>>(L::kSmemBytes);
   if (err != cudaSuccess) return err;
   ffa_forward_sm90_kernel<T, D><<<static_cast<unsigned>(grid), kSm90Threads, L::kSmemBytes, stream>>>(args);
