@@ -76,7 +76,16 @@ export const LIBRARY_HEADERS: readonly string[] = Object.freeze([
 export const SELFTEST_SOURCE = "tests/cuda/selftest.cu";
 
 /** Headers of the self-test (next to {@linkcode SELFTEST_SOURCE}), relative to the package root. */
-export const SELFTEST_HEADERS: readonly string[] = Object.freeze(["tests/cuda/selftest_sm90.cuh"]);
+export const SELFTEST_HEADERS: readonly string[] = Object.freeze([
+  "tests/cuda/selftest_bench.cuh",
+  "tests/cuda/selftest_case.cuh",
+  "tests/cuda/selftest_cases.cuh",
+  "tests/cuda/selftest_gpu.cuh",
+  "tests/cuda/selftest_reference.cuh",
+  "tests/cuda/selftest_replay.cuh",
+  "tests/cuda/selftest_sm90.cuh",
+  "tests/cuda/selftest_sm90_cases.cuh",
+]);
 
 /** The `-D` flag of an experiment build (see `--experiments`). */
 export const EXPERIMENTS_FLAG = "-DMAGI_FFA_EXPERIMENTS=1";
