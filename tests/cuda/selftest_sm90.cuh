@@ -466,23 +466,7 @@ inline int fwd_kernel_flag(int* argc, char** argv) {
       continue;
     }
     std::printf("== bench: forward kernel %s\n", choice);
-    std::fflush(stdout);
-    std::vector<char*> child_args(argv, argv + *argc);
-    std::string flag = "--fwd-kernel", value = choice;
-    child_args.push_back(&flag[0]);
-    child_args.push_back(&value[0]);
-    child_args.push_back(nullptr);
-    const pid_t pid = fork();
-    if (pid == 0) {
-      execv("/proc/self/exe", child_args.data());
-      std::perror("execv");
-      _exit(127);
-    }
-    int child_status = 0;
-    if (pid < 0 || waitpid(pid, &child_status, 0) != pid || !WIFEXITED(child_status) ||
-        WEXITSTATUS(child_status) != 0) {
-      status = 1;
-    }
+    if (!run_child(argv, *argc, {"--fwd-kernel", choice})) status = 1;
   }
   return status;
 }
