@@ -167,33 +167,64 @@ async function destroyRetiredPlans(state: BackendState): Promise<void> {
   }
 }
 
+/** What a library cannot run, as the error's field, its problem and its fix. */
+interface SupportGap {
+  field: "q.dtype" | "q.shape";
+  problem: string;
+  fix: string;
+}
+
+/**
+ * Whether `library` runs this dtype and head dim (its `magi_ffa_supported_*` lists, read at load): the gap
+ * when it does not, else undefined.
+ */
+function supportGap(dtype: string, headDim: number, library: CudaLibrary): SupportGap | undefined {
+  const dtypeCode = (MAGI_FFA_DTYPE as Readonly<Record<string, number>>)[dtype];
+  if (dtypeCode === undefined || !library.supportedDtypes.includes(dtypeCode)) {
+    // Named bfloat16 first (the highest code), the usual training dtype.
+    const names = Object.entries(MAGI_FFA_DTYPE).filter(([, code]) => library.supportedDtypes.includes(code))
+      .sort((a, b) => b[1] - a[1]).map(([name]) => name);
+    return {
+      field: "q.dtype",
+      problem: `is ${dtype}, which the CUDA backend does not run (it takes ${names.join(" and ")})`,
+      fix: `cast q, k and v to ${names.join(" or ")}, or use backend "cpu"`,
+    };
+  }
+  const headDims = library.supportedHeadDims;
+  if (!headDims.includes(headDim)) {
+    return {
+      field: "q.shape",
+      problem: `has head dim ${headDim}, which the CUDA backend does not run (it takes ${
+        headDims.join(" and ")
+      })`,
+      fix: `use head dim ${headDims.join(" or ")}, or use backend "cpu"`,
+    };
+  }
+  return undefined;
+}
+
+/**
+ * Why the CUDA library found by `opts` cannot run inputs of this dtype and head dim (e.g. "`q.shape` has
+ * head dim 96, which the CUDA backend does not run (it takes 64 and 128)"), or undefined when it can.
+ * The library must load (ask after `probeCudaBackend` said it is available).
+ */
+export function cudaUnsupportedReason(
+  dtype: string,
+  headDim: number,
+  opts: LibraryOptions = {},
+): string | undefined {
+  const gap = supportGap(dtype, headDim, loadCudaLibrary(opts));
+  return gap && `\`${gap.field}\` ${gap.problem}`;
+}
+
 /**
  * GPU-only restrictions, after the shared validation: the dtype and head dim must be ones the loaded
  * library is compiled for (its `magi_ffa_supported_*` lists, read at load).
  */
 function checkGpuSupport(shape: ForwardShape, library: CudaLibrary): number {
-  const dtypeCode = (MAGI_FFA_DTYPE as Readonly<Record<string, number>>)[shape.dtype];
-  if (dtypeCode === undefined || !library.supportedDtypes.includes(dtypeCode)) {
-    // Named bfloat16 first (the highest code), the usual training dtype.
-    const names = Object.entries(MAGI_FFA_DTYPE).filter(([, code]) => library.supportedDtypes.includes(code))
-      .sort((a, b) => b[1] - a[1]).map(([name]) => name);
-    throw new MagiAttnInputError(
-      "q.dtype",
-      `is ${shape.dtype}, which the CUDA backend does not run (it takes ${names.join(" and ")})`,
-      `cast q, k and v to ${names.join(" or ")}, or use backend "cpu"`,
-    );
-  }
-  const headDims = library.supportedHeadDims;
-  if (!headDims.includes(shape.headDim)) {
-    throw new MagiAttnInputError(
-      "q.shape",
-      `has head dim ${shape.headDim}, which the CUDA backend does not run (it takes ${
-        headDims.join(" and ")
-      })`,
-      `use head dim ${headDims.join(" or ")}, or use backend "cpu"`,
-    );
-  }
-  return dtypeCode;
+  const gap = supportGap(shape.dtype, shape.headDim, library);
+  if (gap) throw new MagiAttnInputError(gap.field, gap.problem, gap.fix);
+  return MAGI_FFA_DTYPE[shape.dtype as keyof typeof MAGI_FFA_DTYPE];
 }
 
 function checkSameLibrary(

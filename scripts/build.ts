@@ -1,9 +1,15 @@
 /**
  * Builds the CUDA FFA library (`libmagi_ffa.so`) from the `.cu` files under `ffi/cuda/` with nvcc.
  *
- * CLI: `deno task build [--out-dir DIR] [--selftest] [--experiments] [--cache] [--ptxas-verbose] [--no-sm80]`.
+ * CLI: `deno task build [--out-dir DIR] [--selftest] [--experiments] [--cache] [--force] [--ptxas-verbose]
+ * [--no-sm80]`.
  * Env: NVCC (the compiler), MAGI_FFA_NVCC_FLAGS (extra nvcc flags for the library, for tuning).
  * Without nvcc it prints why and exits 0 (the CPU reference stays in use); a compile failure exits 1.
+ *
+ * Each `.cu` file is compiled by its own nvcc process, as many at a time as there are cores, and a line is
+ * printed as each one finishes. A build is skipped when its stamp (`libmagi_ffa.so.sha256`, and
+ * `magi_ffa_selftest.sha256` for the self-test, next to the output) matches the SHA-256 of the sources,
+ * headers, flags and `nvcc --version`; `--force` rebuilds anyway.
  *
  * `--experiments` builds an experiment library (`-DMAGI_FFA_EXPERIMENTS=1`: timing ablations whose results
  * are wrong, read from `MAGI_FFA_SM90_BWD_ABLATE`) into `build/experiments/` unless `--out-dir` is given, never
@@ -70,7 +76,16 @@ export const LIBRARY_HEADERS: readonly string[] = Object.freeze([
 export const SELFTEST_SOURCE = "tests/cuda/selftest.cu";
 
 /** Headers of the self-test (next to {@linkcode SELFTEST_SOURCE}), relative to the package root. */
-export const SELFTEST_HEADERS: readonly string[] = Object.freeze(["tests/cuda/selftest_sm90.cuh"]);
+export const SELFTEST_HEADERS: readonly string[] = Object.freeze([
+  "tests/cuda/selftest_bench.cuh",
+  "tests/cuda/selftest_case.cuh",
+  "tests/cuda/selftest_cases.cuh",
+  "tests/cuda/selftest_gpu.cuh",
+  "tests/cuda/selftest_reference.cuh",
+  "tests/cuda/selftest_replay.cuh",
+  "tests/cuda/selftest_sm90.cuh",
+  "tests/cuda/selftest_sm90_cases.cuh",
+]);
 
 /** The `-D` flag of an experiment build (see `--experiments`). */
 export const EXPERIMENTS_FLAG = "-DMAGI_FFA_EXPERIMENTS=1";
@@ -92,8 +107,10 @@ export interface BuildOptions {
    * default output `build/experiments/`. Refused together with `cache`.
    */
   experiments?: boolean;
-  /** Build into `$XDG_CACHE_HOME/magi-attn/<version>/` (or `~/.cache/...`); reuse it when up to date. */
+  /** Build into `$XDG_CACHE_HOME/magi-attn/<version>/` (or `~/.cache/...`). */
   cache?: boolean;
+  /** Rebuild even when the stamps say the outputs are up to date. */
+  force?: boolean;
   /** Print nvcc's register / shared-memory / spill report (`-Xptxas -v`). */
   ptxasVerbose?: boolean;
   /** Also emit sm_80 code (A100) besides sm_90a; default true. */
@@ -195,30 +212,51 @@ async function materializeSources(workDir: string): Promise<{ sourceDir: string;
   return { sourceDir, sources: [...LIBRARY_SOURCES] };
 }
 
-async function hashSources(
-  sourceDir: string,
-  names: readonly string[],
-  flags: readonly string[],
-): Promise<string> {
-  const parts: Uint8Array[] = [new TextEncoder().encode(flags.join(" "))];
-  const headers = await listFiles(sourceDir, (name) => name.endsWith(".cuh") || name.endsWith(".h"));
-  const all = [...names, ...headers].sort();
-  for (const name of all) {
-    parts.push(new TextEncoder().encode(name));
-    parts.push(await Deno.readFile(`${sourceDir}/${name}`));
-  }
-  const total = parts.reduce((sum, part) => sum + part.length, 0);
-  const joined = new Uint8Array(total);
+/** Hex SHA-256 of `parts`, each length-prefixed so that moving bytes between parts changes the hash. */
+async function sha256(parts: readonly (string | Uint8Array)[]): Promise<string> {
+  const encoder = new TextEncoder();
+  const chunks = parts.flatMap((part) => {
+    const bytes = typeof part === "string" ? encoder.encode(part) : part;
+    return [encoder.encode(`${bytes.length}:`), bytes];
+  });
+  const joined = new Uint8Array(chunks.reduce((sum, chunk) => sum + chunk.length, 0));
   let offset = 0;
-  for (const part of parts) {
-    joined.set(part, offset);
-    offset += part.length;
+  for (const chunk of chunks) {
+    joined.set(chunk, offset);
+    offset += chunk.length;
   }
   const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", joined));
   return Array.from(digest, (byte) => byte.toString(16).padStart(2, "0")).join("");
 }
 
-async function run(command: string[], log: (message: string) => void, echoStderr: boolean): Promise<string> {
+/** The name and contents of each file, `dir`-relative names sorted, as hash parts. */
+async function fileParts(dir: string, names: readonly string[]): Promise<(string | Uint8Array)[]> {
+  const parts: (string | Uint8Array)[] = [];
+  for (const name of [...names].sort()) parts.push(name, await Deno.readFile(`${dir}/${name}`));
+  return parts;
+}
+
+/** `nvcc --version`'s text: a compiler update changes the stamp, so the next build recompiles. */
+async function nvccVersion(nvcc: string): Promise<string> {
+  const output = await new Deno.Command(nvcc, { args: ["--version"], stdout: "piped", stderr: "piped" })
+    .output();
+  if (!output.success) {
+    throw new BuildFailedError([nvcc, "--version"], new TextDecoder().decode(output.stderr));
+  }
+  return new TextDecoder().decode(output.stdout);
+}
+
+/** True when `output` exists and its stamp file holds `hash`. */
+async function upToDate(output: string, stampPath: string, hash: string): Promise<boolean> {
+  if (!(await isFile(output)) || !(await isFile(stampPath))) return false;
+  return (await Deno.readTextFile(stampPath)).trim() === hash;
+}
+
+function seconds(since: number): string {
+  return `${((performance.now() - since) / 1000).toFixed(1)} s`;
+}
+
+async function run(command: readonly string[], log: (message: string) => void): Promise<string> {
   const output = await new Deno.Command(command[0], {
     args: command.slice(1),
     stdout: "piped",
@@ -227,21 +265,30 @@ async function run(command: string[], log: (message: string) => void, echoStderr
     .output();
   const text = new TextDecoder().decode(output.stdout) + new TextDecoder().decode(output.stderr);
   if (!output.success) throw new BuildFailedError(command, text);
-  if (echoStderr && text.trim().length > 0) log(text.trimEnd());
+  if (text.trim().length > 0) log(text.trimEnd()); // warnings, and the --ptxas-verbose report
   return text;
 }
 
-/** Runs `tasks` with at most `limit` in flight. */
+/**
+ * Runs `tasks` with at most `limit` in flight. After a failure no new task starts, the running ones are
+ * waited for (no nvcc is left writing into a removed folder), and the first failure is thrown.
+ */
 async function runPool<T>(tasks: (() => Promise<T>)[], limit: number): Promise<T[]> {
   const results: T[] = new Array(tasks.length);
   let next = 0;
+  const failures: unknown[] = [];
   const workers = Array.from({ length: Math.max(1, Math.min(limit, tasks.length)) }, async () => {
-    while (next < tasks.length) {
+    while (next < tasks.length && failures.length === 0) {
       const index = next++;
-      results[index] = await tasks[index]();
+      try {
+        results[index] = await tasks[index]();
+      } catch (error) {
+        failures.push(error);
+      }
     }
   });
   await Promise.all(workers);
+  if (failures.length > 0) throw failures[0];
   return results;
 }
 
@@ -299,88 +346,148 @@ export async function buildLibrary(options: BuildOptions = {}): Promise<string> 
   const workDir = await Deno.makeTempDir({ prefix: "magi-ffa-build-" });
   try {
     const { sourceDir, sources } = await materializeSources(workDir);
+    const headers = await listFiles(sourceDir, (name) => name.endsWith(".cuh") || name.endsWith(".h"));
+    const version = await nvccVersion(nvcc);
     const libraryPath = `${outDir}/${LIBRARY_FILE_NAME}`;
-    const stampPath = `${outDir}/${LIBRARY_FILE_NAME}.sha256`;
-    const hash = await hashSources(sourceDir, sources, compileFlags);
-    let upToDate = false;
-    if (options.cache && (await isFile(libraryPath)) && (await isFile(stampPath))) {
-      upToDate = (await Deno.readTextFile(stampPath)).trim() === hash;
-    }
-
-    if (!upToDate) {
-      log(`building ${libraryPath} with ${nvcc} (${sources.join(", ")})`);
-      // One object per source, named after its path (sm80/forward.cu -> sm80_forward.o).
-      const objects = sources.map((name) => `${workDir}/${name.replace(/\.cu$/, ".o").replaceAll("/", "_")}`);
-      const jobs = Math.max(1, navigator.hardwareConcurrency ?? 2);
-      await runPool(
-        sources.map((name, index) => () =>
-          // Includes are relative to ffi/cuda/ ("common/mask.cuh"); -I is kept out of the hashed flags, since a
-          // remote build's source directory is a fresh temporary one each time.
-          run(
-            [nvcc, ...compileFlags, `-I${sourceDir}`, "-c", `${sourceDir}/${name}`, "-o", objects[index]],
-            log,
-            true,
-          )
-        ),
-        jobs,
-      );
-      const versionScript = `${workDir}/magi_ffa.version`;
-      await Deno.writeTextFile(versionScript, "{\n  global: magi_ffa_*;\n  local: *;\n};\n");
-      const tmpLibrary = `${libraryPath}.tmp-${Deno.pid}`;
-      await run(
-        [
-          nvcc,
-          "-shared",
-          "-cudart",
-          "static",
-          ...gencode,
-          "-Xlinker",
-          `--version-script=${versionScript}`,
-          ...objects,
-          "-o",
-          tmpLibrary,
-        ],
-        log,
-        true,
-      );
-      await Deno.rename(tmpLibrary, libraryPath); // atomic: a concurrent loader never sees half a file
+    const linkFlags = ["-shared", "-cudart", "static", ...gencode];
+    const hash = await sha256([
+      version,
+      compileFlags.join(" "),
+      linkFlags.join(" "),
+      ...await fileParts(sourceDir, [...sources, ...headers]),
+    ]);
+    const stampPath = `${libraryPath}.sha256`;
+    if (!options.force && await upToDate(libraryPath, stampPath, hash)) {
+      log(`${libraryPath} is up to date (sources, headers, flags and nvcc unchanged; --force rebuilds)`);
+    } else {
+      await compileLibrary({ nvcc, sourceDir, sources, compileFlags, linkFlags, workDir, libraryPath, log });
       await Deno.writeTextFile(stampPath, hash + "\n");
     }
-
     if (options.selftest) {
-      const selftestPath = `${outDir}/${SELFTEST_FILE_NAME}`;
-      log(`building ${selftestPath}`);
-      await run(
-        [
-          nvcc,
-          "-O2",
-          "-std=c++17",
-          "-Xcompiler",
-          "-Wall,-Wextra,-pthread",
-          "--Werror",
-          "all-warnings",
-          "-cudart",
-          "none",
-          "-x",
-          "c++", // host-only program: it talks to the GPU through libmagi_ffa.so
-          `-I${sourceDir}`,
-          `${localRoot}/${SELFTEST_SOURCE}`,
-          "-o",
-          selftestPath,
-          `-L${outDir}`,
-          "-lmagi_ffa",
-          "-Xlinker",
-          "-rpath,$ORIGIN",
-          "-lpthread",
-        ],
+      await buildSelftest({
+        nvcc,
+        version,
+        libraryHash: hash,
+        sourceDir,
+        localRoot: localRoot!,
+        outDir,
         log,
-        true,
-      );
+        force: options.force,
+      });
     }
     return libraryPath;
   } finally {
     await Deno.remove(workDir, { recursive: true }).catch(() => {});
   }
+}
+
+/** Compiles every source by its own nvcc (as many at a time as there are cores), then links the library. */
+async function compileLibrary(job: {
+  nvcc: string;
+  sourceDir: string;
+  sources: readonly string[];
+  compileFlags: readonly string[];
+  linkFlags: readonly string[];
+  workDir: string;
+  libraryPath: string;
+  log: (message: string) => void;
+}): Promise<void> {
+  const { nvcc, sourceDir, sources, compileFlags, workDir, libraryPath, log } = job;
+  const started = performance.now();
+  const parallel = Math.max(1, Math.min(navigator.hardwareConcurrency ?? 2, sources.length));
+  log(`building ${libraryPath} with ${nvcc}: ${sources.length} sources, ${parallel} at a time`);
+  // One object per source, named after its path (sm80/forward.cu -> sm80_forward.o).
+  const objects = sources.map((name) => `${workDir}/${name.replace(/\.cu$/, ".o").replaceAll("/", "_")}`);
+  const width = String(sources.length).length;
+  let finished = 0;
+  await runPool(
+    sources.map((name, index) => async () => {
+      const compileStarted = performance.now();
+      // Includes are relative to ffi/cuda/ ("common/mask.cuh"); -I is kept out of the hashed flags, since a
+      // remote build's source directory is a fresh temporary one each time.
+      await run(
+        [nvcc, ...compileFlags, `-I${sourceDir}`, "-c", `${sourceDir}/${name}`, "-o", objects[index]],
+        log,
+      );
+      finished++;
+      log(`  [${String(finished).padStart(width)}/${sources.length}] ${name} (${seconds(compileStarted)})`);
+    }),
+    parallel,
+  );
+  const versionScript = `${workDir}/magi_ffa.version`;
+  await Deno.writeTextFile(versionScript, "{\n  global: magi_ffa_*;\n  local: *;\n};\n");
+  const tmpLibrary = `${libraryPath}.tmp-${Deno.pid}`;
+  log(`  linking ${LIBRARY_FILE_NAME}`);
+  await run([
+    nvcc,
+    ...job.linkFlags,
+    "-Xlinker",
+    `--version-script=${versionScript}`,
+    ...objects,
+    "-o",
+    tmpLibrary,
+  ], log);
+  await Deno.rename(tmpLibrary, libraryPath); // atomic: a concurrent loader never sees half a file
+  log(`built ${libraryPath} in ${seconds(started)}`);
+}
+
+/** Builds the self-test executable next to the library, unless its stamp says it is up to date. */
+async function buildSelftest(job: {
+  nvcc: string;
+  version: string;
+  libraryHash: string;
+  sourceDir: string;
+  localRoot: string;
+  outDir: string;
+  log: (message: string) => void;
+  force?: boolean;
+}): Promise<void> {
+  const { nvcc, sourceDir, localRoot, outDir, log } = job;
+  const selftestPath = `${outDir}/${SELFTEST_FILE_NAME}`;
+  const flags = [
+    "-O2",
+    "-std=c++17",
+    "-Xcompiler",
+    "-Wall,-Wextra,-pthread",
+    "--Werror",
+    "all-warnings",
+    "-cudart",
+    "none",
+    "-x",
+    "c++", // host-only program: it talks to the GPU through libmagi_ffa.so
+  ];
+  // The self-test includes the library's headers too, so the library's hash stands for them.
+  const hash = await sha256([
+    job.version,
+    job.libraryHash,
+    flags.join(" "),
+    ...await fileParts(localRoot, [SELFTEST_SOURCE, ...SELFTEST_HEADERS]),
+  ]);
+  const stampPath = `${selftestPath}.sha256`;
+  if (!job.force && await upToDate(selftestPath, stampPath, hash)) {
+    log(`${selftestPath} is up to date`);
+    return;
+  }
+  const started = performance.now();
+  log(`building ${selftestPath}`);
+  await run(
+    [
+      nvcc,
+      ...flags,
+      `-I${sourceDir}`,
+      `${localRoot}/${SELFTEST_SOURCE}`,
+      "-o",
+      selftestPath,
+      `-L${outDir}`,
+      "-lmagi_ffa",
+      "-Xlinker",
+      "-rpath,$ORIGIN",
+      "-lpthread",
+    ],
+    log,
+  );
+  await Deno.writeTextFile(stampPath, hash + "\n");
+  log(`built ${selftestPath} in ${seconds(started)}`);
 }
 
 function parseArgs(args: readonly string[]): BuildOptions {
@@ -399,14 +506,18 @@ function parseArgs(args: readonly string[]): BuildOptions {
       options.experiments = true;
     } else if (arg === "--cache") {
       options.cache = true;
+    } else if (arg === "--force") {
+      options.force = true;
     } else if (arg === "--ptxas-verbose") {
       options.ptxasVerbose = true;
     } else if (arg === "--no-sm80") {
       options.sm80 = false;
     } else if (arg === "--help" || arg === "-h") {
       console.log(
-        "usage: deno task build [--out-dir DIR] [--selftest] [--experiments] [--cache] [--ptxas-verbose] " +
-          "[--no-sm80]\n  --experiments  experiment library (-DMAGI_FFA_EXPERIMENTS=1, wrong-result ablations) " +
+        "usage: deno task build [--out-dir DIR] [--selftest] [--experiments] [--cache] [--force] " +
+          "[--ptxas-verbose] [--no-sm80]\n" +
+          "  --force        rebuild even when the stamps say nothing changed\n" +
+          "  --experiments  experiment library (-DMAGI_FFA_EXPERIMENTS=1, wrong-result ablations) " +
           "into build/experiments/",
       );
       Deno.exit(0);

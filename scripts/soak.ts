@@ -30,24 +30,26 @@
 import { clearFlexKeyCache, compileFlexKey, denseMask } from "../lib/masks/flex_key.ts";
 import { type AnyTensor, flexFlashAttnBackward, flexFlashAttnForward } from "../lib/backends/ffa.ts";
 import { referenceBackward, referenceForward } from "../lib/backends/reference.ts";
-import { AttnMaskSpec } from "../lib/masks/spec.ts";
-import {
-  type DType,
-  type HostTensor,
-  numel,
-  randomTensor,
-  seededRandom,
-  tensor,
-  toFloat32,
-} from "../lib/core/tensor.ts";
+import { type HostTensor, seededRandom, toFloat32 } from "../lib/core/tensor.ts";
 import { deviceMemoryInfo, type DeviceTensor, toDevice, toHost } from "../ffi/device.ts";
 import { cudaBackward, cudaForward } from "../ffi/cuda_backend.ts";
 import { loadCudaLibrary, probeCudaBackend } from "../ffi/library.ts";
+import {
+  type CallShape,
+  DRY_RUN_SIZES,
+  GPU_SIZES,
+  InputPool,
+  randomCallShape,
+  SANITIZER_SIZES,
+} from "./soak/shapes.ts";
+import { type CheckTally, type MemorySample, type SoakReport, summarise } from "./soak/report.ts";
 import {
   denseAttentionBackwardOracle,
   denseAttentionOracle,
   relativeError,
 } from "../tests/support/oracle.ts";
+
+export type { SoakReport } from "./soak/report.ts";
 
 /** Parsed command line. */
 export interface SoakArgs {
@@ -99,221 +101,6 @@ export function parseSoakArgs(args: readonly string[]): SoakArgs {
   if (parsed.dryRun) parsed.calls = callsGiven ? Math.min(parsed.calls, 50) : 50;
   if (parsed.sanitizerFriendly) parsed.calls = Math.min(parsed.calls, 100);
   return parsed;
-}
-
-// ----- random problems ---------------------------------------------------------------------------------------
-
-/** The shape of one soak call. */
-interface CallShape {
-  builder: string;
-  spec: AttnMaskSpec;
-  tokens: number;
-  dtype: DType;
-  headsQ: number;
-  headsKV: number;
-  headDim: number;
-  softcap: number;
-}
-
-/** Size limits of a mode. */
-interface Sizes {
-  minTokens: number;
-  maxTokens: number;
-  headDims: readonly number[];
-  dtypes: readonly DType[];
-  maxHeadsQ: number;
-}
-
-const GPU_SIZES: Sizes = {
-  minTokens: 64,
-  maxTokens: 4096,
-  headDims: [64, 128],
-  dtypes: ["bfloat16", "float16"],
-  maxHeadsQ: 8,
-};
-const SANITIZER_SIZES: Sizes = { ...GPU_SIZES, minTokens: 16, maxTokens: 256, maxHeadsQ: 4 };
-const DRY_RUN_SIZES: Sizes = {
-  minTokens: 8,
-  maxTokens: 48,
-  headDims: [16, 32],
-  dtypes: ["bfloat16", "float16"],
-  maxHeadsQ: 4,
-};
-
-type Random = () => number;
-
-function randomInt(random: Random, low: number, high: number): number {
-  return low + Math.floor(random() * (high - low + 1));
-}
-
-/** Splits `total` into 1–8 positive parts. */
-function randomParts(random: Random, total: number, maxParts = 8): number[] {
-  const count = Math.min(total, randomInt(random, 1, maxParts));
-  const cuts = new Set<number>([0, total]);
-  while (cuts.size < count + 1) cuts.add(randomInt(random, 1, total - 1));
-  const sorted = [...cuts].sort((a, b) => a - b);
-  return sorted.slice(1).map((end, index) => end - sorted[index]);
-}
-
-/** A random mask over `n` tokens from one of the builders. */
-function randomSpec(random: Random, n: number): { builder: string; spec: AttnMaskSpec } {
-  const builders = [
-    "causal",
-    "full",
-    "varlen",
-    "slidingWindow",
-    "prefixTree",
-    "prefixLM",
-    "blockCausal",
-    "fromRanges",
-  ];
-  const builder = builders[Math.floor(random() * builders.length)];
-  switch (builder) {
-    case "causal":
-      return { builder, spec: AttnMaskSpec.causal(n) };
-    case "full":
-      return { builder, spec: AttnMaskSpec.full(n) };
-    case "varlen":
-      return { builder, spec: AttnMaskSpec.varlen(randomParts(random, n), { causal: random() < 0.8 }) };
-    case "slidingWindow": {
-      const left = randomInt(random, 0, Math.max(1, n >> 1));
-      const right = random() < 0.6 ? 0 : random() < 0.5 ? -1 : randomInt(random, 1, 64);
-      const documents = random() < 0.5 ? n : randomParts(random, n, 4);
-      return { builder, spec: AttnMaskSpec.slidingWindow(documents, { left, right }) };
-    }
-    case "prefixTree": {
-      // A prompt and up to 6 completions: node 0 is the root of every path.
-      const parts = randomParts(random, n, 7);
-      const paths = parts.length === 1 ? [[0]] : parts.slice(1).map((_, index) => [0, index + 1]);
-      return { builder, spec: AttnMaskSpec.prefixTree(parts, paths) };
-    }
-    case "prefixLM":
-      return { builder, spec: AttnMaskSpec.prefixLM(randomInt(random, 0, n), n) };
-    case "blockCausal":
-      return {
-        builder,
-        spec: AttnMaskSpec.blockCausal(Math.min(Math.max(n, 1), randomInt(random, 16, 512)), n),
-      };
-    default: {
-      // Tiles of a random grid, each with a random type: area-disjoint by construction.
-      const rows = randomParts(random, n, 4), columns = randomParts(random, n, 4);
-      const qRanges: [number, number][] = [], kRanges: [number, number][] = [], maskTypes: number[] = [];
-      let qs = 0;
-      for (const rowLength of rows) {
-        let ks = 0;
-        for (const columnLength of columns) {
-          if (random() < 0.7) {
-            qRanges.push([qs, qs + rowLength]);
-            kRanges.push([ks, ks + columnLength]);
-            maskTypes.push(randomInt(random, 0, 3));
-          }
-          ks += columnLength;
-        }
-        qs += rowLength;
-      }
-      return {
-        builder,
-        spec: AttnMaskSpec.fromRanges({ qRanges, kRanges, maskTypes, totalSeqlenQ: n, totalSeqlenK: n }),
-      };
-    }
-  }
-}
-
-function randomCallShape(random: Random, sizes: Sizes): CallShape {
-  // Log-uniform token counts: small and large problems equally represented.
-  const logMin = Math.log(sizes.minTokens), logMax = Math.log(sizes.maxTokens);
-  const tokens = Math.round(Math.exp(logMin + random() * (logMax - logMin)));
-  const { builder, spec } = randomSpec(random, tokens);
-  const headCounts = [1, 2, 4, 8].filter((heads) => heads <= sizes.maxHeadsQ);
-  const headsQ = headCounts[Math.floor(random() * headCounts.length)];
-  const divisors = [1, 2, 4, 8].filter((heads) => heads <= headsQ && headsQ % heads === 0);
-  return {
-    builder,
-    spec,
-    tokens,
-    dtype: sizes.dtypes[Math.floor(random() * sizes.dtypes.length)],
-    headsQ,
-    headsKV: divisors[Math.floor(random() * divisors.length)],
-    headDim: sizes.headDims[Math.floor(random() * sizes.headDims.length)],
-    softcap: random() < 0.2 ? 30 : 0,
-  };
-}
-
-/** Random values reused for every call: a call's tensors are views at random offsets (no per-call RNG). */
-class InputPool {
-  readonly #pools = new Map<DType, HostTensor>();
-  constructor(readonly elements: number, seed: number, dtypes: readonly DType[]) {
-    for (const dtype of dtypes) {
-      this.#pools.set(dtype, randomTensor([elements], { seed: seed + dtypes.indexOf(dtype), dtype }));
-    }
-  }
-
-  /** A host tensor of `shape` viewing the pool at a random offset. */
-  view(shape: readonly number[], dtype: DType, random: Random): HostTensor {
-    const pool = this.#pools.get(dtype)!;
-    const count = numel(shape);
-    const offset = Math.floor(random() * Math.max(1, this.elements - count));
-    return tensor(pool.data.subarray(offset, offset + count), shape, dtype);
-  }
-}
-
-// ----- the report ----------------------------------------------------------------------------------------------
-
-/** One memory sample. */
-interface MemorySample {
-  /** Calls made when it was taken. */
-  call: number;
-  /** Bytes in use (device: total − free; dry run: host RSS). */
-  usedBytes: number;
-  /** When: after the warm-up, during the loop, or at the end (caches cleared, everything disposed). */
-  phase: "start" | "loop" | "end";
-}
-
-/** Outcome of one family of checks. */
-interface CheckTally {
-  run: number;
-  passed: number;
-  skipped?: string;
-}
-
-/** The JSON written at the end (read back by scripts/reliability.ts). */
-export interface SoakReport {
-  /** Marks the file's format. */
-  kind: "magi-attn-soak";
-  /** ISO date and time of the run's end. */
-  date: string;
-  /** GPU name, or "cpu (dry run)". */
-  gpu: string;
-  /** Mode flags. */
-  mode: { dryRun: boolean; sanitizerFriendly: boolean; seed: number; backend: "cuda" | "cpu" };
-  /** Forward + backward calls. */
-  calls: { requested: number; passed: number; failed: number };
-  /** Wall time of the call loop and calls per second. */
-  timing: { seconds: number; callsPerSecond: number; medianCallMs: number };
-  /** Memory samples and the flatness verdict. */
-  memory: {
-    source: string;
-    samples: MemorySample[];
-    warmupUsedBytes: number;
-    maxGrowthBytes: number;
-    endGrowthBytes: number;
-    allowanceBytes: number;
-    flat: boolean;
-  };
-  /** The extra checks. */
-  checks: {
-    finiteOutputs: CheckTally;
-    useAfterFree: CheckTally;
-    streams: CheckTally;
-    promiseAll: CheckTally;
-    spotChecks: CheckTally & { worst: Record<string, number> };
-  };
-  /** What the random calls covered. */
-  mix: Record<string, Record<string, number>>;
-  /** The first failures. */
-  failures: { at: string; message: string }[];
-  /** Every check: passed and failed (the summary's final line). */
-  totals: { passed: number; failed: number };
 }
 
 /** Upstream's relative-L2 tolerances (bf16 against an fp64 reference). */
@@ -781,50 +568,6 @@ export async function runSoak(args: SoakArgs): Promise<SoakReport> {
     totals: { passed: passedCalls + passedChecks, failed: failedChecks },
   };
   return report;
-}
-
-function mib(bytes: number): string {
-  return `${(bytes / 2 ** 20).toFixed(1)} MiB`;
-}
-
-/** Human summary; the last line is `N passed, M failed`. */
-export function summarise(report: SoakReport, path: string): string {
-  const lines = [
-    `soak: ${report.calls.requested} forward+backward calls on ${report.gpu} (backend ${report.mode.backend}` +
-    `${report.mode.sanitizerFriendly ? ", sanitizer-friendly" : ""}, seed ${report.mode.seed})`,
-    `  calls: ${report.calls.passed} passed, ${report.calls.failed} failed; ${
-      report.timing.seconds.toFixed(1)
-    } s, ` +
-    `${report.timing.callsPerSecond.toFixed(0)} calls/s, median ${report.timing.medianCallMs.toFixed(2)} ms`,
-    `  memory (${report.memory.source}): ` +
-    report.memory.samples.map((sample) =>
-      `${sample.phase === "loop" ? sample.call : sample.phase}: ${mib(sample.usedBytes)}`
-    ).join(", "),
-    `  memory growth after warm-up ${mib(report.memory.maxGrowthBytes)}, end − start ${
-      mib(report.memory.endGrowthBytes)
-    }` +
-    ` (allowed ${mib(report.memory.allowanceBytes)}): ${report.memory.flat ? "flat" : "GROWING"}`,
-  ];
-  for (const [name, tally] of Object.entries(report.checks)) {
-    const worst = "worst" in tally && Object.keys(tally.worst).length > 0
-      ? ` (worst rel. errors ${
-        Object.entries(tally.worst).map(([key, value]) => `${key} ${Number(value).toExponential(2)}`).join(
-          ", ",
-        )
-      })`
-      : "";
-    lines.push(
-      `  ${name}: ${
-        tally.skipped ? `skipped (${tally.skipped})` : `${tally.passed}/${tally.run} passed${worst}`
-      }`,
-    );
-  }
-  for (const failure of report.failures.slice(0, 10)) {
-    lines.push(`  FAILED ${failure.at}: ${failure.message}`);
-  }
-  lines.push(`  report: ${path}`);
-  lines.push(`${report.totals.passed} passed, ${report.totals.failed} failed`);
-  return lines.join("\n");
 }
 
 /** Entry point: parses flags, runs, writes the JSON, prints the summary; returns the exit status. */

@@ -13,6 +13,8 @@ const ALLOWED: ReadonlyArray<readonly [string, readonly string[]]> = [
   ["lib/core", ["lib/core"]],
   ["lib/masks", ["lib/core", "lib/masks"]],
   ["lib/backends", ["lib/core", "lib/masks", "lib/backends", "ffi"]],
+  // The CPU path (also loaded into its workers) needs only the core and the reference's visibility rule.
+  ["lib/backends/cpu", ["lib/core", "lib/backends/cpu", "lib/backends/reference.ts"]],
   ["lib/attention", ["lib/core", "lib/masks", "lib/backends", "lib/attention"]],
   // deno.json: the loader reads the package version from it.
   ["ffi", ["lib/core", "ffi", "deno.json"]],
@@ -22,11 +24,16 @@ const ALLOWED: ReadonlyArray<readonly [string, readonly string[]]> = [
 /** The package's entry points at the repository root (deno.json `exports`, apart from the build script). */
 const ENTRY_POINTS: readonly string[] = ["mod.ts", "testing.ts"];
 
-/** Relative specifiers of static imports, re-exports and dynamic imports in `source`. */
+/**
+ * Relative specifiers of static imports, re-exports and dynamic imports in `source`, and of modules loaded
+ * by URL (`new URL("./worker.ts", import.meta.url)`, how a Worker's module is named).
+ */
 function importSpecifiers(source: string): string[] {
   const found: string[] = [];
   const pattern = /(?:\bfrom\s*|\bimport\s*\(\s*|^\s*import\s+)(["'])(\.{1,2}\/[^"']+)\1/gm;
   for (const match of source.matchAll(pattern)) found.push(match[2]);
+  const byUrl = /\bnew\s+URL\(\s*(["'])(\.{1,2}\/[^"']+\.ts)\1\s*,\s*import\.meta\.url\s*\)/g;
+  for (const match of source.matchAll(byUrl)) found.push(match[2]);
   return found;
 }
 
@@ -92,12 +99,25 @@ Deno.test("import rules: lib/core imports only itself, ffi/ only lib/core, layer
     files.map((file) => [file, importSpecifiers(Deno.readTextFileSync(new URL(file, ROOT)))]),
   );
   // The walk must have found the layers and their imports, or the check below would pass vacuously.
-  for (const folder of ["lib/core/", "lib/masks/", "lib/attention/", "lib/backends/", "ffi/"]) {
+  for (
+    const folder of [
+      "lib/core/",
+      "lib/masks/",
+      "lib/attention/",
+      "lib/backends/",
+      "lib/backends/cpu/",
+      "ffi/",
+    ]
+  ) {
     assert.ok(files.some((file) => file.startsWith(folder)), `no module found under ${folder}`);
   }
   assert.ok(
     imports.get("lib/backends/ffa.ts")!.length >= 5,
     "the parser found the imports of lib/backends/ffa.ts",
+  );
+  assert.ok(
+    imports.get("lib/backends/cpu/pool.ts")!.includes("./worker.ts"),
+    "the parser found the worker module the CPU pool loads by URL",
   );
   for (const file of files) assert.ok(folderOf(file) !== undefined, `${file} is in no folder of the rules`);
   assert.deepEqual(violations(imports), []);
@@ -110,9 +130,11 @@ Deno.test("import rules: the checker catches each kind of wrong-way import", () 
     ["lib/core/types.ts", ["../attention/magi.ts"]],
     ["lib/masks/svg.ts", ["../../ffi/device.ts"]],
     ["lib/backends/ffa.ts", ["../../tests/support/oracle.ts"]],
+    ["lib/backends/cpu/kernels.ts", ["../../../ffi/device.ts"]],
+    ["lib/backends/cpu/pool.ts", ["../ffa.ts"]],
   ]);
   const found = violations(wrong);
-  assert.equal(found.length, 5, found.join("\n"));
+  assert.equal(found.length, 7, found.join("\n"));
   assert.match(
     found[0],
     /ffi\/device\.ts imports \.\.\/lib\/masks\/spec\.ts .*may import only lib\/core, ffi/,
@@ -120,9 +142,10 @@ Deno.test("import rules: the checker catches each kind of wrong-way import", () 
   assert.deepEqual(
     importSpecifiers(
       'import { a } from "./a.ts";\nexport { b } from "../b.ts";\nimport type { C } from "./c.ts";\n' +
-        'const d = await import("./d.ts");\nimport "./e.ts";\nimport x from "node:fs";',
+        'const d = await import("./d.ts");\nimport "./e.ts";\nimport x from "node:fs";\n' +
+        'new Worker(new URL("./f.ts", import.meta.url), { type: "module" });\nnew URL("../g.so", import.meta.url);',
     ),
-    ["./a.ts", "../b.ts", "./c.ts", "./d.ts", "./e.ts"],
+    ["./a.ts", "../b.ts", "./c.ts", "./d.ts", "./e.ts", "./f.ts"],
   );
   assert.deepEqual(
     violations(new Map([["lib/attention/magi.ts", ["../masks/spec.ts", "../core/types.ts"]]])),

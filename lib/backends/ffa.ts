@@ -13,7 +13,7 @@ import type { HostTensor } from "../core/tensor.ts";
 import type { FlexKey, PlainFlexKey } from "../core/types.ts";
 import { validateBackwardArgs, validateForwardArgs } from "../core/validate.ts";
 import { type DeviceTensor, isDeviceTensor } from "../../ffi/device.ts";
-import { cudaBackward, cudaForward } from "../../ffi/cuda_backend.ts";
+import { cudaBackward, cudaForward, cudaUnsupportedReason } from "../../ffi/cuda_backend.ts";
 import { probeCudaBackend } from "../../ffi/library.ts";
 
 /** Which implementation runs the kernel: `"auto"` picks CUDA when it can run the call, else the CPU. */
@@ -76,7 +76,6 @@ export interface BackendInfo {
 }
 
 const BACKENDS: readonly Backend[] = ["auto", "cpu", "cuda"];
-const GPU_HEAD_DIMS: readonly number[] = [64, 128];
 
 /**
  * Reports which backend `"auto"` resolves to. Without `--allow-ffi` the CPU is used (the reason says so);
@@ -172,20 +171,21 @@ function resolveBackend(
     }
     return "cuda";
   }
-  // "auto": CUDA only where it can run this call exactly as asked (it takes bf16/fp16 and some head dims).
+  // "auto": CUDA only where the loaded library runs this call exactly as asked (its dtypes and head dims).
   const dtype = tensors[0].dtype;
-  if (dtype === "float32" || !GPU_HEAD_DIMS.includes(headDim)) return "cpu";
-  return backendInfo({ libraryPath: options.libraryPath }).backend;
+  if (dtype === "float32" || backendInfo({ libraryPath: options.libraryPath }).backend === "cpu") {
+    return "cpu";
+  }
+  return cudaUnsupportedReason(dtype, headDim, options) === undefined ? "cuda" : "cpu";
 }
 
 /** Why a call runs on the CPU rather than the GPU, for the once-per-process notice on large calls. */
 function cpuReason(requested: Backend, dtype: string, headDim: number, options: FlexAttnOptions): string {
   if (requested === "cpu") return 'backend "cpu" was requested';
   if (dtype === "float32") return "the inputs are float32 (the CUDA kernels take bfloat16 and float16)";
-  if (!GPU_HEAD_DIMS.includes(headDim)) {
-    return `head dim ${headDim} (the CUDA kernels take ${GPU_HEAD_DIMS.join(" and ")})`;
-  }
-  return backendInfo({ libraryPath: options.libraryPath }).reason ?? "the CUDA backend is not available";
+  const info = backendInfo({ libraryPath: options.libraryPath });
+  if (info.backend === "cpu") return info.reason ?? "the CUDA backend is not available";
+  return cudaUnsupportedReason(dtype, headDim, options) ?? "the CUDA backend is not available";
 }
 
 function resolveKey(key: FlexKey | PlainFlexKey, q: AnyTensor, k: AnyTensor): FlexKey {
