@@ -114,6 +114,49 @@ let createSpec: (slices: SliceList, totalSeqlenQ: number, totalSeqlenK: number) 
 /** Reads a spec's flat arrays (set by the class's static block). */
 let readSpec: (spec: AttnMaskSpec) => { q: Int32Array; k: Int32Array; types: Int32Array };
 
+/** Brand check (set by the class's static block): built by this copy's builders, not just its prototype. */
+let hasSpecBrand: (value: object) => boolean;
+
+/**
+ * Whether `value` is an {@linkcode AttnMaskSpec} built by this copy of the module's builders. A brand
+ * check, not `instanceof`: an object made with `Object.create(AttnMaskSpec.prototype)` is not a spec.
+ */
+export function isAttnMaskSpec(value: unknown): value is AttnMaskSpec {
+  return typeof value === "object" && value !== null && hasSpecBrand(value);
+}
+
+/**
+ * Returns `value` if it is a real {@linkcode AttnMaskSpec}; otherwise throws a
+ * {@linkcode MagiAttnInputError} naming `field` that says what it is instead: not a spec at all, an
+ * object carrying the prototype without a builder, or a spec from a second copy of magi-attn.
+ */
+export function checkAttnMaskSpec(value: unknown, field: string, fix: string): AttnMaskSpec {
+  if (isAttnMaskSpec(value)) return value;
+  if (value instanceof AttnMaskSpec) {
+    throw new MagiAttnInputError(
+      field,
+      "has AttnMaskSpec's prototype but was not built by an AttnMaskSpec builder (it holds no slices)",
+      fix,
+    );
+  }
+  let className: unknown;
+  try {
+    className = (value as { constructor?: { name?: unknown } } | null)?.constructor?.name;
+  } catch {
+    className = undefined;
+  }
+  if (className === "AttnMaskSpec") {
+    throw new MagiAttnInputError(
+      field,
+      "is an AttnMaskSpec from another copy of magi-attn (the module was loaded twice, e.g. from two URLs " +
+        "or two versions), which this copy cannot read",
+      "import AttnMaskSpec and the functions you pass it to from one copy of magi-attn (one import URL and " +
+        "version)",
+    );
+  }
+  throw new MagiAttnInputError(field, `is ${describeValue(value)}, not an AttnMaskSpec`, fix);
+}
+
 /** Flat slices of a spec, as fresh typed arrays. */
 export interface SpecSliceArrays {
   /** Query ranges `s0, e0, s1, e1, …` (length 2N). */
@@ -179,14 +222,13 @@ export class AttnMaskSpec {
         totalSeqlenQ,
         totalSeqlenK,
       );
+    hasSpecBrand = (value) => #q in value;
     readSpec = (spec) => {
-      if (!(spec instanceof AttnMaskSpec)) {
-        throw new MagiAttnInputError(
-          "spec",
-          `is ${describeValue(spec)}, not an AttnMaskSpec`,
-          "build the mask with AttnMaskSpec.varlen / .slidingWindow / .prefixTree / .fromRanges",
-        );
-      }
+      checkAttnMaskSpec(
+        spec,
+        "spec",
+        "build the mask with AttnMaskSpec.varlen / .slidingWindow / .prefixTree / .fromRanges",
+      );
       return { q: spec.#q, k: spec.#k, types: spec.#types };
     };
   }
@@ -252,7 +294,7 @@ export class AttnMaskSpec {
   /** Whether `other` has the same totals and the same slices in the same order. O(slices). */
   equals(other: AttnMaskSpec): boolean {
     if (other === this) return true;
-    if (!(other instanceof AttnMaskSpec)) return false;
+    if (!isAttnMaskSpec(other)) return false;
     if (
       other.#types.length !== this.#types.length || other.totalSeqlenQ !== this.totalSeqlenQ ||
       other.totalSeqlenK !== this.totalSeqlenK
