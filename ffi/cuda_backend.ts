@@ -14,13 +14,20 @@
  * @module
  */
 
-import { MagiAttnInputError } from "../lib/core/errors.ts";
+import { describeValue, MagiAttnInputError } from "../lib/core/errors.ts";
+import { strictParser, z } from "../lib/core/schema.ts";
 import type { HostTensor } from "../lib/core/tensor.ts";
 import type { FlexKey } from "../lib/core/types.ts";
-import { type ForwardShape, validateBackwardArgs, validateForwardArgs } from "../lib/core/validate.ts";
+import {
+  type ForwardShape,
+  isValidatedCall,
+  validateBackwardArgs,
+  validateForwardArgs,
+} from "../lib/core/validate.ts";
 import {
   allocateDevice,
   allocateDeviceShared,
+  checkHostInputs,
   type DeviceTensor,
   downloadFrom,
   isDeviceTensor,
@@ -169,6 +176,52 @@ async function destroyRetiredPlans(state: BackendState): Promise<void> {
     checkStatus(state.library, symbols.magi_ffa_plan_destroy(entry.pointer), "magi_ffa_plan_destroy");
   }
 }
+
+const kernelOptionShape = {
+  softmaxScale: z.number().positive().optional(),
+  softcap: z.number().min(0).optional(),
+  deterministic: z.boolean().optional(),
+  libraryPath: z.string().optional(),
+  stream: z.custom<Deno.PointerValue>((value) => value === null || typeof value === "object", {
+    error: (issue) => `is ${describeValue(issue.input)}, not a stream pointer`,
+  }).optional(),
+};
+
+const deviceOutput = z.custom<DeviceTensor>((value) => isDeviceTensor(value), {
+  error: (issue) => `is ${describeValue(issue.input)}, not a DeviceTensor`,
+}).optional();
+
+const KERNEL_FIXES = {
+  softmaxScale: "pass a finite number > 0, or leave it out for 1/sqrt(headDim)",
+  softcap: "pass a finite number ≥ 0 (0 turns soft-capping off)",
+  deterministic: "pass true or false",
+  libraryPath: "pass the path of libmagi_ffa.so as a string, or leave it out",
+  stream: "pass a cudaStream_t pointer (Deno.PointerValue), or leave it out for the library's stream",
+  outputs: "pass device tensors from emptyDevice(...) as { out, lse } or { dq, dk, dv }, or leave it out",
+};
+
+const parseKernelOptions = strictParser(z.strictObject(kernelOptionShape), {
+  field: "opts",
+  owner: "bindForwardLaunch",
+  fix: "pass an options object, or omit it",
+  fixes: KERNEL_FIXES,
+});
+
+const parseForwardOptions = strictParser(
+  z.strictObject({
+    ...kernelOptionShape,
+    outputs: z.strictObject({ out: deviceOutput, lse: deviceOutput }).optional(),
+  }),
+  { field: "opts", owner: "cudaForward", fix: "pass an options object, or omit it", fixes: KERNEL_FIXES },
+);
+
+const parseBackwardOptions = strictParser(
+  z.strictObject({
+    ...kernelOptionShape,
+    outputs: z.strictObject({ dq: deviceOutput, dk: deviceOutput, dv: deviceOutput }).optional(),
+  }),
+  { field: "opts", owner: "cudaBackward", fix: "pass an options object, or omit it", fixes: KERNEL_FIXES },
+);
 
 /** GPU-only restrictions, after the shared validation. */
 function checkGpuSupport(shape: ForwardShape): number {
@@ -322,14 +375,44 @@ export function cudaForward(
   key: FlexKey,
   opts?: CudaForwardOptions,
 ): Promise<CudaForwardResult>;
-export async function cudaForward(
+export function cudaForward(
   q: CudaInput,
   k: CudaInput,
   v: CudaInput,
   key: FlexKey,
-  opts: CudaForwardOptions = {},
+  rawOptions: CudaForwardOptions = {},
 ): Promise<CudaForwardResult> {
+  const opts = parseForwardOptions(rawOptions);
   const shape = validateForwardArgs(q, k, v, key, opts);
+  checkHostInputs([q, k, v], ["q", "k", "v"]);
+  return runForward(q, k, v, key, shape, opts);
+}
+
+/**
+ * Internal (for `lib/backends/ffa.ts`, which has validated the call): {@linkcode cudaForward} without
+ * validating again. `shape` must be what `validateForwardArgs(q, k, v, key, …)` returned for these very
+ * objects; anything else is validated in full, so a direct caller cannot skip the checks.
+ */
+export function cudaForwardValidated(
+  q: CudaInput,
+  k: CudaInput,
+  v: CudaInput,
+  key: FlexKey,
+  shape: ForwardShape,
+  opts: CudaKernelOptions,
+): Promise<CudaForwardResult> {
+  if (!isValidatedCall(shape, [q, k, v, key])) return cudaForward(q, k, v, key, opts);
+  return runForward(q, k, v, key, shape, opts);
+}
+
+async function runForward(
+  q: CudaInput,
+  k: CudaInput,
+  v: CudaInput,
+  key: FlexKey,
+  shape: ForwardShape,
+  opts: CudaForwardOptions,
+): Promise<CudaForwardResult> {
   const dtypeCode = checkGpuSupport(shape);
   const inputs = [q, k, v];
   const library = resolveLibrary(inputs, opts);
@@ -400,8 +483,9 @@ export function bindForwardLaunch(
   v: DeviceTensor,
   key: FlexKey,
   outputs: { out: DeviceTensor; lse: DeviceTensor },
-  opts: CudaKernelOptions = {},
+  rawOptions: CudaKernelOptions = {},
 ): () => void {
+  const opts = parseKernelOptions(rawOptions);
   const shape = validateForwardArgs(q, k, v, key, opts);
   const dtypeCode = checkGpuSupport(shape);
   const inputs = [q, k, v];
@@ -461,7 +545,7 @@ export function cudaBackward(
   key: FlexKey,
   opts?: CudaBackwardOptions,
 ): Promise<CudaBackwardResult>;
-export async function cudaBackward(
+export function cudaBackward(
   dout: CudaInput,
   q: CudaInput,
   k: CudaInput,
@@ -469,9 +553,46 @@ export async function cudaBackward(
   out: CudaInput,
   lse: CudaInput,
   key: FlexKey,
-  opts: CudaBackwardOptions = {},
+  rawOptions: CudaBackwardOptions = {},
 ): Promise<CudaBackwardResult> {
+  const opts = parseBackwardOptions(rawOptions);
   const shape = validateBackwardArgs(dout, q, k, v, out, lse, key, opts);
+  checkHostInputs([dout, q, k, v, out, lse], ["dout", "q", "k", "v", "out", "lse"]);
+  return runBackward(dout, q, k, v, out, lse, key, shape, opts);
+}
+
+/**
+ * Internal (for `lib/backends/ffa.ts`): {@linkcode cudaBackward} trusting a `shape` that
+ * `validateBackwardArgs` returned for these very objects (anything else is validated in full).
+ */
+export function cudaBackwardValidated(
+  dout: CudaInput,
+  q: CudaInput,
+  k: CudaInput,
+  v: CudaInput,
+  out: CudaInput,
+  lse: CudaInput,
+  key: FlexKey,
+  shape: ForwardShape,
+  opts: CudaKernelOptions,
+): Promise<CudaBackwardResult> {
+  if (!isValidatedCall(shape, [dout, q, k, v, out, lse, key])) {
+    return cudaBackward(dout, q, k, v, out, lse, key, opts);
+  }
+  return runBackward(dout, q, k, v, out, lse, key, shape, opts);
+}
+
+async function runBackward(
+  dout: CudaInput,
+  q: CudaInput,
+  k: CudaInput,
+  v: CudaInput,
+  out: CudaInput,
+  lse: CudaInput,
+  key: FlexKey,
+  shape: ForwardShape,
+  opts: CudaBackwardOptions,
+): Promise<CudaBackwardResult> {
   const dtypeCode = checkGpuSupport(shape);
   const inputs = [dout, q, k, v, out, lse];
   const library = resolveLibrary(inputs, opts);

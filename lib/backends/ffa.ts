@@ -10,9 +10,10 @@ import { referenceBackward, referenceForward } from "./reference.ts";
 import type { HostTensor } from "../core/tensor.ts";
 import type { FlexKey, PlainFlexKey } from "../core/types.ts";
 import { validateBackwardArgs, validateForwardArgs } from "../core/validate.ts";
-import { type DeviceTensor, isDeviceTensor } from "../../ffi/device.ts";
-import { cudaBackward, cudaForward } from "../../ffi/cuda_backend.ts";
+import { checkHostInputs, type DeviceTensor, isDeviceTensor } from "../../ffi/device.ts";
+import { cudaBackwardValidated, cudaForwardValidated } from "../../ffi/cuda_backend.ts";
 import { probeCudaBackend } from "../../ffi/library.ts";
+import { parseBackendInfoOptions, parseFlexAttnOptions } from "./options.ts";
 
 /** Which implementation runs the kernel: `"auto"` picks CUDA when it can run the call, else the CPU. */
 export type Backend = "auto" | "cpu" | "cuda";
@@ -68,7 +69,6 @@ export interface BackendInfo {
   libraryPath?: string;
 }
 
-const BACKENDS: readonly Backend[] = ["auto", "cpu", "cuda"];
 const GPU_HEAD_DIMS: readonly number[] = [64, 128];
 
 /**
@@ -76,10 +76,11 @@ const GPU_HEAD_DIMS: readonly number[] = [64, 128];
  * every other reason comes from probing the CUDA library and the driver.
  */
 export function backendInfo(options: { libraryPath?: string } = {}): BackendInfo {
+  const { libraryPath } = parseBackendInfoOptions(options);
   if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") {
     return { backend: "cpu", reason: "FFI permission not granted (run with --allow-ffi to use the GPU)" };
   }
-  const probe = probeCudaBackend(options);
+  const probe = probeCudaBackend({ libraryPath });
   if (!probe.available) return { backend: "cpu", reason: probe.reason };
   const device = probe.devices?.[0];
   return {
@@ -89,26 +90,9 @@ export function backendInfo(options: { libraryPath?: string } = {}): BackendInfo
   };
 }
 
-function checkOptions(options: FlexAttnOptions): Backend {
-  if (options === null || typeof options !== "object") {
-    throw new MagiAttnInputError("opts", `is ${String(options)}`, "pass an options object, or omit it");
-  }
-  const backend = options.backend ?? "auto";
-  if (!BACKENDS.includes(backend)) {
-    throw new MagiAttnInputError(
-      "opts.backend",
-      `is ${JSON.stringify(backend)}`,
-      `use one of ${BACKENDS.map((name) => `"${name}"`).join(", ")}`,
-    );
-  }
-  if (options.deterministic !== undefined && typeof options.deterministic !== "boolean") {
-    throw new MagiAttnInputError(
-      "opts.deterministic",
-      `is ${String(options.deterministic)}`,
-      "pass true or false",
-    );
-  }
-  return backend;
+function checkOptions(options: FlexAttnOptions): { backend: Backend; options: FlexAttnOptions } {
+  const parsed = parseFlexAttnOptions(options);
+  return { backend: parsed.backend ?? "auto", options: parsed };
 }
 
 /** Decides CPU or CUDA for one call; device-tensor inputs always need CUDA. */
@@ -170,11 +154,12 @@ export async function flexFlashAttnForward(
   k: AnyTensor,
   v: AnyTensor,
   key: FlexKey | PlainFlexKey,
-  options: FlexAttnOptions = {},
+  rawOptions: FlexAttnOptions = {},
 ): Promise<FlexAttnForwardResult> {
-  const requested = checkOptions(options);
+  const { backend: requested, options } = checkOptions(rawOptions);
   const flexKey = resolveKey(key, q, k);
   const shape = validateForwardArgs(q, k, v, flexKey, options);
+  checkHostInputs([q, k, v], ["q", "k", "v"]);
   const backend = resolveBackend(requested, [q, k, v], shape.headDim, options);
   const kernelOptions = {
     softmaxScale: shape.softmaxScale,
@@ -182,7 +167,8 @@ export async function flexFlashAttnForward(
     deterministic: options.deterministic ?? false,
     libraryPath: options.libraryPath,
   };
-  if (backend === "cuda") return await cudaForward(q, k, v, flexKey, kernelOptions);
+  // Validated above: the CUDA backend trusts this call instead of checking it again.
+  if (backend === "cuda") return await cudaForwardValidated(q, k, v, flexKey, shape, kernelOptions);
   return referenceForward(q as HostTensor, k as HostTensor, v as HostTensor, flexKey, kernelOptions);
 }
 
@@ -198,11 +184,12 @@ export async function flexFlashAttnBackward(
   out: AnyTensor,
   lse: AnyTensor,
   key: FlexKey | PlainFlexKey,
-  options: FlexAttnOptions = {},
+  rawOptions: FlexAttnOptions = {},
 ): Promise<FlexAttnBackwardResult> {
-  const requested = checkOptions(options);
+  const { backend: requested, options } = checkOptions(rawOptions);
   const flexKey = resolveKey(key, q, k);
   const shape = validateBackwardArgs(dout, q, k, v, out, lse, flexKey, options);
+  checkHostInputs([dout, q, k, v, out, lse], ["dout", "q", "k", "v", "out", "lse"]);
   const backend = resolveBackend(requested, [q, k, v, dout, out, lse], shape.headDim, options);
   const kernelOptions = {
     softmaxScale: shape.softmaxScale,
@@ -210,7 +197,9 @@ export async function flexFlashAttnBackward(
     deterministic: options.deterministic ?? false,
     libraryPath: options.libraryPath,
   };
-  if (backend === "cuda") return await cudaBackward(dout, q, k, v, out, lse, flexKey, kernelOptions);
+  if (backend === "cuda") {
+    return await cudaBackwardValidated(dout, q, k, v, out, lse, flexKey, shape, kernelOptions);
+  }
   return referenceBackward(
     dout as HostTensor,
     q as HostTensor,

@@ -46,7 +46,7 @@ function article(word: string): string {
 export function describeValue(value: unknown): string {
   if (typeof value === "number") return Object.is(value, -0) ? "-0" : String(value);
   if (typeof value === "string") {
-    return `the string ${JSON.stringify(value.length > 40 ? value.slice(0, 40) + "…" : value)}`;
+    return `${JSON.stringify(value.length > 40 ? value.slice(0, 40) + "…" : value)} (a string)`;
   }
   if (value === null || value === undefined || typeof value === "boolean") return String(value);
   if (typeof value === "bigint") return `a bigint (${value}n)`;

@@ -8,7 +8,10 @@
  * @module
  */
 
-import { z } from "zod";
+// Inline on purpose: mod.ts is also imported by file URL from outside this package's deno.json (scripts in
+// other folders, the subprocess tests), where the bare "zod" of the import map would not resolve.
+// deno-lint-ignore no-import-prefix
+import { z } from "npm:zod@^4";
 import { describeValue, MagiAttnInputError, withArticle } from "./errors.ts";
 
 export { z };

@@ -183,6 +183,23 @@ function resolveSoftcap(value: unknown): number {
 }
 
 /**
+ * The arguments each returned {@linkcode ForwardShape} was validated for, so a backend handed a shape can
+ * trust it for exactly those arguments (and validate anything else).
+ */
+const validatedCalls = new WeakMap<ForwardShape, readonly unknown[]>();
+
+/**
+ * Whether `shape` was returned by {@linkcode validateForwardArgs} (or {@linkcode validateBackwardArgs})
+ * for exactly these argument objects, in this order (tensors then key). O(arguments).
+ */
+export function isValidatedCall(shape: ForwardShape, args: readonly unknown[]): boolean {
+  const recorded = validatedCalls.get(shape);
+  if (recorded === undefined || recorded.length !== args.length) return false;
+  for (let index = 0; index < args.length; index++) if (recorded[index] !== args[index]) return false;
+  return true;
+}
+
+/**
  * Validates a forward call: q `[totalQ, Hq, D]`, k and v `[totalK, Hkv, D]` of one dtype, `Hq % Hkv == 0`,
  * token counts equal to the key's totals, a well-formed in-bounds key, `softmaxScale` finite > 0,
  * `softcap` finite ≥ 0 and every tensor under 2^31 elements. Returns the sizes and the resolved options.
@@ -272,7 +289,7 @@ export function validateForwardArgs(
   checkElementCount(q, "q");
   checkElementCount(k, "k");
   checkElementCount(v, "v");
-  return {
+  const shape: ForwardShape = {
     totalQ,
     totalK,
     numHeadsQ,
@@ -282,6 +299,9 @@ export function validateForwardArgs(
     softcap,
     dtype: q.dtype as DType,
   };
+  Object.freeze(shape); // a backend trusts it for these arguments: it must not change afterwards
+  validatedCalls.set(shape, [q, k, v, key]);
+  return shape;
 }
 
 /**
@@ -334,5 +354,6 @@ export function validateBackwardArgs(
       "pass the lse the forward returned (always float32)",
     );
   }
+  validatedCalls.set(shape, [dout, q, k, v, out, lse, key]);
   return shape;
 }
