@@ -20,6 +20,8 @@ export { z };
 export interface SchemaWording {
   /** Name of the whole value in messages, e.g. `"opts"`; `""` when the keys are top-level arguments. */
   readonly field: string;
+  /** Name of the whole value when `field` is `""` and the value itself is wrong (default `"value"`). */
+  readonly valueName?: string;
   /** What takes these keys, for unknown-key messages, e.g. `"flexFlashAttnForward"`. */
   readonly owner: string;
   /** The fix when the value is not an object at all (or has the wrong form as a whole). */
@@ -118,7 +120,9 @@ function issueToError(
   const topKey = typeof issue.path[0] === "string" ? issue.path[0] : undefined;
   const fix = (topKey !== undefined ? wording.fixes?.[topKey] : undefined) ?? wording.fix;
   const input = "input" in issue ? issue.input : valueAt(root, issue.path);
-  const field = fieldOf(wording.field, issue.path);
+  const field = issue.path.length === 0 && wording.field === ""
+    ? (wording.valueName ?? "value")
+    : fieldOf(wording.field, issue.path);
   switch (issue.code) {
     case "unrecognized_keys": {
       const [first, ...others] = issue.keys;

@@ -18,14 +18,8 @@ import {
   type MaskType,
   maskTypeToAttnType,
 } from "../core/types.ts";
-import {
-  checkArrayLike,
-  checkBoolean,
-  checkInteger,
-  checkOptions,
-  checkSeqlens,
-  INT32_MAX,
-} from "./checks.ts";
+import { checkArrayLike, checkInteger, checkSeqlens, INT32_MAX } from "./checks.ts";
+import { parseWith, strictParser, z } from "../core/schema.ts";
 import { sliceFingerprint } from "./fingerprint.ts";
 import { checkPrefixTree } from "./prefix_tree.ts";
 
@@ -59,6 +53,40 @@ export interface SlidingWindowOptions {
   /** Keys visible after the query: key j is visible from query i only if `j ≤ i + right`. */
   right: number;
 }
+
+const parseVarlenOptions = strictParser(z.strictObject({ causal: z.boolean().optional() }), {
+  field: "options",
+  owner: "AttnMaskSpec.varlen / .fromCuSeqlens",
+  fix: "pass { causal: true } or { causal: false }",
+  fixes: { causal: "pass true (causal documents, the default) or false (full attention)" },
+});
+
+const windowBound = z.int().min(-1).max(INT32_MAX);
+
+const WINDOW_SCHEMA = z.strictObject({ left: windowBound, right: windowBound });
+
+const WINDOW_WORDING = {
+  field: "window",
+  owner: "AttnMaskSpec.slidingWindow",
+  fix: "pass { left, right } with −1 for an unbounded side, e.g. { left: 127, right: 0 }",
+  fixes: {
+    left: "give a non-negative integer, or −1 for unbounded",
+    right: "give a non-negative integer, or −1 for unbounded",
+  },
+};
+
+/** Top-level keys of a ranges object (elements are checked by hand below: they are the hot loop). */
+function rangesSchema(typesField: string) {
+  return z.strictObject({
+    qRanges: z.unknown(),
+    kRanges: z.unknown(),
+    [typesField]: z.unknown(),
+    totalSeqlenQ: z.unknown().optional(),
+    totalSeqlenK: z.unknown().optional(),
+  });
+}
+
+const RANGES_SCHEMAS = new Map<string, ReturnType<typeof rangesSchema>>();
 
 function sameInts(a: Int32Array, b: Int32Array): boolean {
   for (let index = 0; index < a.length; index++) if (a[index] !== b[index]) return false;
@@ -336,8 +364,7 @@ export class AttnMaskSpec {
    */
   static varlen(seqlens: readonly number[] | ArrayLike<number>, options: VarlenOptions = {}): AttnMaskSpec {
     const { seqlens: lengths, total } = checkSeqlens(seqlens, "seqlens");
-    const opts = checkOptions(options, "options", "pass { causal: true } or { causal: false }");
-    const causal = checkBoolean(opts.causal, "options.causal", true);
+    const { causal = true } = parseVarlenOptions(options);
     return AttnMaskSpec.#square(lengths, causal ? CAUSAL : FULL, total);
   }
 
@@ -354,14 +381,10 @@ export class AttnMaskSpec {
         "start it with 0, e.g. [0] for no tokens or [0, 5, 12]",
       );
     }
-    const opts = checkOptions(options, "options", "pass { causal: true } or { causal: false }");
-    const causal = checkBoolean(opts.causal, "options.causal", true);
-    if (list[0] !== 0) {
-      throw new MagiAttnInputError(
-        "cuSeqlens[0]",
-        `is ${describeValue(list[0])}, not 0`,
-        "start the cumulative lengths at 0",
-      );
+    const { causal = true } = parseVarlenOptions(options);
+    const first = checkInteger(list[0], "cuSeqlens[0]", 0, INT32_MAX, "start the cumulative lengths at 0");
+    if (first !== 0) {
+      throw new MagiAttnInputError("cuSeqlens[0]", `is ${first}, not 0`, "start the cumulative lengths at 0");
     }
     const lengths = new Array<number>(list.length - 1);
     let previous = 0;
@@ -410,16 +433,7 @@ export class AttnMaskSpec {
     } else {
       ({ seqlens: lengths, total } = checkSeqlens(seqlensOrN, "seqlensOrN"));
     }
-    if (window === null || typeof window !== "object") {
-      throw new MagiAttnInputError(
-        "window",
-        `is ${describeValue(window)}, not { left, right }`,
-        "pass { left, right } with −1 for an unbounded side, e.g. { left: 127, right: 0 }",
-      );
-    }
-    const fix = "give a non-negative integer, or −1 for unbounded";
-    const left = checkInteger(window.left, "window.left", -1, INT32_MAX, fix);
-    const right = checkInteger(window.right, "window.right", -1, INT32_MAX, fix);
+    const { left, right } = parseWith(WINDOW_SCHEMA, window, WINDOW_WORDING);
     const slices = new SliceList();
     let offset = 0;
     for (const length of lengths) {
@@ -533,13 +547,14 @@ export class AttnMaskSpec {
  * `typesField` in errors; the flex key compiler calls it `attnTypeMap`.
  */
 export function specFromRangesNamed(ranges: AttnMaskRanges, typesField: string): AttnMaskSpec {
-  if (ranges === null || typeof ranges !== "object") {
-    throw new MagiAttnInputError(
-      "ranges",
-      `is ${describeValue(ranges)}, not an object`,
-      "pass { qRanges, kRanges, maskTypes, totalSeqlenQ, totalSeqlenK }",
-    );
-  }
+  let schema = RANGES_SCHEMAS.get(typesField);
+  if (schema === undefined) RANGES_SCHEMAS.set(typesField, schema = rangesSchema(typesField));
+  parseWith(schema, ranges, {
+    field: typesField === "maskTypes" ? "" : "key",
+    valueName: "ranges",
+    owner: typesField === "maskTypes" ? "AttnMaskSpec.fromRanges" : "a plain flex key",
+    fix: `pass { qRanges, kRanges, ${typesField}, totalSeqlenQ, totalSeqlenK }`,
+  });
   const rangesFix = "pass an array of [start, end) pairs, one per slice";
   const qList = checkArrayLike(ranges.qRanges, "qRanges", rangesFix);
   const kList = checkArrayLike(ranges.kRanges, "kRanges", rangesFix);
