@@ -180,8 +180,14 @@ export function randomSpecCase(seed: number): SpecCase {
         [order[index], order[swap]] = [order[swap], order[index]];
       }
       const parent = new Array<number>(nodeCount).fill(-1);
+      // Sometimes a chain (each node the child of the one created before it), which prefixTree merges.
+      const chainy = random() < 0.25;
       for (let created = 1; created < nodeCount; created++) {
-        parent[order[created]] = random() < 0.2 ? -1 : order[Math.floor(random() * created)];
+        parent[order[created]] = chainy && random() < 0.8
+          ? order[created - 1]
+          : random() < 0.2
+          ? -1
+          : order[Math.floor(random() * created)];
       }
       const pathTo = (node: number): number[] => {
         const path: number[] = [];
@@ -191,6 +197,17 @@ export function randomSpecCase(seed: number): SpecCase {
       const isLeaf = (node: number) => !parent.includes(node);
       const paths = order.filter(isLeaf).map(pathTo);
       if (random() < 0.3) paths.push(pathTo(order[Math.floor(random() * nodeCount)])); // a prefix or a repeat
+      // A node without tokens on no path (an empty prompt folded away) is allowed and changes nothing:
+      // insert one at a random index, renumbering the others.
+      if (random() < 0.2) {
+        const at = Math.floor(random() * (nodeCount + 1));
+        const renumber = (node: number): number => (node >= at ? node + 1 : node);
+        lengths.splice(at, 0, 0);
+        const shifted = parent.map((node) => (node < 0 ? node : renumber(node)));
+        shifted.splice(at, 0, -1);
+        parent.splice(0, parent.length, ...shifted);
+        for (const path of paths) path.forEach((node, index) => (path[index] = renumber(node)));
+      }
       const offsets: number[] = [];
       const nodeOfToken: number[] = [];
       lengths.forEach((length, node) => {

@@ -5,12 +5,12 @@
  * type), holds no slice that covers no cell (empty ranges, a BICAUSAL band with more query than key rows)
  * and no cell covered by two slices. Compiled keys are frozen objects, cached by spec fingerprint (an LRU
  * of {@linkcode FLEX_KEY_CACHE_CAPACITY}; a hit is confirmed by comparing the specs' contents) and shared
- * between callers; a key compiled from a spec that is already canonical shares the spec's internal
- * arrays instead of copying them. So **a key's typed arrays must never be mutated** (JavaScript cannot
- * freeze typed arrays): copy them (`key.qRanges.slice()`) to edit.
+ * between callers. A key owns its typed arrays (it never aliases a spec's storage, so writing into a key
+ * cannot change a spec), but **a key's typed arrays must never be mutated** all the same (JavaScript
+ * cannot freeze typed arrays, and the cached key is shared): copy them (`key.qRanges.slice()`) to edit.
  *
- * Cost, for N slices: O(N) and no allocation when the slices are already in canonical order and no two
- * share a query row (packed documents, sliding windows, block-causal, prefix-LM); otherwise
+ * Cost, for N slices: O(N) and one copy of the arrays when the slices are already in canonical order and
+ * no two share a query row (packed documents, sliding windows, block-causal, prefix-LM); otherwise
  * O(N log N + P log N), where P is the number of slice pairs whose bounding rectangles intersect: a sweep
  * over query rows with a max-segment tree over key starts reports exactly those pairs, and each gets an
  * exact O(1) integer test.
@@ -192,9 +192,10 @@ function checkTotal(value: unknown, field: string): number {
 function compileSpec(spec: AttnMaskSpec): FlexKey {
   const totalQ = checkTotal(spec.totalSeqlenQ, "spec.totalSeqlenQ");
   const totalK = checkTotal(spec.totalSeqlenK, "spec.totalSeqlenK");
-  // The spec's arrays are immutable, so the key may share them (neither side ever writes to them).
+  // Read without copying, but never shared with the key: a caller writing into a key's typed arrays
+  // (JavaScript cannot freeze them) must not be able to change the frozen spec.
   const { q, k, types } = sharedSpecArrays(spec);
-  return finishKey(q, k, types, totalQ, totalK, "spec.maskTypes", true);
+  return finishKey(q, k, types, totalQ, totalK, "spec.maskTypes");
 }
 
 /** Validates a FlexKey-shaped object not made by this module. */
@@ -220,8 +221,7 @@ function validateTypedKey(candidate: Record<string, unknown>): FlexKey {
   }
   const totalQ = checkTotal(candidate.totalQ, "key.totalQ");
   const totalK = checkTotal(candidate.totalK, "key.totalK");
-  // Not shareable: the caller keeps its arrays, the compiled key gets its own copies.
-  return finishKey(qFlat, kRanges, attnTypeMap, totalQ, totalK, "key.attnTypeMap", false);
+  return finishKey(qFlat, kRanges, attnTypeMap, totalQ, totalK, "key.attnTypeMap");
 }
 
 /** Throws the precise error for a slice that failed the combined check. */
@@ -278,7 +278,7 @@ function describeSlice(qs: number, qe: number, ks: number, ke: number, type: num
  * Validates flat slices (bounds, start ≤ end, types; integers by construction), drops those without
  * cells, puts the rest in canonical order, rejects shared cells, and packs the frozen key. On the common
  * path (canonical already, nothing to drop, no two slices sharing a query row) this is one read-only pass
- * and, when `shareable`, no allocation: the key uses the given arrays, which nobody may mutate afterwards.
+ * and one copy of the arrays (the key never aliases its caller's arrays).
  */
 function finishKey(
   qFlat: Int32Array,
@@ -287,7 +287,6 @@ function finishKey(
   totalQ: number,
   totalK: number,
   typesField: string,
-  shareable: boolean,
 ): FlexKey {
   const inputCount = types.length;
   let kept = 0, sorted = true, disjointRows = true, maxQEnd = 0;
@@ -338,9 +337,7 @@ function finishKey(
   }
   let slices: PackedSlices;
   if (kept === inputCount && sorted) {
-    slices = shareable
-      ? { q: qFlat, k: kFlat, types, origin: null }
-      : { q: qFlat.slice(), k: kFlat.slice(), types: types.slice(), origin: null };
+    slices = { q: qFlat.slice(), k: kFlat.slice(), types: types.slice(), origin: null };
   } else {
     slices = keepSlicesWithCells(qFlat, kFlat, types, kept);
     if (!sorted) slices = sortCanonical(slices, kept);

@@ -21,7 +21,7 @@ import {
 import { checkArrayLike, checkInteger, checkSeqlens, INT32_MAX } from "./checks.ts";
 import { parseWith, strictParser, z } from "../core/schema.ts";
 import { sliceFingerprint } from "./fingerprint.ts";
-import { checkPrefixTree } from "./prefix_tree.ts";
+import { checkPrefixTree, prefixTreeSegments } from "./prefix_tree.ts";
 
 /** A half-open range `[start, end)`. */
 export type Range = readonly [number, number];
@@ -197,7 +197,7 @@ export interface SpecSliceArrays {
 
 /**
  * Internal (for the flex key compiler; not re-exported by mod.ts): the spec's own flat arrays, shared,
- * not copied. They must never be mutated: the spec is immutable and compiled keys may share them.
+ * not copied. They must never be mutated or handed out: the spec is immutable (keys get copies).
  */
 export function sharedSpecArrays(spec: AttnMaskSpec): { q: Int32Array; k: Int32Array; types: Int32Array } {
   return readSpec(spec);
@@ -460,10 +460,14 @@ export class AttnMaskSpec {
 
   /**
    * A prefix tree (e.g. RL rollouts sharing a prompt): node n has `nodeLengths[n]` tokens, laid out in
-   * node order; each sample path lists node indices from a root to a leaf. For every node of every path:
-   * a CAUSAL slice of the node onto itself, then a FULL slice onto each earlier node of its path (root
-   * first); duplicates are removed, first occurrence kept. Every node must be on some path, a node must
-   * have the same parent in every path, and several roots (a forest) are allowed.
+   * node order; each sample path lists node indices from a root to a leaf. A token sees the earlier tokens
+   * of its own node (causal) and every token of the nodes above it on its path (full). A node must have the
+   * same parent in every path, several roots (a forest) are allowed, and every node with tokens must be on
+   * some path (a node without tokens attends to nothing and needs none).
+   *
+   * The slices grow with the nodes, not their tokens: a chain of nodes, each laid out right after its
+   * parent, becomes one causal slice (a chain of 5,000 one-token nodes is `causal(5000)`), joined with the
+   * ancestors' tokens right before it; every other contiguous run of ancestor tokens is one full slice.
    */
   static prefixTree(
     nodeLengths: readonly number[] | ArrayLike<number>,
@@ -471,21 +475,20 @@ export class AttnMaskSpec {
   ): AttnMaskSpec {
     const tree = checkPrefixTree(nodeLengths, samplePaths);
     const slices = new SliceList();
-    const nodeCount = tree.lengths.length;
-    // emitted[node] = true once the node's slices are out: its ancestors are the same on every path.
-    const emitted = new Uint8Array(nodeCount);
-    for (const path of tree.paths) {
-      for (let position = 0; position < path.length; position++) {
-        const node = path[position];
-        if (emitted[node]) continue;
-        emitted[node] = 1;
-        const qs = tree.offsets[node], qe = qs + tree.lengths[node];
-        if (qs === qe) continue;
-        slices.push(qs, qe, qs, qe, CAUSAL);
-        for (let earlier = 0; earlier < position; earlier++) {
-          const ancestor = path[earlier];
-          const ks = tree.offsets[ancestor], ke = ks + tree.lengths[ancestor];
-          if (ks !== ke) slices.push(qs, qe, ks, ke, FULL);
+    for (const segment of prefixTreeSegments(tree)) {
+      const { start, end, ancestorRuns } = segment;
+      // Runs end below the segment or start above it; the one ending at its start joins the causal slice.
+      let causalKeyStart = start;
+      for (let run = 0; run < ancestorRuns.length; run += 2) {
+        if (ancestorRuns[run + 1] === start) causalKeyStart = ancestorRuns[run];
+        else if (ancestorRuns[run] < start) {
+          slices.push(start, end, ancestorRuns[run], ancestorRuns[run + 1], FULL);
+        }
+      }
+      slices.push(start, end, causalKeyStart, end, CAUSAL);
+      for (let run = 0; run < ancestorRuns.length; run += 2) {
+        if (ancestorRuns[run] > start) {
+          slices.push(start, end, ancestorRuns[run], ancestorRuns[run + 1], FULL);
         }
       }
     }
