@@ -1,11 +1,11 @@
 /**
- * The options of {@linkcode flexFlashAttnForward}, `flexFlashAttnBackward` and `backendInfo`: strict zod
+ * The options of `flexFlashAttnForward`, `flexFlashAttnBackward` and `backendInfo`: strict zod
  * schemas (unknown keys rejected with the valid ones and a did-you-mean).
  * @module
  */
 
 import { type StrictParser, strictParser, z } from "../core/schema.ts";
-import type { Backend, FlexAttnOptions, flexFlashAttnForward } from "./ffa.ts";
+import type { Backend, FlexAttnOptions } from "./ffa.ts";
 
 const BACKENDS = ["auto", "cpu", "cuda"] as const satisfies readonly Backend[];
 
@@ -29,7 +29,7 @@ const KEYS_MATCH:
   };
 void KEYS_MATCH;
 
-/** Parses the options of {@linkcode flexFlashAttnForward} / `flexFlashAttnBackward` (strict). */
+/** Parses the options of `flexFlashAttnForward` / `flexFlashAttnBackward` (strict). */
 export const parseFlexAttnOptions: StrictParser<z.output<typeof FLEX_ATTN_OPTIONS>> = strictParser(
   FLEX_ATTN_OPTIONS,
   {

@@ -19,7 +19,13 @@
 
 import { describeValue, MagiAttnInputError } from "../core/errors.ts";
 import { type FlexKey, isAttnTypeValue, MASK_TYPE_NAMES, type PlainFlexKey } from "../core/types.ts";
-import { AttnMaskSpec, sharedSpecArrays, specFromRangesNamed } from "./spec.ts";
+import {
+  type AttnMaskSpec,
+  checkAttnMaskSpec,
+  keyArraysOf,
+  sharedSpecArrays,
+  specFromRangesNamed,
+} from "./spec.ts";
 
 const INT32_MAX = 2147483647;
 
@@ -86,13 +92,11 @@ export function isFlexKey(x: unknown): x is FlexKey {
  * start`, unknown types, or two slices covering the same cell (the message names both and the cell).
  */
 export function compileFlexKey(spec: AttnMaskSpec): FlexKey {
-  if (!(spec instanceof AttnMaskSpec)) {
-    throw new MagiAttnInputError(
-      "spec",
-      `is ${describeValue(spec)}, not an AttnMaskSpec`,
-      "build the mask with AttnMaskSpec.varlen / .slidingWindow / .prefixTree / .fromRanges, or use toFlexKey",
-    );
-  }
+  checkAttnMaskSpec(
+    spec,
+    "spec",
+    "build the mask with AttnMaskSpec.varlen / .slidingWindow / .prefixTree / .fromRanges, or use toFlexKey",
+  );
   const fingerprint = spec.fingerprint();
   const hit = cache.get(fingerprint);
   if (hit !== undefined && (hit.spec === spec || hit.spec.equals(spec))) {
@@ -195,7 +199,7 @@ function compileSpec(spec: AttnMaskSpec): FlexKey {
   // Read without copying, but never shared with the key: a caller writing into a key's typed arrays
   // (JavaScript cannot freeze them) must not be able to change the frozen spec.
   const { q, k, types } = sharedSpecArrays(spec);
-  return finishKey(q, k, types, totalQ, totalK, "spec.maskTypes");
+  return finishKey(q, k, types, totalQ, totalK, "spec.maskTypes", () => keyArraysOf(spec));
 }
 
 /** Validates a FlexKey-shaped object not made by this module. */
@@ -221,7 +225,11 @@ function validateTypedKey(candidate: Record<string, unknown>): FlexKey {
   }
   const totalQ = checkTotal(candidate.totalQ, "key.totalQ");
   const totalK = checkTotal(candidate.totalK, "key.totalK");
-  return finishKey(qFlat, kRanges, attnTypeMap, totalQ, totalK, "key.attnTypeMap");
+  return finishKey(qFlat, kRanges, attnTypeMap, totalQ, totalK, "key.attnTypeMap", () => ({
+    q: qFlat.slice(),
+    k: kRanges.slice(),
+    types: attnTypeMap.slice(),
+  }));
 }
 
 /** Throws the precise error for a slice that failed the combined check. */
@@ -277,8 +285,8 @@ function describeSlice(qs: number, qe: number, ks: number, ke: number, type: num
 /**
  * Validates flat slices (bounds, start ≤ end, types; integers by construction), drops those without
  * cells, puts the rest in canonical order, rejects shared cells, and packs the frozen key. On the common
- * path (canonical already, nothing to drop, no two slices sharing a query row) this is one read-only pass
- * and one copy of the arrays (the key never aliases its caller's arrays).
+ * path (canonical already, nothing to drop, no two slices sharing a query row) this is one read-only pass,
+ * and the key keeps the arrays `keyCopy` gives (never the caller's own: a spec's are made once per spec).
  */
 function finishKey(
   qFlat: Int32Array,
@@ -287,6 +295,7 @@ function finishKey(
   totalQ: number,
   totalK: number,
   typesField: string,
+  keyCopy: () => { q: Int32Array; k: Int32Array; types: Int32Array },
 ): FlexKey {
   const inputCount = types.length;
   let kept = 0, sorted = true, disjointRows = true, maxQEnd = 0;
@@ -337,7 +346,8 @@ function finishKey(
   }
   let slices: PackedSlices;
   if (kept === inputCount && sorted) {
-    slices = { q: qFlat.slice(), k: kFlat.slice(), types: types.slice(), origin: null };
+    const copy = keyCopy();
+    slices = { q: copy.q, k: copy.k, types: copy.types, origin: null };
   } else {
     slices = keepSlicesWithCells(qFlat, kFlat, types, kept);
     if (!sorted) slices = sortCanonical(slices, kept);

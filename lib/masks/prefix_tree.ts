@@ -148,23 +148,28 @@ export interface PrefixTreeSegment {
   /** End (exclusive) of the chain's tokens. */
   readonly end: number;
   /** The chain's ancestors' tokens as sorted, disjoint, non-adjacent runs `s0, e0, s1, e1, …`. */
-  readonly ancestorRuns: Int32Array;
+  readonly ancestorRuns: readonly number[];
 }
 
 /** `runs` (sorted, disjoint, non-adjacent pairs) with `[start, end)` added, merging adjacent runs. */
-function insertRun(runs: Int32Array, start: number, end: number): Int32Array {
+function insertRun(runs: readonly number[], start: number, end: number): number[] {
+  const out: number[] = [];
   let position = 0;
-  while (position < runs.length && runs[position] < start) position += 2;
-  const joinsBefore = position > 0 && runs[position - 1] === start;
-  const joinsAfter = position < runs.length && runs[position] === end;
-  const length = runs.length + 2 - (joinsBefore ? 2 : 0) - (joinsAfter ? 2 : 0);
-  const out = new Int32Array(length);
-  out.set(runs.subarray(0, joinsBefore ? position - 2 : position));
-  let at = joinsBefore ? position - 2 : position;
-  out[at] = joinsBefore ? runs[position - 2] : start;
-  out[at + 1] = joinsAfter ? runs[position + 1] : end;
-  at += 2;
-  out.set(runs.subarray(joinsAfter ? position + 2 : position), at);
+  while (position < runs.length && runs[position] < start) {
+    out.push(runs[position], runs[position + 1]);
+    position += 2;
+  }
+  let runStart = start, runEnd = end;
+  if (out.length > 0 && out[out.length - 1] === start) {
+    runStart = out[out.length - 2];
+    out.length -= 2;
+  }
+  if (position < runs.length && runs[position] === end) {
+    runEnd = runs[position + 1];
+    position += 2;
+  }
+  out.push(runStart, runEnd);
+  for (; position < runs.length; position++) out.push(runs[position]);
   return out;
 }
 
@@ -211,9 +216,9 @@ export function prefixTreeSegments(tree: CheckedPrefixTree): PrefixTreeSegment[]
     }
   }
   // Ancestor runs of each segment: those of the parent's segment plus that segment up to the parent.
-  const runsOf = new Array<Int32Array | undefined>(heads.length);
+  const runsOf = new Array<readonly number[] | undefined>(heads.length).fill(undefined);
   const chain: number[] = [];
-  const empty = new Int32Array(0);
+  const empty: readonly number[] = [];
   for (let segment = 0; segment < heads.length; segment++) {
     for (let at = segment; at >= 0 && runsOf[at] === undefined;) {
       chain.push(at);

@@ -203,6 +203,24 @@ export function sharedSpecArrays(spec: AttnMaskSpec): { q: Int32Array; k: Int32A
   return readSpec(spec);
 }
 
+/** A copy of each spec's arrays for the keys compiled from it, made on the first compile. */
+const keyStorage = new WeakMap<AttnMaskSpec, { q: Int32Array; k: Int32Array; types: Int32Array }>();
+
+/**
+ * Internal (for the flex key compiler): arrays a key compiled from `spec` may keep: a copy of the spec's
+ * slices made once per spec and shared by every key compiled from it, never the spec's own storage (so
+ * writing into a key cannot change the spec). Made once so that recompiling a spec allocates nothing.
+ */
+export function keyArraysOf(spec: AttnMaskSpec): { q: Int32Array; k: Int32Array; types: Int32Array } {
+  let arrays = keyStorage.get(spec);
+  if (arrays === undefined) {
+    const { q, k, types } = readSpec(spec);
+    arrays = { q: q.slice(), k: k.slice(), types: types.slice() };
+    keyStorage.set(spec, arrays);
+  }
+  return arrays;
+}
+
 /**
  * A spec's slices as flat typed arrays, in the spec's order: fresh copies the caller owns (much cheaper
  * than walking the tuple lists for large specs).
