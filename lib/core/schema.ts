@@ -204,7 +204,8 @@ function editDistance(a: string, b: string): number {
 
 /**
  * The valid name `name` most likely misspells: the closest by edit distance (at most a third of its
- * length, at least 1), or one that contains it or is contained in it (`scale` → `softmaxScale`).
+ * length, at least 1), else one that contains it or is contained in it (`scale` → `softmaxScale`), else
+ * one sharing a stem of four letters or more (`scale` → `scaling`).
  */
 export function closestName(name: string, candidates: readonly string[]): string | undefined {
   let best: string | undefined, bestDistance = Infinity;
@@ -212,9 +213,18 @@ export function closestName(name: string, candidates: readonly string[]): string
   for (const candidate of candidates) {
     const distance = editDistance(name, candidate);
     const limit = Math.max(1, Math.floor(Math.max(name.length, candidate.length) / 3));
-    const contains = lower.length >= 3 &&
-      (candidate.toLowerCase().includes(lower) || lower.includes(candidate.toLowerCase()));
-    const score = distance <= limit ? distance : contains ? limit + 0.5 : Infinity;
+    const other = candidate.toLowerCase();
+    const contains = lower.length >= 3 && (other.includes(lower) || lower.includes(other));
+    let prefix = 0;
+    while (prefix < lower.length && prefix < other.length && lower[prefix] === other[prefix]) prefix++;
+    const sharesStem = prefix >= 4 && prefix >= 0.6 * Math.min(lower.length, other.length);
+    const score = distance <= limit
+      ? distance
+      : contains
+      ? limit + 0.5
+      : sharesStem
+      ? limit + 0.75
+      : Infinity;
     if (score < bestDistance) {
       best = candidate;
       bestDistance = score;
