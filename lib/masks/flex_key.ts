@@ -19,6 +19,7 @@
 
 import { describeValue, MagiAttnInputError } from "../core/errors.ts";
 import { type FlexKey, isAttnTypeValue, MASK_TYPE_NAMES, type PlainFlexKey } from "../core/types.ts";
+import { parseWith, z } from "../core/schema.ts";
 import {
   type AttnMaskSpec,
   checkAttnMaskSpec,
@@ -37,6 +38,46 @@ const compiledKeys = new WeakSet<object>();
 
 /** LRU of compiled keys by spec fingerprint; a Map iterates in insertion order, oldest first. */
 const cache = new Map<string, { spec: AttnMaskSpec; key: FlexKey }>();
+
+// Top-level keys only: the range lists are checked element by element below (the hot loops).
+const PLAIN_KEY_SCHEMA = z.strictObject({
+  qRanges: z.unknown(),
+  kRanges: z.unknown(),
+  attnTypeMap: z.unknown(),
+  totalSeqlenQ: z.unknown().optional(),
+  totalSeqlenK: z.unknown().optional(),
+});
+
+const PLAIN_KEY_WORDING = {
+  field: "key",
+  owner: "a plain flex key",
+  fix: "pass { qRanges, kRanges, attnTypeMap, totalSeqlenQ, totalSeqlenK }",
+};
+
+const TYPED_KEY_SCHEMA = z.strictObject({
+  qRanges: z.unknown(),
+  kRanges: z.unknown(),
+  attnTypeMap: z.unknown(),
+  totalQ: z.unknown(),
+  totalK: z.unknown(),
+  maxSeqlenQ: z.unknown().optional(),
+  maxSeqlenK: z.unknown().optional(),
+  area: z.unknown().optional(),
+});
+
+const TYPED_KEY_WORDING = {
+  field: "key",
+  owner: "a FlexKey",
+  fix: "pass { qRanges, kRanges, attnTypeMap, totalQ, totalK } as Int32Arrays and totals",
+};
+
+const TOTALS_SCHEMA = z.strictObject({ totalQ: z.unknown(), totalK: z.unknown() });
+
+const TOTALS_WORDING = {
+  field: "totals",
+  owner: "toFlexKey's totals",
+  fix: "pass { totalQ, totalK } or nothing",
+};
 
 /** Empties the compiled-key cache. */
 export function clearFlexKeyCache(): void {
@@ -136,9 +177,14 @@ export function toFlexKey(
       "pass { totalQ, totalK } or nothing",
     );
   }
+  if (totals !== undefined) parseWith(TOTALS_SCHEMA, totals, TOTALS_WORDING);
   const candidate = key as unknown as Record<string, unknown>;
-  if (candidate.qRanges instanceof Int32Array) return validateTypedKey(candidate);
+  if (candidate.qRanges instanceof Int32Array) {
+    parseWith(TYPED_KEY_SCHEMA, key, TYPED_KEY_WORDING);
+    return validateTypedKey(candidate);
+  }
   const plain = key as PlainFlexKey;
+  parseWith(PLAIN_KEY_SCHEMA, key, PLAIN_KEY_WORDING);
   const spec = specFromRangesNamed(
     {
       qRanges: plain.qRanges,
