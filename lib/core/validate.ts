@@ -183,17 +183,20 @@ function resolveSoftcap(value: unknown): number {
 }
 
 /**
- * The arguments each returned {@linkcode ForwardShape} was validated for, so a backend handed a shape can
- * trust it for exactly those arguments (and validate anything else).
+ * Where a returned {@linkcode ForwardShape} records the arguments it was validated for (a module-private
+ * symbol: nothing outside this module can write it), so a backend handed the shape can trust it for
+ * exactly those arguments and validate anything else.
  */
-const validatedCalls = new WeakMap<ForwardShape, readonly unknown[]>();
+const VALIDATED_FOR: unique symbol = Symbol("magi-attn validated arguments");
+
+type RecordedShape = ForwardShape & { [VALIDATED_FOR]?: readonly unknown[] };
 
 /**
  * Whether `shape` was returned by {@linkcode validateForwardArgs} (or {@linkcode validateBackwardArgs})
  * for exactly these argument objects, in this order (tensors then key). O(arguments).
  */
 export function isValidatedCall(shape: ForwardShape, args: readonly unknown[]): boolean {
-  const recorded = validatedCalls.get(shape);
+  const recorded = (shape as RecordedShape)[VALIDATED_FOR];
   if (recorded === undefined || recorded.length !== args.length) return false;
   for (let index = 0; index < args.length; index++) if (recorded[index] !== args[index]) return false;
   return true;
@@ -289,7 +292,7 @@ export function validateForwardArgs(
   checkElementCount(q, "q");
   checkElementCount(k, "k");
   checkElementCount(v, "v");
-  const shape: ForwardShape = {
+  const shape: RecordedShape = {
     totalQ,
     totalK,
     numHeadsQ,
@@ -298,9 +301,8 @@ export function validateForwardArgs(
     softmaxScale,
     softcap,
     dtype: q.dtype as DType,
+    [VALIDATED_FOR]: [q, k, v, key],
   };
-  Object.freeze(shape); // a backend trusts it for these arguments: it must not change afterwards
-  validatedCalls.set(shape, [q, k, v, key]);
   return shape;
 }
 
@@ -354,6 +356,6 @@ export function validateBackwardArgs(
       "pass the lse the forward returned (always float32)",
     );
   }
-  validatedCalls.set(shape, [dout, q, k, v, out, lse, key]);
+  (shape as RecordedShape)[VALIDATED_FOR] = [dout, q, k, v, out, lse, key];
   return shape;
 }
