@@ -17,21 +17,15 @@
 
 export { BackendUnavailableError, MagiAttnInputError } from "./lib/core/errors.ts";
 export {
-  bf16BitsToFloat32,
   bf16ToFloat32,
   type DType,
   float32ToBf16,
-  float32ToBf16Bits,
   fromFloat32,
   type HostTensor,
-  numel,
   randomTensor,
   type RandomTensorOptions,
-  seededRandom,
   tensor,
   type TensorData,
-  toFloat32,
-  toFloat64,
 } from "./lib/core/tensor.ts";
 export {
   AttnType,
@@ -48,16 +42,7 @@ export {
   type VarlenOptions,
 } from "./lib/masks/spec.ts";
 export { type PrefixTreeLayout, prefixTreeLayout } from "./lib/masks/prefix_tree.ts";
-export {
-  clearFlexKeyCache,
-  compileFlexKey,
-  denseMask,
-  FLEX_KEY_CACHE_CAPACITY,
-  flexKeyCacheSize,
-  isFlexKey,
-  sliceArea,
-  toFlexKey,
-} from "./lib/masks/flex_key.ts";
+export { compileFlexKey, isFlexKey, toFlexKey } from "./lib/masks/flex_key.ts";
 export {
   type AnyTensor,
   type Backend,
@@ -105,12 +90,7 @@ export {
   isDeviceTensor,
   synchronize,
   toDevice,
+  toFloat32,
   toHost,
 } from "./ffi/device.ts";
-export {
-  type CudaDeviceInfo,
-  type CudaProbe,
-  type LibraryOptions,
-  MagiFfaError,
-  probeCudaBackend,
-} from "./ffi/library.ts";
+export { type LibraryOptions, MagiFfaError } from "./ffi/library.ts";

@@ -90,9 +90,6 @@ export interface CudaBackwardResult<T extends CudaInput = CudaInput> {
   dv: T;
 }
 
-/** The head dims the kernels are compiled for. */
-export const CUDA_HEAD_DIMS: readonly number[] = Object.freeze([64, 128]);
-
 /** One uploaded key, and the streams that used it (whose work must finish before it is destroyed). */
 interface PlanEntry {
   readonly pointer: Deno.PointerValue;
@@ -223,25 +220,33 @@ const parseBackwardOptions = strictParser(
   { field: "opts", owner: "cudaBackward", fix: "pass an options object, or omit it", fixes: KERNEL_FIXES },
 );
 
-/** GPU-only restrictions, after the shared validation. */
-function checkGpuSupport(shape: ForwardShape): number {
-  if (shape.dtype !== "bfloat16" && shape.dtype !== "float16") {
+/**
+ * GPU-only restrictions, after the shared validation: the dtype and head dim must be ones the loaded
+ * library is compiled for (its `magi_ffa_supported_*` lists, read at load).
+ */
+function checkGpuSupport(shape: ForwardShape, library: CudaLibrary): number {
+  const dtypeCode = (MAGI_FFA_DTYPE as Readonly<Record<string, number>>)[shape.dtype];
+  if (dtypeCode === undefined || !library.supportedDtypes.includes(dtypeCode)) {
+    // Named bfloat16 first (the highest code), the usual training dtype.
+    const names = Object.entries(MAGI_FFA_DTYPE).filter(([, code]) => library.supportedDtypes.includes(code))
+      .sort((a, b) => b[1] - a[1]).map(([name]) => name);
     throw new MagiAttnInputError(
       "q.dtype",
-      `is ${shape.dtype}, which the CUDA backend does not run (it takes bfloat16 and float16)`,
-      'cast q, k and v to bfloat16 or float16, or use backend "cpu"',
+      `is ${shape.dtype}, which the CUDA backend does not run (it takes ${names.join(" and ")})`,
+      `cast q, k and v to ${names.join(" or ")}, or use backend "cpu"`,
     );
   }
-  if (!CUDA_HEAD_DIMS.includes(shape.headDim)) {
+  const headDims = library.supportedHeadDims;
+  if (!headDims.includes(shape.headDim)) {
     throw new MagiAttnInputError(
       "q.shape",
       `has head dim ${shape.headDim}, which the CUDA backend does not run (it takes ${
-        CUDA_HEAD_DIMS.join(" and ")
+        headDims.join(" and ")
       })`,
-      'use head dim 64 or 128, or use backend "cpu"',
+      `use head dim ${headDims.join(" or ")}, or use backend "cpu"`,
     );
   }
-  return MAGI_FFA_DTYPE[shape.dtype];
+  return dtypeCode;
 }
 
 function checkSameLibrary(
@@ -413,9 +418,9 @@ async function runForward(
   shape: ForwardShape,
   opts: CudaForwardOptions,
 ): Promise<CudaForwardResult> {
-  const dtypeCode = checkGpuSupport(shape);
   const inputs = [q, k, v];
   const library = resolveLibrary(inputs, opts);
+  const dtypeCode = checkGpuSupport(shape, library);
   checkSameLibrary(inputs, ["q", "k", "v"], library);
   const state = stateFor(library);
   if (state.retired.length >= RETIRED_PLAN_BATCH) await destroyRetiredPlans(state);
@@ -487,10 +492,10 @@ export function bindForwardLaunch(
 ): () => void {
   const opts = parseKernelOptions(rawOptions);
   const shape = validateForwardArgs(q, k, v, key, opts);
-  const dtypeCode = checkGpuSupport(shape);
   const inputs = [q, k, v];
   if (!allOnDevice(inputs)) throw outputsNeedDeviceInputs();
   const library = resolveLibrary(inputs, opts);
+  const dtypeCode = checkGpuSupport(shape, library);
   checkSameLibrary(inputs, ["q", "k", "v"], library);
   checkOutput(outputs.out, "out", q.shape, shape.dtype, library);
   checkOutput(outputs.lse, "lse", [shape.totalQ, shape.numHeadsQ], "float32", library);
@@ -593,9 +598,9 @@ async function runBackward(
   shape: ForwardShape,
   opts: CudaBackwardOptions,
 ): Promise<CudaBackwardResult> {
-  const dtypeCode = checkGpuSupport(shape);
   const inputs = [dout, q, k, v, out, lse];
   const library = resolveLibrary(inputs, opts);
+  const dtypeCode = checkGpuSupport(shape, library);
   checkSameLibrary(inputs, ["dout", "q", "k", "v", "out", "lse"], library);
   const state = stateFor(library);
   if (state.retired.length >= RETIRED_PLAN_BATCH) await destroyRetiredPlans(state);

@@ -22,6 +22,7 @@ import {
   numel,
   tensor,
   type TensorData,
+  toFloat32 as hostToFloat32,
 } from "../lib/core/tensor.ts";
 import {
   checkStatus,
@@ -281,7 +282,24 @@ export function emptyDevice(shape: readonly number[], dtype: DType, opts: Librar
   return allocateDevice(deviceLibrary(parseLibraryOptions(opts)), shape, dtype);
 }
 
-/** Uploads a host tensor into a new device tensor (asynchronous on the stream; safe to reuse `host`). */
+/**
+ * Uploads a host tensor into a new device tensor (asynchronous on the stream; safe to reuse `host`).
+ *
+ * @example Keep tensors on the GPU between calls
+ * ```ts
+ * import { AttnMaskSpec, backendInfo, compileFlexKey, flexFlashAttnForward, randomTensor, toDevice, toHost } from "@magi/attn";
+ *
+ * if (backendInfo().backend === "cuda") {
+ *   const key = compileFlexKey(AttnMaskSpec.causal(256));
+ *   using q = toDevice(randomTensor([256, 4, 64], { seed: 1, dtype: "bfloat16" }));
+ *   using kv = toDevice(randomTensor([256, 4, 64], { seed: 2, dtype: "bfloat16" }));
+ *   const { out, lse } = await flexFlashAttnForward(q, kv, kv, key); // DeviceTensors, no copies
+ *   const host = await toHost(out);
+ *   out.dispose();
+ *   lse.dispose();
+ * }
+ * ```
+ */
 export function toDevice(host: HostTensor, rawOptions: DeviceOptions = {}): DeviceTensor {
   checkHostTensor(host, "host");
   const opts = parseDeviceOptions(rawOptions);
@@ -315,21 +333,70 @@ function hostArrayFor(dtype: DType, length: number): TensorData {
   return new Uint16Array(length);
 }
 
+/** True when `value` looks like a {@linkcode HostTensor} (a typed array with a shape), without checking sizes. */
+function isHostTensorLike(value: unknown): value is HostTensor {
+  const candidate = value as HostTensor | null;
+  return typeof candidate === "object" && candidate !== null && ArrayBuffer.isView(candidate.data) &&
+    Array.isArray(candidate.shape);
+}
+
 /**
- * Downloads a device tensor into a new host tensor of the same shape and dtype, once the stream's earlier
- * work (the kernels that wrote it) has finished.
+ * Any tensor as a host tensor: a device tensor is downloaded into a new host tensor of the same shape and
+ * dtype once the stream's earlier work (the kernels that wrote it) has finished; a host tensor is returned
+ * as is (no copy), so code may call it on any result.
+ *
+ * @example
+ * ```ts
+ * import { randomTensor, toHost } from "@magi/attn";
+ *
+ * const host = randomTensor([8, 2, 64], { dtype: "bfloat16" });
+ * const same = await toHost(host); // already on the host: returned as is
+ * // With the CUDA library and a GPU, `await toHost(toDevice(host))` copies it there and back.
+ * ```
  */
-export async function toHost(device: DeviceTensor, rawOptions: DeviceOptions = {}): Promise<HostTensor> {
+export async function toHost(
+  input: HostTensor | DeviceTensor,
+  rawOptions: DeviceOptions = {},
+): Promise<HostTensor> {
   const opts = parseDeviceOptions(rawOptions);
-  if (!isDeviceTensor(device)) {
+  if (!isDeviceTensor(input)) {
+    if (isHostTensorLike(input)) return input;
     throw new MagiAttnInputError(
-      "device",
-      "is not a DeviceTensor",
-      "pass a tensor made by toDevice(...) or a CUDA call",
+      "input",
+      "is neither a DeviceTensor nor a HostTensor",
+      "pass a tensor made by tensor(...), toDevice(...) or an attention call",
     );
   }
-  const stream = opts.stream === undefined ? device.library.stream() : opts.stream;
-  return await downloadFrom(device, stream);
+  const stream = opts.stream === undefined ? input.library.stream() : opts.stream;
+  return await downloadFrom(input, stream);
+}
+
+/**
+ * A host tensor's values as float32: the same array for float32, a copy for float16 and bfloat16 (bf16 bit
+ * patterns widened exactly).
+ *
+ * @example Reading a bf16 result
+ * ```ts
+ * import { float32ToBf16, tensor, toFloat32 } from "@magi/attn";
+ *
+ * const bits = float32ToBf16([1.5, -2, 0.1]); // Uint16Array of bf16 bit patterns
+ * const values = toFloat32(tensor(bits, [3])); // Float32Array [1.5, -2, 0.10009765625]
+ * ```
+ */
+export function toFloat32(input: HostTensor): Float32Array;
+/** A device tensor's values as float32, downloaded once the kernels that wrote it have finished. */
+export function toFloat32(input: DeviceTensor, opts?: DeviceOptions): Promise<Float32Array>;
+/** Any tensor's values as float32: directly for a host tensor, after a download for a device tensor. */
+export function toFloat32(
+  input: HostTensor | DeviceTensor,
+  opts?: DeviceOptions,
+): Float32Array | Promise<Float32Array>;
+export function toFloat32(
+  input: HostTensor | DeviceTensor,
+  opts: DeviceOptions = {},
+): Float32Array | Promise<Float32Array> {
+  if (isDeviceTensor(input)) return toHost(input, opts).then(hostToFloat32);
+  return hostToFloat32(input);
 }
 
 /** Downloads `device` on `stream` and waits for it. For the CUDA backend. */

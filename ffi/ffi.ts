@@ -1,5 +1,5 @@
 /**
- * The `Deno.dlopen` symbol table of the magi-attn CUDA library (`ffi/cuda/magi_ffa.h`, ABI version 1).
+ * The `Deno.dlopen` symbol table of the magi-attn CUDA library (`ffi/cuda/magi_ffa.h`, ABI version 2).
  *
  * Conventions of the table: `int32_t` → `"i32"`, `size_t` → `"usize"` (passed as a `bigint`), device
  * pointers, streams and plans (`void*`) → `"pointer"`, host memory the call reads or writes (`void*`,
@@ -19,6 +19,31 @@ export const symbols = {
   magi_ffa_abi_version: { parameters: [], result: "i32" },
   /** `const char* magi_ffa_last_error(void)`: valid until the next library call on the thread. */
   magi_ffa_last_error: { parameters: [], result: "pointer" },
+
+  /**
+   * `int32_t magi_ffa_supported_head_dims(int32_t* head_dims, int32_t capacity, int32_t* count)`: the head
+   * dims the kernels are compiled for, ascending; needs no GPU.
+   */
+  magi_ffa_supported_head_dims: {
+    parameters: [
+      "buffer", // int32_t* head_dims (Int32Array of capacity; may be NULL when capacity is 0)
+      "i32", // int32_t capacity
+      "buffer", // int32_t* count (Int32Array of 1, receives how many there are)
+    ],
+    result: "i32",
+  },
+  /**
+   * `int32_t magi_ffa_supported_dtypes(int32_t* dtypes, int32_t capacity, int32_t* count)`: the
+   * `MAGI_FFA_DTYPE_*` codes the kernels are compiled for, ascending; needs no GPU.
+   */
+  magi_ffa_supported_dtypes: {
+    parameters: [
+      "buffer", // int32_t* dtypes (Int32Array of capacity; may be NULL when capacity is 0)
+      "i32", // int32_t capacity
+      "buffer", // int32_t* count (Int32Array of 1, receives how many there are)
+    ],
+    result: "i32",
+  },
 
   /** `int32_t magi_ffa_device_count(int32_t* count)` */
   magi_ffa_device_count: {
@@ -224,7 +249,7 @@ export const symbols = {
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The ABI version this binding was written for (`MAGI_FFA_ABI_VERSION` in `magi_ffa.h`). */
-export const MAGI_FFA_ABI_VERSION = 1;
+export const MAGI_FFA_ABI_VERSION = 2;
 
 /** `MAGI_FFA_DTYPE_*` codes of the kernels' `dtype` argument. */
 export const MAGI_FFA_DTYPE: Readonly<{ float16: 0; bfloat16: 1 }> = Object.freeze(

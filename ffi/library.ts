@@ -57,6 +57,10 @@ export interface CudaLibrary {
   readonly symbols: MagiFfaLibrary["symbols"];
   /** `magi_ffa_abi_version()` of the loaded file. */
   readonly abiVersion: number;
+  /** Head dims the kernels are compiled for (`magi_ffa_supported_head_dims`), ascending; read at load. */
+  readonly supportedHeadDims: readonly number[];
+  /** `MAGI_FFA_DTYPE_*` codes the kernels take (`magi_ffa_supported_dtypes`), ascending; read at load. */
+  readonly supportedDtypes: readonly number[];
   /** Text of the last failure on the calling (main) thread, `""` if none. */
   lastError(): string;
   /** The library-owned stream, created on first use and kept for the life of the process. */
@@ -189,6 +193,23 @@ function openCandidate(path: string): CudaLibrary {
   return library;
 }
 
+/** Reads one of the library's "what is supported" lists (the C side declares them once). */
+function readSupportedList(
+  path: string,
+  read: (values: Int32Array, capacity: number, count: Int32Array) => number,
+  what: string,
+): readonly number[] {
+  const count = new Int32Array(1);
+  let values = new Int32Array(16);
+  for (let attempt = 0; attempt < 2; attempt++) {
+    const status = read(values, values.length, count);
+    if (status !== 0) throw new MagiFfaError(status, `${what} (${path})`, "");
+    if (count[0] <= values.length) return Object.freeze(Array.from(values.subarray(0, count[0])));
+    values = new Int32Array(count[0]);
+  }
+  throw new MagiFfaError(MAGI_FFA_ERROR.INVALID_ARGUMENT, `${what} (${path})`, "the list kept growing");
+}
+
 function wrapLibrary(path: string, handle: MagiFfaLibrary): CudaLibrary {
   const symbols = handle.symbols;
   let stream: Deno.PointerValue | undefined;
@@ -196,6 +217,12 @@ function wrapLibrary(path: string, handle: MagiFfaLibrary): CudaLibrary {
     path,
     symbols,
     abiVersion: MAGI_FFA_ABI_VERSION,
+    supportedHeadDims: readSupportedList(
+      path,
+      symbols.magi_ffa_supported_head_dims,
+      "magi_ffa_supported_head_dims",
+    ),
+    supportedDtypes: readSupportedList(path, symbols.magi_ffa_supported_dtypes, "magi_ffa_supported_dtypes"),
     lastError(): string {
       const text = symbols.magi_ffa_last_error();
       return text === null ? "" : Deno.UnsafePointerView.getCString(text);
@@ -215,11 +242,35 @@ function wrapLibrary(path: string, handle: MagiFfaLibrary): CudaLibrary {
   return Object.freeze(library);
 }
 
+/** Deno's dlopen error says "Could not open library: " twice; say it once. */
+function withoutRepeatedPrefix(message: string): string {
+  return message.replace(/^(.{1,80}?: )\1+/, "$1");
+}
+
 function describeAttempts(attempts: readonly Attempt[]): string {
   return attempts.map(({ candidate, error }) =>
-    `  - ${candidate.path} (${candidate.source}): ${error.message}`
+    `  - ${candidate.path} (${candidate.source}): ${withoutRepeatedPrefix(error.message)}`
   )
     .join("\n");
+}
+
+/** The fix of every load failure, said once (callers that wrap the reason add no second one). */
+const LOAD_FIX = "build it with `deno task build` in a checkout (`deno run -A jsr:@magi/attn/build` when " +
+  "installed from JSR; needs nvcc), point MAGI_FFA_LIBRARY or the libraryPath option at a built " +
+  'libmagi_ffa.so, or use backend "cpu"';
+
+/** What a load failure was, without its fix, and its one-line summary: for the probe's `reason`/`summary`. */
+const loadFailures = new WeakMap<Error, { reason: string; summary: string }>();
+
+function loadFailure(reason: string, summary: string, cause?: Error): BackendUnavailableError {
+  const error = new BackendUnavailableError(`magi-attn: ${reason}\nFix: ${LOAD_FIX}.`, { cause });
+  loadFailures.set(error, { reason, summary });
+  return error;
+}
+
+/** True when the loader's error says the file is not there (as opposed to there but unloadable). */
+function isMissingFile(error: Error): boolean {
+  return /No such file or directory|cannot open shared object file/.test(error.message);
 }
 
 function failure(attempts: readonly Attempt[], extra: readonly string[] = []): BackendUnavailableError {
@@ -228,12 +279,11 @@ function failure(attempts: readonly Attempt[], extra: readonly string[] = []): B
   const cause = attempts.length === 1
     ? attempts[0].error
     : new AggregateError(attempts.map((attempt) => attempt.error), "every candidate library failed to load");
-  return new BackendUnavailableError(
-    `magi-attn: could not load the CUDA library ${LIBRARY_FILE_NAME}. Tried:\n${lines}` +
-      (notes ? `\n${notes}` : "") +
-      "\nFix: build it with `deno task build` (needs nvcc), point MAGI_FFA_LIBRARY or the libraryPath option " +
-      'at a built libmagi_ffa.so, or use backend "cpu".',
-    { cause },
+  const missing = attempts.every((attempt) => isMissingFile(attempt.error));
+  return loadFailure(
+    `could not load the CUDA library ${LIBRARY_FILE_NAME}. Tried:\n${lines}` + (notes ? `\n${notes}` : ""),
+    missing ? "CUDA library not found" : "CUDA library failed to load",
+    cause,
   );
 }
 
@@ -282,11 +332,9 @@ export function loadCudaLibrary(opts: LibraryOptions = {}): CudaLibrary {
     notes.push(`user cache: skipped (${cache.reason})`);
   }
   if (attempts.length === 0) {
-    throw new BackendUnavailableError(
-      `magi-attn: could not load the CUDA library ${LIBRARY_FILE_NAME}: no candidate path (${
-        notes.join("; ")
-      }). ` +
-        'Fix: point MAGI_FFA_LIBRARY or the libraryPath option at a built libmagi_ffa.so, or use backend "cpu".',
+    throw loadFailure(
+      `could not load the CUDA library ${LIBRARY_FILE_NAME}: no candidate path (${notes.join("; ")})`,
+      "CUDA library not found",
     );
   }
   throw failure(attempts, notes);
@@ -326,8 +374,10 @@ export interface CudaDeviceInfo {
 export interface CudaProbe {
   /** True when the library loaded and device 0 is a supported GPU. */
   readonly available: boolean;
-  /** Why it is unavailable (absent when available). */
+  /** Why it is unavailable, in full: every path tried and what failed (absent when available). */
   readonly reason?: string;
+  /** The reason in a few words on one line, e.g. `"CUDA library not found"` (absent when available). */
+  readonly summary?: string;
   /** Path of the loaded library (when it loaded). */
   readonly libraryPath?: string;
   /** The GPUs found (when the driver answered). */
@@ -343,13 +393,16 @@ function queryDevices(library: CudaLibrary): CudaProbe {
   if (status !== 0) {
     const text = library.lastError();
     const detail = `magi_ffa_device_count returned ${status}${text ? `: ${text}` : ""}`;
-    const reason = NO_GPU_STATUSES.includes(status) ? `no CUDA driver/GPU (${detail})` : detail;
-    return { available: false, reason, libraryPath: library.path };
+    const noGpu = NO_GPU_STATUSES.includes(status);
+    const reason = noGpu ? `no CUDA driver/GPU (${detail})` : detail;
+    const summary = noGpu ? "no CUDA driver/GPU" : "the CUDA driver failed to list the GPUs";
+    return { available: false, reason, summary, libraryPath: library.path };
   }
   if (count[0] === 0) {
     return {
       available: false,
       reason: "no CUDA driver/GPU (the driver reports 0 devices)",
+      summary: "no CUDA driver/GPU",
       libraryPath: library.path,
     };
   }
@@ -384,6 +437,8 @@ function queryDevices(library: CudaLibrary): CudaProbe {
       reason:
         `GPU 0 (${first.name}) has compute capability ${first.major}.${first.minor}; the CUDA backend ` +
         `needs ${MIN_CAPABILITY.major}.${MIN_CAPABILITY.minor} or newer (use backend "cpu")`,
+      summary: `GPU 0 has compute capability ${first.major}.${first.minor}, below ${MIN_CAPABILITY.major}.` +
+        `${MIN_CAPABILITY.minor}`,
       libraryPath: library.path,
       devices,
     };
@@ -407,7 +462,10 @@ export function probeCudaBackend(opts: LibraryOptions = {}): CudaProbe {
   } catch (error) {
     if (isNotCapable(error)) throw error;
     if (!(error instanceof BackendUnavailableError || error instanceof MagiFfaError)) throw error;
-    result = { available: false, reason: error.message };
+    const known = loadFailures.get(error);
+    result = known
+      ? { available: false, reason: known.reason, summary: known.summary }
+      : { available: false, reason: error.message, summary: "a CUDA driver query failed" };
   }
   const frozen = Object.freeze(result);
   probeCache.set(cacheKey, frozen);

@@ -1,43 +1,79 @@
 /**
- * Builds the CUDA FFA library (`libmagi_ffa.so`) from `ffi/cuda/*.cu` with nvcc.
+ * Builds the CUDA FFA library (`libmagi_ffa.so`) from the `.cu` files under `ffi/cuda/` with nvcc.
  *
- * CLI: `deno task build [--out-dir DIR] [--selftest] [--cache] [--ptxas-verbose] [--no-sm80]`.
+ * CLI: `deno task build [--out-dir DIR] [--selftest] [--experiments] [--cache] [--ptxas-verbose] [--no-sm80]`.
  * Env: NVCC (the compiler), MAGI_FFA_NVCC_FLAGS (extra nvcc flags for the library, for tuning).
  * Without nvcc it prints why and exits 0 (the CPU reference stays in use); a compile failure exits 1.
+ *
+ * `--experiments` builds an experiment library (`-DMAGI_FFA_EXPERIMENTS=1`: timing ablations whose results
+ * are wrong, read from `MAGI_FFA_SM90_BWD_ABLATE`) into `build/experiments/` unless `--out-dir` is given, never
+ * into the per-user cache: the library the loader finds by itself is always the default one.
  *
  * @module
  */
 
 import denoConfig from "../deno.json" with { type: "json" };
 
-/** The CUDA sources, relative to `ffi/cuda/`, that make up the library (used when fetching them remotely). */
+/**
+ * The CUDA sources, relative to `ffi/cuda/`, that make up the library (used when fetching them remotely; a
+ * local build compiles every `.cu` under `ffi/cuda/`, and tests/build_test.ts checks the two agree).
+ */
 export const LIBRARY_SOURCES: readonly string[] = Object.freeze([
+  // The C ABI, and the choice of kernels.
   "magi_ffa.cu",
-  "ffa_fwd.cu",
-  "ffa_fwd_sm90.cu",
-  "ffa_bwd.cu",
-  "ffa_bwd_sm90.cu",
+  "dispatch.cu",
+  // Shared by every kernel family.
+  "common/backward_prepost.cu",
+  "common/device_query.cu",
+  "common/env.cu",
+  // mma.sync kernels (any sm_80+ GPU).
+  "sm80/forward.cu",
+  "sm80/backward.cu",
+  "sm80/backward_dkdv.cu",
+  "sm80/backward_dq.cu",
+  // Hopper kernels (sm_90a: wgmma, TMA).
+  "sm90/forward.cu",
+  "sm90/backward.cu",
+  "sm90/host.cu",
 ]);
 
-/** Headers the sources include, relative to `ffi/cuda/`. */
+/** Headers the sources include, relative to `ffi/cuda/` (the self-test's own headers are not among them). */
 export const LIBRARY_HEADERS: readonly string[] = Object.freeze([
   "magi_ffa.h",
-  "ffa_common.cuh",
-  "ffa_internal.cuh",
-  "ffa_launch.cuh",
-  "ffa_mask.cuh",
-  "ffa_plan.cuh",
-  "ffa_walkers.cuh",
-  "ffa_sm90_bwd.cuh",
-  "ffa_sm90_fwd.cuh",
-  "ffa_sm90_ptx.cuh",
-  "ffa_sm90_selftest.cuh",
-  "ffa_sm90_wgmma.cuh",
-  "ffa_bwd_fused.cuh",
+  "dispatch.cuh",
+  "plan.cuh",
+  "common/backward_prepost.cuh",
+  "common/device.cuh",
+  "common/device_query.cuh",
+  "common/env.cuh",
+  "common/launch.cuh",
+  "common/mask.cuh",
+  "common/params.cuh",
+  "common/shapes.cuh",
+  "common/walkers.cuh",
+  "sm80/backward.cuh",
+  "sm80/backward_pointwise.cuh",
+  "sm80/forward.cuh",
+  "sm90/backward.cuh",
+  "sm90/forward.cuh",
+  "sm90/forward_layout.cuh",
+  "sm90/host.cuh",
+  "sm90/ptx.cuh",
+  "sm90/watchdog.cuh",
+  "sm90/wgmma.cuh",
 ]);
 
-/** The standalone GPU self-test program, relative to `ffi/cuda/`. */
-export const SELFTEST_SOURCE = "selftest.cu";
+/**
+ * The standalone GPU self-test program and its headers, relative to the package root. It is built from a
+ * local checkout only (`tests/` is not part of the published package).
+ */
+export const SELFTEST_SOURCE = "tests/cuda/selftest.cu";
+
+/** Headers of the self-test (next to {@linkcode SELFTEST_SOURCE}), relative to the package root. */
+export const SELFTEST_HEADERS: readonly string[] = Object.freeze(["tests/cuda/selftest_sm90.cuh"]);
+
+/** The `-D` flag of an experiment build (see `--experiments`). */
+export const EXPERIMENTS_FLAG = "-DMAGI_FFA_EXPERIMENTS=1";
 
 /** File name of the built library. */
 export const LIBRARY_FILE_NAME = "libmagi_ffa.so";
@@ -49,8 +85,13 @@ export const SELFTEST_FILE_NAME = "magi_ffa_selftest";
 export interface BuildOptions {
   /** Output directory; default `build/` next to the package root, or the per-user cache with `cache`. */
   outDir?: string;
-  /** Also build the self-test executable `magi_ffa_selftest` next to the library. */
+  /** Also build the self-test executable `magi_ffa_selftest` next to the library (local checkout only). */
   selftest?: boolean;
+  /**
+   * Build the experiment library (`-DMAGI_FFA_EXPERIMENTS=1`: wrong-result timing ablations compiled in);
+   * default output `build/experiments/`. Refused together with `cache`.
+   */
+  experiments?: boolean;
   /** Build into `$XDG_CACHE_HOME/magi-attn/<version>/` (or `~/.cache/...`); reuse it when up to date. */
   cache?: boolean;
   /** Print nvcc's register / shared-memory / spill report (`-Xptxas -v`). */
@@ -124,31 +165,32 @@ function defaultCacheDir(): string {
   return `${base}/magi-attn/${PACKAGE_VERSION}`;
 }
 
+/** Every file under `dir` (recursively) whose name passes `keep`, as paths relative to `dir`, sorted. */
+async function listFiles(dir: string, keep: (name: string) => boolean, prefix = ""): Promise<string[]> {
+  const found: string[] = [];
+  for await (const entry of Deno.readDir(`${dir}/${prefix}`)) {
+    const relative = `${prefix}${entry.name}`;
+    if (entry.isDirectory) found.push(...await listFiles(dir, keep, `${relative}/`));
+    else if (entry.isFile && keep(entry.name)) found.push(relative);
+  }
+  return found.sort();
+}
+
 /** Copies (local) or downloads (remote module) the CUDA sources into a directory nvcc can read. */
-async function materializeSources(
-  workDir: string,
-  withSelftest: boolean,
-): Promise<{ sourceDir: string; sources: string[] }> {
+async function materializeSources(workDir: string): Promise<{ sourceDir: string; sources: string[] }> {
   const cudaUrl = new URL("ffi/cuda/", packageRootUrl());
   if (cudaUrl.protocol === "file:") {
     const sourceDir = decodeURIComponent(cudaUrl.pathname).replace(/\/$/, "");
-    const sources: string[] = [];
-    for await (const entry of Deno.readDir(sourceDir)) {
-      if (entry.isFile && entry.name.endsWith(".cu") && entry.name !== SELFTEST_SOURCE) {
-        sources.push(entry.name);
-      }
-    }
-    sources.sort();
-    return { sourceDir, sources };
+    return { sourceDir, sources: await listFiles(sourceDir, (name) => name.endsWith(".cu")) };
   }
   // Remote module (e.g. JSR over https): fetch the known file list next to this module.
   const sourceDir = `${workDir}/src`;
-  await Deno.mkdir(sourceDir, { recursive: true });
-  const files = [...LIBRARY_SOURCES, ...LIBRARY_HEADERS, ...(withSelftest ? [SELFTEST_SOURCE] : [])];
-  for (const name of files) {
+  for (const name of [...LIBRARY_SOURCES, ...LIBRARY_HEADERS]) {
     const response = await fetch(new URL(name, cudaUrl));
     if (!response.ok) throw new Error(`fetching ${new URL(name, cudaUrl)} failed: HTTP ${response.status}`);
-    await Deno.writeFile(`${sourceDir}/${name}`, new Uint8Array(await response.arrayBuffer()));
+    const path = `${sourceDir}/${name}`;
+    await Deno.mkdir(path.slice(0, path.lastIndexOf("/")), { recursive: true });
+    await Deno.writeFile(path, new Uint8Array(await response.arrayBuffer()));
   }
   return { sourceDir, sources: [...LIBRARY_SOURCES] };
 }
@@ -159,11 +201,8 @@ async function hashSources(
   flags: readonly string[],
 ): Promise<string> {
   const parts: Uint8Array[] = [new TextEncoder().encode(flags.join(" "))];
-  const all = [...names];
-  for await (const entry of Deno.readDir(sourceDir)) {
-    if (entry.isFile && (entry.name.endsWith(".cuh") || entry.name.endsWith(".h"))) all.push(entry.name);
-  }
-  all.sort();
+  const headers = await listFiles(sourceDir, (name) => name.endsWith(".cuh") || name.endsWith(".h"));
+  const all = [...names, ...headers].sort();
   for (const name of all) {
     parts.push(new TextEncoder().encode(name));
     parts.push(await Deno.readFile(`${sourceDir}/${name}`));
@@ -214,12 +253,29 @@ async function runPool<T>(tasks: (() => Promise<T>)[], limit: number): Promise<T
  */
 export async function buildLibrary(options: BuildOptions = {}): Promise<string> {
   const log = options.log ?? ((message: string) => console.error(message));
+  if (options.experiments && options.cache) {
+    throw new Error(
+      "--experiments cannot build into the per-user cache (the loader would pick up a library whose " +
+        "ablations give wrong results). Fix: drop --cache, or pass --out-dir.",
+    );
+  }
   const nvcc = await findNvcc(options.nvcc);
   const rootUrl = packageRootUrl();
+  const localRoot = rootUrl.protocol === "file:"
+    ? decodeURIComponent(rootUrl.pathname).replace(/\/$/, "")
+    : undefined;
+  if (options.selftest && localRoot === undefined) {
+    throw new Error(
+      "--selftest needs a local checkout (its source, tests/cuda/, is not in the published package). " +
+        "Fix: clone the repository and run `deno task build --selftest` there.",
+    );
+  }
   const outDir = options.outDir ??
-    (options.cache || rootUrl.protocol !== "file:"
+    (options.experiments
+      ? `${localRoot ?? "."}/build/experiments`
+      : options.cache || localRoot === undefined
       ? defaultCacheDir()
-      : `${decodeURIComponent(rootUrl.pathname).replace(/\/$/, "")}/build`);
+      : `${localRoot}/build`);
   await Deno.mkdir(outDir, { recursive: true });
 
   const gencode = ["-gencode=arch=compute_90a,code=sm_90a"];
@@ -235,13 +291,14 @@ export async function buildLibrary(options: BuildOptions = {}): Promise<string> 
     "all-warnings",
     ...gencode,
     ...(options.ptxasVerbose ? ["-Xptxas", "-v"] : []),
+    ...(options.experiments ? [EXPERIMENTS_FLAG] : []),
     // Tuning experiments, e.g. MAGI_FFA_NVCC_FLAGS="-DMAGI_FFA_DKV_SUB_M_D128=16".
     ...(Deno.env.get("MAGI_FFA_NVCC_FLAGS") ?? "").split(/\s+/).filter((flag) => flag.length > 0),
   ];
 
   const workDir = await Deno.makeTempDir({ prefix: "magi-ffa-build-" });
   try {
-    const { sourceDir, sources } = await materializeSources(workDir, options.selftest ?? false);
+    const { sourceDir, sources } = await materializeSources(workDir);
     const libraryPath = `${outDir}/${LIBRARY_FILE_NAME}`;
     const stampPath = `${outDir}/${LIBRARY_FILE_NAME}.sha256`;
     const hash = await hashSources(sourceDir, sources, compileFlags);
@@ -252,11 +309,18 @@ export async function buildLibrary(options: BuildOptions = {}): Promise<string> 
 
     if (!upToDate) {
       log(`building ${libraryPath} with ${nvcc} (${sources.join(", ")})`);
-      const objects = sources.map((name) => `${workDir}/${name.replace(/\.cu$/, ".o")}`);
+      // One object per source, named after its path (sm80/forward.cu -> sm80_forward.o).
+      const objects = sources.map((name) => `${workDir}/${name.replace(/\.cu$/, ".o").replaceAll("/", "_")}`);
       const jobs = Math.max(1, navigator.hardwareConcurrency ?? 2);
       await runPool(
         sources.map((name, index) => () =>
-          run([nvcc, ...compileFlags, "-c", `${sourceDir}/${name}`, "-o", objects[index]], log, true)
+          // Includes are relative to ffi/cuda/ ("common/mask.cuh"); -I is kept out of the hashed flags, since a
+          // remote build's source directory is a fresh temporary one each time.
+          run(
+            [nvcc, ...compileFlags, `-I${sourceDir}`, "-c", `${sourceDir}/${name}`, "-o", objects[index]],
+            log,
+            true,
+          )
         ),
         jobs,
       );
@@ -300,7 +364,7 @@ export async function buildLibrary(options: BuildOptions = {}): Promise<string> 
           "-x",
           "c++", // host-only program: it talks to the GPU through libmagi_ffa.so
           `-I${sourceDir}`,
-          `${sourceDir}/${SELFTEST_SOURCE}`,
+          `${localRoot}/${SELFTEST_SOURCE}`,
           "-o",
           selftestPath,
           `-L${outDir}`,
@@ -331,6 +395,8 @@ function parseArgs(args: readonly string[]): BuildOptions {
       options.outDir = arg.slice("--out-dir=".length);
     } else if (arg === "--selftest") {
       options.selftest = true;
+    } else if (arg === "--experiments") {
+      options.experiments = true;
     } else if (arg === "--cache") {
       options.cache = true;
     } else if (arg === "--ptxas-verbose") {
@@ -339,7 +405,9 @@ function parseArgs(args: readonly string[]): BuildOptions {
       options.sm80 = false;
     } else if (arg === "--help" || arg === "-h") {
       console.log(
-        "usage: deno task build [--out-dir DIR] [--selftest] [--cache] [--ptxas-verbose] [--no-sm80]",
+        "usage: deno task build [--out-dir DIR] [--selftest] [--experiments] [--cache] [--ptxas-verbose] " +
+          "[--no-sm80]\n  --experiments  experiment library (-DMAGI_FFA_EXPERIMENTS=1, wrong-result ablations) " +
+          "into build/experiments/",
       );
       Deno.exit(0);
     } else {

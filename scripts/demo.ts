@@ -19,10 +19,11 @@ import {
   maskToSvg,
   prefixTreeLayout,
   resetAttnSpecGuard,
-  seededRandom,
   setAttnSpecOnAttention,
 } from "../mod.ts";
+import { seededRandom } from "../testing.ts";
 import { DEFAULT_TINY_CONFIG, TinyForCausalLM } from "../tests/support/tiny_model.ts";
+import { backendNotice } from "../tests/support/backend_notice.ts";
 import { runQwen2Demo } from "../examples/qwen2/demo.ts";
 
 const PROMPT_LENGTH = 40;
@@ -33,11 +34,7 @@ const onGpu = info.backend === "cuda";
 // The GPU kernel takes bf16/fp16, so on a GPU the attention inputs are bf16 and the bound is bf16's.
 const attentionDtype = onGpu ? "bfloat16" : "float32";
 const tolerance = onGpu ? 2e-2 : 1e-4;
-console.log(
-  `backend: ${info.backend}${info.device ? ` on ${info.device}` : ""}${
-    info.reason ? ` (${info.reason})` : ""
-  }`,
-);
+console.log(backendNotice(`backend: ${info.backend} — `, info));
 console.log(`attention dtype: ${attentionDtype}, tolerance on max |logit diff|: ${tolerance}`);
 
 const next = seededRandom(7);

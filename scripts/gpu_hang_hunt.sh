@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # gpu_hang_hunt.sh: the sm90 forward hang hunt (bench/NOTES.md v3), bounded in time, plus (optionally) the
 # full benchmark. Expects build/ (`deno task build --selftest`); an optional build-hard/ holds a variant
-# built with experiment flags (MAGI_FFA_NVCC_FLAGS) to compare. Logs go to $OUT (or ./hang-hunt).
+# built with experiment flags (MAGI_FFA_NVCC_FLAGS, or `deno task build --experiments --out-dir build-hard`) to
+# compare. Logs go to $OUT (or ./hang-hunt).
 # The hang it found is fixed; this stays as the regression loop for pipeline hangs.
 # Usage: scripts/gpu_hang_hunt.sh [--full-bench]
 set -u
@@ -26,9 +27,8 @@ step "4. short docs, 8 CTAs"
 MAGI_FFA_SM90_CTAS=8 timeout 60 "$st" --fwd-hammer 2000 --filter short_docs >>"$log" 2>&1; echo "rc=$?" >>"$log"
 step "5. short docs, the build-hard/ variant (if any)"
 [[ -x "$hard" ]] && { timeout 60 "$hard" --fwd-hammer 20000 --filter short_docs >>"$log" 2>&1; echo "rc=$?" >>"$log"; }
-step "6. timings, default variant and cross-item"
+step "6. timings, default variant"
 timeout 60 "$st" --fwd-time >>"$log" 2>&1
-MAGI_FFA_SM90_XITEM=1 timeout 60 "$st" --fwd-time >>"$log" 2>&1
 unset MAGI_FFA_FWD_KERNEL
 if [[ "${1:-}" == "--full-bench" ]]; then
   step "7. full benchmark (default kernels)"

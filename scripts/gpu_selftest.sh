@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# gpu_selftest.sh: runs the CUDA FFA self-test on a GPU machine. Builds nothing: it expects build/ (from
-# `deno task build --selftest`) next to it. Runs every case, then a few small cases under
-# compute-sanitizer memcheck and racecheck (when compute-sanitizer is installed), then the timings.
+# gpu_selftest.sh: runs the CUDA FFA self-test (tests/cuda/selftest.cu) on a GPU machine. Builds nothing: it
+# expects build/ (from `deno task build --selftest`) next to it. Runs every case, the kernel choices the
+# environment forces (MAGI_FFA_*, see README.md), a few small cases under compute-sanitizer memcheck and
+# racecheck of the default kernels (when compute-sanitizer is installed), then the timings.
 #
 # Usage: scripts/gpu_selftest.sh [BUILD_DIR]   (default: <repo>/build)
 # Exit status: non-zero if any step failed.
@@ -23,6 +24,14 @@ for block_n in 64 128; do
   echo "== mma.sync fast backward forced to ${block_n}-key tiles (MAGI_FFA_BWD_KERNEL=sm80 MAGI_FFA_BWD_BLOCK_N=$block_n)"
   MAGI_FFA_BWD_KERNEL=sm80 MAGI_FFA_BWD_BLOCK_N=$block_n "$selftest" --bwd-mode fast || status=1
 done
+echo "== an invalid MAGI_FFA_* value fails forward / backward with the variable's name (not silently ignored)"
+bad_env_out="$(MAGI_FFA_BWD_BLOCK_N=96 "$selftest" --filter tiny_single --bwd-mode fast 2>&1)"
+bad_env_rc=$?
+if [[ $bad_env_rc -ne 0 ]] && grep -q "MAGI_FFA_BWD_BLOCK_N must be 64, 128 or unset" <<<"$bad_env_out"; then
+  echo "ok (exit $bad_env_rc, message names MAGI_FFA_BWD_BLOCK_N)"
+else
+  echo "FAIL: exit $bad_env_rc"; tail -5 <<<"$bad_env_out"; status=1
+fi
 echo "== CPU replay of both backward schedules (no GPU needed)"
 "$selftest" --cpu-replay --bwd-mode both || status=1
 MAGI_FFA_BWD_BLOCK_N=64 "$selftest" --cpu-replay --bwd-mode fast || status=1
@@ -51,16 +60,6 @@ if [[ "$cap" == "9.0" ]]; then
   echo "== forward cross-check sm90 vs sm80 on large shapes (default grid, then 7 CTAs)"
   "$selftest" --fwd-crosscheck || status=1
   MAGI_FFA_SM90_CTAS=7 "$selftest" --fwd-crosscheck || status=1
-  # The cross-item variant (MAGI_FFA_SM90_XITEM=1; not the default until it passes here). Not yet run on
-  # a GPU: each run is bounded by `timeout` so a pipeline hang fails the step instead of the whole script.
-  echo "== sm90 forward, cross-item variant (MAGI_FFA_SM90_XITEM=1): self-test, 3 and 1 CTAs, cross-check"
-  export MAGI_FFA_SM90_XITEM=1
-  timeout 600 "$selftest" --fwd-kernel sm90 --bwd-mode fast || status=1
-  MAGI_FFA_SM90_CTAS=3 timeout 600 "$selftest" --fwd-kernel sm90 --bwd-mode fast || status=1
-  MAGI_FFA_SM90_CTAS=1 timeout 300 "$selftest" --fwd-kernel sm90 --bwd-mode fast --quick || status=1
-  timeout 300 "$selftest" --fwd-crosscheck || status=1
-  MAGI_FFA_SM90_CTAS=7 timeout 300 "$selftest" --fwd-crosscheck || status=1
-  unset MAGI_FFA_SM90_XITEM
   cuobjdump_bin="$(command -v cuobjdump || true)"
   [[ -z "$cuobjdump_bin" && -x /usr/local/cuda/bin/cuobjdump ]] && cuobjdump_bin=/usr/local/cuda/bin/cuobjdump
   if [[ -n "$cuobjdump_bin" ]]; then
@@ -97,24 +96,21 @@ else
   "$sanitizer" --tool memcheck --error-exitcode 99 "$selftest" --quick || status=1
   if [[ "$cap" == "9.0" ]]; then
     # The Hopper forward (TMA, mbarriers, V tail zeroing, TMA store) on two small cases, 2 persistent CTAs
-    # (so each runs several items); both consumer variants.
-    for xitem in 0 1; do
-      for tool in memcheck racecheck; do
-        for filter in sm90_kv_tail_over_nan_padding sm90_many_slices_one_tile; do
-          echo "== compute-sanitizer --tool $tool --fwd-kernel sm90 ($filter, CTAS=2, XITEM=$xitem)"
-          MAGI_FFA_SM90_XITEM=$xitem MAGI_FFA_SM90_CTAS=2 timeout 600 "$sanitizer" --tool "$tool" \
-            --error-exitcode 99 "$selftest" --fwd-kernel sm90 --bwd-mode fast --filter "$filter" || status=1
-        done
+    # (so each runs several items).
+    for tool in memcheck racecheck; do
+      for filter in sm90_kv_tail_over_nan_padding sm90_many_slices_one_tile; do
+        echo "== compute-sanitizer --tool $tool --fwd-kernel sm90 ($filter, CTAS=2)"
+        MAGI_FFA_SM90_CTAS=2 timeout 600 "$sanitizer" --tool "$tool" \
+          --error-exitcode 99 "$selftest" --fwd-kernel sm90 --bwd-mode fast --filter "$filter" || status=1
       done
     done
   fi
 fi
 
 if [[ "$cap" == "9.0" ]]; then
-  echo "== forward-only timings (bf16, S=16k, H=16, D=128): sm80, sm90, sm90 cross-item, sm90 without ping-pong"
+  echo "== forward-only timings (bf16, S=16k, H=16, D=128): sm80, sm90, sm90 without ping-pong"
   "$selftest" --fwd-kernel sm80 --fwd-time || status=1
   "$selftest" --fwd-kernel sm90 --fwd-time || status=1
-  MAGI_FFA_SM90_XITEM=1 timeout 300 "$selftest" --fwd-kernel sm90 --fwd-time || status=1
   MAGI_FFA_SM90_PINGPONG=0 "$selftest" --fwd-kernel sm90 --fwd-time || status=1
 fi
 echo "== timings (bf16; backward in both modes; the forward once per kernel: sm80, and sm90 on sm_90 devices)"

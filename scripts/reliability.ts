@@ -84,9 +84,7 @@ function machine(): string[] {
   return [
     `- OS: ${Deno.build.os} ${Deno.build.arch}; CPU: ${cpu}, ${navigator.hardwareConcurrency} logical cores`,
     `- Deno ${Deno.version.deno}, V8 ${Deno.version.v8}, TypeScript ${Deno.version.typescript}`,
-    `- CUDA backend here: ${
-      info.backend === "cuda" ? `yes (${info.device})` : `no (${excerpt(info.reason, 160)})`
-    }`,
+    `- CUDA backend here: ${info.backend === "cuda" ? `yes (${info.device})` : `no (${info.summary})`}`,
   ];
 }
 

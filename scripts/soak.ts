@@ -190,7 +190,10 @@ function randomSpec(random: Random, n: number): { builder: string; spec: AttnMas
     case "prefixLM":
       return { builder, spec: AttnMaskSpec.prefixLM(randomInt(random, 0, n), n) };
     case "blockCausal":
-      return { builder, spec: AttnMaskSpec.blockCausal(randomInt(random, 16, 512), n) };
+      return {
+        builder,
+        spec: AttnMaskSpec.blockCausal(Math.min(Math.max(n, 1), randomInt(random, 16, 512)), n),
+      };
     default: {
       // Tiles of a random grid, each with a random type: area-disjoint by construction.
       const rows = randomParts(random, n, 4), columns = randomParts(random, n, 4);

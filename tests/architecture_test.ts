@@ -1,6 +1,6 @@
 /**
  * The import rules of docs/architecture.md, checked on the source: every relative import of every module
- * under lib/ and ffi/ (and mod.ts) is parsed and resolved, and must point into a folder its own folder may
+ * under lib/ and ffi/ (and of the entry points mod.ts and testing.ts) is parsed and resolved, and must point into a folder its own folder may
  * import from. Adding an import that crosses a layer the wrong way fails here, naming the file and import.
  */
 
@@ -16,8 +16,11 @@ const ALLOWED: ReadonlyArray<readonly [string, readonly string[]]> = [
   ["lib/attention", ["lib/core", "lib/masks", "lib/backends", "lib/attention"]],
   // deno.json: the loader reads the package version from it.
   ["ffi", ["lib/core", "ffi", "deno.json"]],
-  [".", ["lib/core", "lib/masks", "lib/backends", "lib/attention", "ffi"]], // mod.ts
+  [".", ["lib/core", "lib/masks", "lib/backends", "lib/attention", "ffi"]], // mod.ts, testing.ts
 ];
+
+/** The package's entry points at the repository root (deno.json `exports`, apart from the build script). */
+const ENTRY_POINTS: readonly string[] = ["mod.ts", "testing.ts"];
 
 /** Relative specifiers of static imports, re-exports and dynamic imports in `source`. */
 function importSpecifiers(source: string): string[] {
@@ -35,7 +38,7 @@ function resolve(from: string, specifier: string): string {
 
 /** The rule folder of a repository-relative file: the longest listed folder containing it. */
 function folderOf(path: string): string | undefined {
-  if (!path.includes("/")) return path === "mod.ts" ? "." : undefined;
+  if (!path.includes("/")) return ENTRY_POINTS.includes(path) ? "." : undefined;
   let best: string | undefined;
   for (const [folder] of ALLOWED) {
     if (
@@ -68,9 +71,9 @@ function violations(imports: ReadonlyMap<string, readonly string[]>): string[] {
   return found;
 }
 
-/** Every TypeScript module under lib/ and ffi/ (not ffi/cuda/), and mod.ts, repository-relative. */
+/** Every TypeScript module under lib/ and ffi/ (not ffi/cuda/), and the entry points, repository-relative. */
 function sourceFiles(): string[] {
-  const files = ["mod.ts"];
+  const files = [...ENTRY_POINTS];
   const walk = (dir: string): void => {
     for (const entry of Deno.readDirSync(new URL(dir, ROOT))) {
       const path = `${dir}${entry.name}`;

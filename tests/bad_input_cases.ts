@@ -11,6 +11,7 @@
  * @module
  */
 
+import { MAGI_FFA_ABI_VERSION } from "../ffi/ffi.ts";
 import { MagiAttnInputError } from "../lib/core/errors.ts";
 import { compileFlexKey, denseMask, flexKeyCacheSize, sliceArea, toFlexKey } from "../lib/masks/flex_key.ts";
 import { backendInfo, flexFlashAttnBackward, flexFlashAttnForward } from "../lib/backends/ffa.ts";
@@ -126,12 +127,28 @@ const FAKE_LIBRARY_SOURCE = String.raw`
 #include <stdlib.h>
 #include <string.h>
 #ifndef FAKE_ABI
-#define FAKE_ABI 1
+#define FAKE_ABI 2
 #endif
 static __thread char last_error[64];
 typedef struct { int32_t total_q, total_k; } plan_t;
 int32_t magi_ffa_abi_version(void) { return FAKE_ABI; }
 const char* magi_ffa_last_error(void) { return last_error; }
+#ifndef FAKE_HEAD_DIMS
+#define FAKE_HEAD_DIMS 64, 128
+#endif
+static const int32_t fake_head_dims[] = {FAKE_HEAD_DIMS};
+static const int32_t fake_dtypes[] = {0, 1};
+static int32_t copy_list(const int32_t* values, int32_t n, int32_t* out, int32_t capacity, int32_t* count) {
+  for (int32_t i = 0; i < n && i < capacity; i++) out[i] = values[i];
+  *count = n;
+  return 0;
+}
+int32_t magi_ffa_supported_head_dims(int32_t* out, int32_t capacity, int32_t* count) {
+  return copy_list(fake_head_dims, (int32_t)(sizeof fake_head_dims / sizeof fake_head_dims[0]), out, capacity, count);
+}
+int32_t magi_ffa_supported_dtypes(int32_t* out, int32_t capacity, int32_t* count) {
+  return copy_list(fake_dtypes, 2, out, capacity, count);
+}
 #ifdef FAKE_NO_DRIVER
 /* A machine without a driver: the library loads, every CUDA call fails with cudaErrorInsufficientDriver. */
 int32_t magi_ffa_device_count(int32_t* count) { *count = 0; return 35; }
@@ -1171,7 +1188,9 @@ export const BAD_INPUT_CASES: readonly BadInputCase[] = [
     area: "library",
     title: "a libmagi_ffa.so of another ABI version (gcc-built fake, ABI 999)",
     errorClass: "BackendUnavailableError",
-    message: /ABI version 999 but this magi-attn needs ABI version 1; rebuild it with `deno task build`/,
+    message: new RegExp(
+      `ABI version 999 but this magi-attn needs ABI version ${MAGI_FFA_ABI_VERSION}; rebuild it with \`deno task build\``,
+    ),
     needsGcc: true,
     setup: (env) => {
       const inputs = problem({ headDim: 64, dtype: "bfloat16" });

@@ -27,7 +27,7 @@ import {
   toHost,
 } from "../ffi/device.ts";
 import { cudaBackward, cudaForward } from "../ffi/cuda_backend.ts";
-import { MAGI_FFA_ABI_VERSION } from "../ffi/ffi.ts";
+import { MAGI_FFA_ABI_VERSION, MAGI_FFA_DTYPE } from "../ffi/ffi.ts";
 import { handMadeKey } from "./support/fixtures.ts";
 
 const FAKE_SOURCE = String.raw`
@@ -37,7 +37,7 @@ const FAKE_SOURCE = String.raw`
 #include <string.h>
 
 #ifndef FAKE_ABI
-#define FAKE_ABI 1
+#define FAKE_ABI 2
 #endif
 #ifndef FAKE_COUNT_STATUS
 #define FAKE_COUNT_STATUS 0
@@ -64,6 +64,22 @@ static int32_t fail(int32_t status, const char* text) {
 
 int32_t magi_ffa_abi_version(void) { return FAKE_ABI; }
 const char* magi_ffa_last_error(void) { return last_error; }
+#ifndef FAKE_HEAD_DIMS
+#define FAKE_HEAD_DIMS 64, 128
+#endif
+static const int32_t fake_head_dims[] = {FAKE_HEAD_DIMS};
+static const int32_t fake_dtypes[] = {0, 1};
+static int32_t copy_list(const int32_t* values, int32_t n, int32_t* out, int32_t capacity, int32_t* count) {
+  for (int32_t i = 0; i < n && i < capacity; i++) out[i] = values[i];
+  *count = n;
+  return 0;
+}
+int32_t magi_ffa_supported_head_dims(int32_t* out, int32_t capacity, int32_t* count) {
+  return copy_list(fake_head_dims, (int32_t)(sizeof fake_head_dims / sizeof fake_head_dims[0]), out, capacity, count);
+}
+int32_t magi_ffa_supported_dtypes(int32_t* out, int32_t capacity, int32_t* count) {
+  return copy_list(fake_dtypes, 2, out, capacity, count);
+}
 int32_t magi_ffa_device_count(int32_t* count) {
   if (FAKE_COUNT_STATUS) { *count = 0; return fail(FAKE_COUNT_STATUS, "fake: no CUDA-capable device is detected"); }
   *count = 1;
@@ -155,6 +171,7 @@ const VARIANTS = {
   noGpu: ["-DFAKE_COUNT_STATUS=100"],
   oldDriver: ["-DFAKE_COUNT_STATUS=35"],
   oldGpu: ["-DFAKE_CC_MAJOR=7", "-DFAKE_CC_MINOR=5"],
+  headDim64Only: ["-DFAKE_HEAD_DIMS=64"],
 } as const;
 type Variant = keyof typeof VARIANTS;
 
@@ -736,6 +753,30 @@ Deno.test({
       );
     });
 
+    await t.step("the head dims and dtypes come from the library (read once at load)", async () => {
+      assert.deepEqual(loadCudaLibrary({ libraryPath }).supportedHeadDims, [64, 128]);
+      assert.deepEqual(loadCudaLibrary({ libraryPath }).supportedDtypes, [0, 1]);
+      // A library compiled for head dim 64 only: 128 is refused, naming what that library takes.
+      const narrow = fakes.headDim64Only;
+      assert.deepEqual(loadCudaLibrary({ libraryPath: narrow }).supportedHeadDims, [64]);
+      const d128 = smallInputs("bfloat16", 4, 2, 128);
+      await assert.rejects(
+        () => cudaForward(d128.q, d128.k, d128.v, d128.key, { libraryPath: narrow }),
+        (error: unknown) => {
+          assert.ok(error instanceof MagiAttnInputError, String(error));
+          assert.match(
+            error.message,
+            /has head dim 128, which the CUDA backend does not run \(it takes 64\)/,
+          );
+          assert.match(error.message, /use head dim 64, or use backend "cpu"/);
+          return true;
+        },
+      );
+      const d64 = smallInputs("bfloat16", 4, 2, 64);
+      const { out } = await cudaForward(d64.q, d64.k, d64.v, d64.key, { libraryPath: narrow });
+      assert.deepEqual((out as HostTensor).data, d64.q.data, "head dim 64 runs on the fake kernel (out = q)");
+    });
+
     await t.step("a kernel failure throws the library's text and frees what the call allocated", async () => {
       const { key, q, k, v } = smallInputs("bfloat16", 3, 1);
       const before = counters().liveAllocations;
@@ -815,6 +856,9 @@ Deno.test({
     const libraryPath = `${REPO_ROOT}build/libmagi_ffa.so`;
     const library = loadCudaLibrary({ libraryPath });
     assert.equal(library.symbols.magi_ffa_abi_version(), MAGI_FFA_ABI_VERSION);
+    // The lists the C side declares once (ffi/cuda/common/shapes.cuh); no GPU needed to read them.
+    assert.deepEqual(library.supportedHeadDims, [64, 128]);
+    assert.deepEqual(library.supportedDtypes, [MAGI_FFA_DTYPE.float16, MAGI_FFA_DTYPE.bfloat16]);
     const probe = probeCudaBackend({ libraryPath });
     if (probe.available) {
       assert.ok((probe.devices?.length ?? 0) > 0);

@@ -260,3 +260,66 @@ Deno.test("magi bad-input table: each case names the field and changes nothing",
   [q, k, v].forEach((t, index) => assert.deepEqual(t.data, before[index]));
   assert.throws(() => makeMagiAttnFunc({ softmaxScale: 0 }), MagiAttnInputError);
 });
+
+Deno.test("factory: an input in HF's [1, H, S, D] layout is named as transposed, not as a token mismatch", async () => {
+  const attention = makeMagiAttnFunc();
+  const spec = AttnMaskSpec.varlen([5, 3]); // 8 tokens; the inputs have 2 heads
+  const hfLayout = randomTensor([1, 2, 8, 16], { seed: 1 });
+  await assert.rejects(
+    () => attention(hfLayout, hfLayout, hfLayout, { magiAttnSpec: spec }),
+    (error: unknown) => {
+      assert.ok(error instanceof MagiAttnInputError, String(error));
+      assert.equal(error.field, "q.shape");
+      assert.match(error.message, /covers 8 tokens, which is dimension 2 \(heads\).*\[1, H, S, D\]/);
+      assert.match(error.message, /Fix: swap dimensions 1 and 2/);
+      return true;
+    },
+  );
+  const thdTransposed = randomTensor([2, 8, 16], { seed: 2 });
+  await assert.rejects(
+    () => attention(thdTransposed, thdTransposed, thdTransposed, { magiAttnSpec: spec }),
+    /looks like \[H, T, D\] where \[T, H, D\] is expected/,
+  );
+  // The same values in the factory's layout run, and a genuine token mismatch keeps its own message.
+  const bshd = tensor(thdValuesAsF32(hfLayout), [1, 8, 2, 16]);
+  assert.deepEqual((await attention(bshd, bshd, bshd, { magiAttnSpec: spec })).shape, [1, 8, 2, 16]);
+  const short = randomTensor([1, 6, 2, 16], { seed: 3 });
+  await assert.rejects(() => attention(short, short, short, { magiAttnSpec: spec }), /covers 8 query/);
+});
+
+function thdValuesAsF32(input: HostTensor): Float32Array {
+  return Float32Array.from(thdValues(input));
+}
+
+Deno.test("names that differ mean the same: scaling = softmaxScale, and the three window forms", async () => {
+  const [batch, heads, seqLen, headDim, window, scale] = [1, 2, 12, 16, 4, 0.3];
+  const [query, key, value] = [1, 2, 3].map((seed) =>
+    randomTensor([batch, heads, seqLen, headDim], { seed })
+  );
+  const asThd = (input: HostTensor) => tensor(thdValuesAsF32(input), [seqLen, heads, headDim]);
+  // HF: registry option `scaling`, `slidingWindow: W` = the query and the W − 1 keys before it.
+  const [registry] = await ALL_ATTENTION_FUNCTIONS.get("magi")({}, query, key, value, null, {
+    scaling: scale,
+    slidingWindow: window,
+  });
+  // FlashAttention: factory option `softmaxScale`, `windowSize: [left, right]`.
+  const factory = makeMagiAttnFunc({ softmaxScale: scale });
+  const viaWindowSize = await factory(asThd(query), asThd(key), asThd(value), {
+    windowSize: [window - 1, 0],
+  });
+  // magi: AttnMaskSpec.slidingWindow(n, { left, right }).
+  const viaSpec = await factory(asThd(query), asThd(key), asThd(value), {
+    magiAttnSpec: AttnMaskSpec.slidingWindow(seqLen, { left: window - 1, right: 0 }),
+  });
+  assert.deepEqual(viaWindowSize.data, registry.data, "windowSize [W − 1, 0] = slidingWindow W");
+  assert.deepEqual(
+    viaSpec.data,
+    registry.data,
+    "slidingWindow spec { left: W − 1, right: 0 } = slidingWindow W",
+  );
+  // And the scale really is applied: another scale gives other values.
+  const [unscaled] = await ALL_ATTENTION_FUNCTIONS.get("magi")({}, query, key, value, null, {
+    slidingWindow: window,
+  });
+  assert.notDeepEqual(unscaled.data, registry.data);
+});

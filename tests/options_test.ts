@@ -17,13 +17,13 @@ import {
   maskToSvg,
   randomTensor,
   sdpaAttentionForward,
-  seededRandom,
   setAttnSpecOnAttention,
   synchronize,
   tensor,
   toDevice,
   toFlexKey,
 } from "../mod.ts";
+import { seededRandom } from "../testing.ts";
 import { compileFlexKey } from "../lib/masks/flex_key.ts";
 import { cudaBackward, cudaForward } from "../ffi/cuda_backend.ts";
 

@@ -10,15 +10,14 @@ import {
   ALL_ATTENTION_FUNCTIONS,
   AttentionInterface,
   AttnSpecNotConsumedError,
-  bf16BitsToFloat32,
   closeAttnSpecStep,
-  float32ToBf16Bits,
   MagiAttnInputError,
   prefixTreeLayout,
   resetAttnSpecGuard,
   sdpaAttentionForward,
   setAttnSpecOnAttention,
 } from "../mod.ts";
+import { bf16BitsToFloat32, float32ToBf16Bits } from "../testing.ts";
 import { parseQwen2Config, readQwen2Config } from "../examples/qwen2/config.ts";
 import { CheckpointError } from "../examples/qwen2/errors.ts";
 import {
@@ -681,10 +680,8 @@ Deno.test("the fixture reader checks the expected file against its own inputs", 
 Deno.test({
   name:
     "transformers fixture: float32 CPU logits match Qwen2ForCausalLM within 1e-4 relative on every sample",
-  // TODO(lead): drop this `ignore` once tests/fixtures/qwen2-tiny/ (made by examples/qwen2/make_fixture.py
-  // on the GPU machine) is committed. Until then it runs with MAGI_QWEN2_FIXTURE_TEST=1, and fails (it does
-  // not pass silently) when the fixture folder is missing.
-  ignore: Deno.env.get("MAGI_QWEN2_FIXTURE_TEST") !== "1",
+  // tests/fixtures/qwen2-tiny/ was made by examples/qwen2/make_fixture.py on the GPU machine (transformers
+  // 5.17, torch 2.11); the test fails (it does not pass silently) when the folder is missing.
   async fn(t) {
     if (!qwen2FixtureExists()) {
       assert.fail(`the fixture ${QWEN2_FIXTURE_DIR} is missing: ${QWEN2_FIXTURE_HOWTO}`);

@@ -367,7 +367,7 @@ Deno.test("property: every builder matches its definition (seeded)", async (t) =
 
   await t.step("blockCausal", () =>
     runCases("blockCausal", (random) => {
-      const n = randomInt(random, 0, 48), block = randomInt(random, 1, 12);
+      const n = randomInt(random, 0, 48), block = randomInt(random, 1, Math.max(1, Math.min(12, n)));
       checkAgainstOracle(
         AttnMaskSpec.blockCausal(block, n),
         (i, j) => Math.floor(j / block) <= Math.floor(i / block),
@@ -568,6 +568,12 @@ const BAD_CASES: BadCase[] = [
     call: (b, n) => spec.blockCausal(b, n),
   },
   { name: "blockCausal negative n", field: "n", input: [2, -8], call: (b, n) => spec.blockCausal(b, n) },
+  {
+    name: "blockCausal block > n (swapped arguments)",
+    field: "blockSize",
+    input: [12, 4],
+    call: (b, n) => spec.blockCausal(b, n),
+  },
   ...rangeCases(),
 ];
 
@@ -805,4 +811,25 @@ Deno.test("item 5: builder options reject unknown keys with the valid ones and a
       return true;
     });
   }
+});
+
+Deno.test("twin builders catch swapped arguments alike: prefixLM(12, 4) and blockCausal(12, 4)", () => {
+  for (
+    const [call, field] of [
+      [() => AttnMaskSpec.prefixLM(12, 4), "prefixLen"],
+      [() => AttnMaskSpec.blockCausal(12, 4), "blockSize"],
+    ] as const
+  ) {
+    assert.throws(call, (error: unknown) => {
+      assert.ok(error instanceof MagiAttnInputError, String(error));
+      assert.equal(error.field, field);
+      assert.match(error.message, /n = 4/);
+      return true;
+    });
+  }
+  assert.throws(() => AttnMaskSpec.blockCausal(12, 4), /swapped.*blockCausal\(4, 12\)/s);
+  // The unswapped calls, a block as long as the sequence, and the empty sequence stay valid.
+  assert.equal(AttnMaskSpec.blockCausal(4, 12).numSlices, 3);
+  assert.equal(AttnMaskSpec.blockCausal(4, 4).numSlices, 1);
+  assert.equal(AttnMaskSpec.blockCausal(4, 0).numSlices, 0);
 });

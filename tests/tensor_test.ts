@@ -1,14 +1,6 @@
 import assert from "node:assert/strict";
-import {
-  bf16BitsToFloat32,
-  float32ToBf16,
-  float32ToBf16Bits,
-  fromFloat32,
-  MagiAttnInputError,
-  randomTensor,
-  tensor,
-  toFloat32,
-} from "../mod.ts";
+import { float32ToBf16, fromFloat32, MagiAttnInputError, randomTensor, tensor, toFloat32 } from "../mod.ts";
+import { bf16BitsToFloat32, float32ToBf16Bits } from "../testing.ts";
 
 /** bf16 rounding computed independently with BigInt-free float64 arithmetic on the exact value grid. */
 function bf16RoundOracle(value: number): number {

@@ -1,6 +1,6 @@
-// magi_ffa.cu: the C ABI of magi_ffa.h: error reporting, device and memory helpers, plans (validation,
-// tile schedules, upload) and the forward / backward entry points (argument checks, then the launchers
-// of ffa_fwd.cu and ffa_bwd.cu).
+// magi_ffa.cu: the C ABI of magi_ffa.h: error reporting, device and memory helpers, what the library
+// supports, plans (validation, tile schedules from plan.cuh, upload) and the forward / backward entry points
+// (argument checks, then dispatch.cu chooses and launches the kernels).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -13,12 +13,14 @@
 #include <string>
 #include <vector>
 
-#include "ffa_bwd_fused.cuh"
-#include "ffa_internal.cuh"
-#include "ffa_plan.cuh"
-#include "ffa_sm90_bwd.cuh"
-#include "ffa_sm90_fwd.cuh"
+#include "common/device_query.cuh"
+#include "common/env.cuh"
+#include "common/params.cuh"
+#include "common/shapes.cuh"
+#include "dispatch.cuh"
 #include "magi_ffa.h"
+#include "plan.cuh"
+#include "sm80/backward.cuh"
 
 using magi_ffa::build_key_tiles;
 using magi_ffa::build_query_tiles;
@@ -89,13 +91,23 @@ size_t append(std::vector<unsigned char>* blob, const void* data, size_t bytes) 
 
 struct ListOffsets {
   size_t offsets, slices, order;
+  magi_ffa::HostSchedule schedules[3];  // made only for the lists the persistent kernels walk
+  size_t schedule_offsets[3], schedule_entries[3];
 };
 
-ListOffsets append_lists(std::vector<unsigned char>* blob, const HostTileLists& lists) {
+// Appends a tile list and, with lanes > 0, its schedules for groups of 1, 2 and 4 heads.
+ListOffsets append_lists(std::vector<unsigned char>* blob, const HostTileLists& lists, int32_t lanes,
+                         int64_t item_overhead) {
   ListOffsets at;
   at.offsets = append(blob, lists.offsets.data(), lists.offsets.size() * sizeof(int32_t));
   at.slices = append(blob, lists.slices.data(), lists.slices.size() * sizeof(int32_t));
   at.order = append(blob, lists.order.data(), lists.order.size() * sizeof(int32_t));
+  for (int g = 0; g < 3; ++g) {
+    if (lanes > 0) at.schedules[g] = magi_ffa::build_schedule(lists, lanes, magi_ffa::kScheduleGroups[g], item_overhead);
+    const magi_ffa::HostSchedule& schedule = at.schedules[g];
+    at.schedule_offsets[g] = append(blob, schedule.offsets.data(), schedule.offsets.size() * sizeof(int32_t));
+    at.schedule_entries[g] = append(blob, schedule.entries.data(), schedule.entries.size() * sizeof(int32_t));
+  }
   return at;
 }
 
@@ -105,6 +117,13 @@ magi_ffa::TileLists device_lists(unsigned char* base, const ListOffsets& at, con
   out.offsets = reinterpret_cast<const int32_t*>(base + at.offsets);
   out.slices = reinterpret_cast<const int32_t*>(base + at.slices);
   out.order = reinterpret_cast<const int32_t*>(base + at.order);
+  for (int g = 0; g < 3; ++g) {
+    magi_ffa::Schedule& schedule = out.schedules.by_group[g];
+    schedule.lanes = at.schedules[g].lanes;
+    schedule.group = magi_ffa::kScheduleGroups[g];
+    schedule.offsets = reinterpret_cast<const int32_t*>(base + at.schedule_offsets[g]);
+    schedule.entries = reinterpret_cast<const int32_t*>(base + at.schedule_entries[g]);
+  }
   return out;
 }
 
@@ -140,13 +159,17 @@ int32_t check_common(const char* function, int32_t hq, int32_t hkv, int32_t head
                 "%s: hq (%d) must be a multiple of hkv (%d) (each kv head serves hq/hkv query heads)", function,
                 hq, hkv);
   }
-  if (dtype != MAGI_FFA_DTYPE_FLOAT16 && dtype != MAGI_FFA_DTYPE_BFLOAT16) {
+  if (!magi_ffa::dtype_supported(dtype)) {
     return fail(MAGI_FFA_E_INVALID_ARGUMENT, "%s: dtype %d is not MAGI_FFA_DTYPE_FLOAT16 (0) or BFLOAT16 (1)",
                 function, dtype);
   }
   if (!magi_ffa::head_dim_supported(head_dim)) {
-    return fail(MAGI_FFA_E_UNSUPPORTED, "%s: head_dim %d is not supported by the CUDA kernels (supported: 64, 128)",
-                function, head_dim);
+    std::string supported;
+    for (const int32_t value : magi_ffa::SupportedHeadDims::kValues) {
+      supported += (supported.empty() ? "" : ", ") + std::to_string(value);
+    }
+    return fail(MAGI_FFA_E_UNSUPPORTED, "%s: head_dim %d is not supported by the CUDA kernels (supported: %s)",
+                function, head_dim, supported.c_str());
   }
   if (!(softmax_scale > 0.f) || !std::isfinite(softmax_scale)) {
     return fail(MAGI_FFA_E_INVALID_ARGUMENT, "%s: softmax_scale (%g) must be a finite number > 0", function,
@@ -156,6 +179,22 @@ int32_t check_common(const char* function, int32_t hq, int32_t hkv, int32_t head
     return fail(MAGI_FFA_E_INVALID_ARGUMENT, "%s: softcap (%g) must be a finite number >= 0 (0 disables it)",
                 function, static_cast<double>(softcap));
   }
+  // The MAGI_FFA_* variables are read at the first forward / backward call; a bad one fails every call.
+  if (const char* env_error = magi_ffa::env_config().error) {
+    return fail(MAGI_FFA_E_INVALID_ARGUMENT, "%s: %s", function, env_error);
+  }
+  return 0;
+}
+
+// Copies a compile-time list into a caller's array (see magi_ffa_supported_head_dims).
+int32_t copy_list(const char* function, const int32_t* values, int32_t count, int32_t* out, int32_t capacity,
+                  int32_t* written) {
+  clear_error();
+  if (written == nullptr) return invalid(function, "count is NULL");
+  if (capacity < 0) return fail(MAGI_FFA_E_INVALID_ARGUMENT, "%s: capacity (%d) is negative", function, capacity);
+  if (capacity > 0 && out == nullptr) return invalid(function, "the output array is NULL but capacity > 0");
+  for (int32_t i = 0; i < count && i < capacity; ++i) out[i] = values[i];
+  *written = count;
   return 0;
 }
 
@@ -179,6 +218,16 @@ extern "C" {
 int32_t magi_ffa_abi_version(void) { return MAGI_FFA_ABI_VERSION; }
 
 const char* magi_ffa_last_error(void) { return g_last_error.c_str(); }
+
+int32_t magi_ffa_supported_head_dims(int32_t* head_dims, int32_t capacity, int32_t* count) {
+  return copy_list("magi_ffa_supported_head_dims", magi_ffa::SupportedHeadDims::kValues,
+                   magi_ffa::SupportedHeadDims::kCount, head_dims, capacity, count);
+}
+
+int32_t magi_ffa_supported_dtypes(int32_t* dtypes, int32_t capacity, int32_t* count) {
+  return copy_list("magi_ffa_supported_dtypes", magi_ffa::kSupportedDtypes, magi_ffa::kSupportedDtypeCount, dtypes,
+                   capacity, count);
+}
 
 int32_t magi_ffa_device_count(int32_t* count) {
   clear_error();
@@ -357,11 +406,21 @@ int32_t magi_ffa_plan_create(void** plan, const int32_t* q_ranges, const int32_t
   } catch (const std::bad_alloc&) {
     return fail(MAGI_FFA_E_INVALID_ARGUMENT, "%s: out of host memory building the tile lists", kFn);
   }
+  // The persistent (sm90) kernels walk the forward's query tiles and the wide key tiles: their schedules
+  // are made for one lane per multiprocessor of the plan's device (sm_90 devices only).
+  magi_ffa::DeviceFacts facts;
+  MAGI_CUDA_CHECK(kFn, magi_ffa::current_device_facts(&facts));
+  const int32_t lanes = facts.sm90 ? facts.sms : 0;
   const size_t slices_at = append(&blob, slices.data(), slices.size() * sizeof(Slice));
-  const ListOffsets fwd_at = append_lists(&blob, fwd);
-  const ListOffsets dq_at = append_lists(&blob, dq);
-  const ListOffsets dkv_at = append_lists(&blob, dkv);
-  const ListOffsets dkv_wide_at = append_lists(&blob, dkv_wide);
+  ListOffsets fwd_at, dq_at, dkv_at, dkv_wide_at;
+  try {
+    fwd_at = append_lists(&blob, fwd, lanes, int64_t{magi_ffa::kFwdBlockM} * magi_ffa::kFwdBlockN);
+    dq_at = append_lists(&blob, dq, 0, 0);
+    dkv_at = append_lists(&blob, dkv, 0, 0);
+    dkv_wide_at = append_lists(&blob, dkv_wide, lanes, int64_t{magi_ffa::kFusedBlockNWide} * magi_ffa::kDqBlockM);
+  } catch (const std::bad_alloc&) {
+    return fail(MAGI_FFA_E_INVALID_ARGUMENT, "%s: out of host memory building the schedules", kFn);
+  }
 
   HostPlan* host_plan = new (std::nothrow) HostPlan();
   if (host_plan == nullptr) return fail(MAGI_FFA_E_INVALID_ARGUMENT, "%s: out of host memory", kFn);
@@ -442,14 +501,12 @@ int32_t magi_ffa_forward(const void* q, const void* k, const void* v, void* out,
   params.scale_log2 = softmax_scale * magi_ffa::kLog2eHost;
   params.softcap = softcap;
   params.plan = host_plan->device_plan;
-  // The Hopper kernel on sm_90 devices (MAGI_FFA_FWD_KERNEL=sm80 / sm90 forces one).
-  const char* why_not = nullptr;
-  const int kernel = magi_ffa::select_forward_kernel(head_dim, dtype, &why_not);
-  if (kernel < 0) return fail(MAGI_FFA_E_UNSUPPORTED, "%s: %s", kFn, why_not);
-  const cudaError_t err =
-      kernel == magi_ffa::kForwardKernelSm90
-          ? magi_ffa::launch_forward_sm90(params, head_dim, dtype, static_cast<cudaStream_t>(stream))
-          : magi_ffa::launch_forward(params, head_dim, dtype, static_cast<cudaStream_t>(stream));
+  // The Hopper kernel on sm_90 devices (MAGI_FFA_FWD_KERNEL=sm80 / sm90 forces one): dispatch.cu's table.
+  magi_ffa::Choice choice;
+  cudaError_t err = magi_ffa::choose_forward(params, head_dim, dtype, &choice);
+  if (err != cudaSuccess) return cuda_fail(kFn, "querying the current device", err);
+  if (choice.kernel == magi_ffa::Kernel::kRefuse) return fail(MAGI_FFA_E_UNSUPPORTED, "%s: %s", kFn, choice.reason);
+  err = magi_ffa::launch_forward_choice(choice, params, head_dim, dtype, static_cast<cudaStream_t>(stream));
   if (err != cudaSuccess) return cuda_fail(kFn, "launching the forward kernel", err);
   return 0;
 }
@@ -479,21 +536,22 @@ int32_t magi_ffa_backward(const void* dout, const void* q, const void* k, const 
   if ((status = check_tensor(kFn, "dv", dv, has_k)) != 0) return status;
   if (!has_q && !has_k) return 0;
 
-  // Fast mode's main loop: the Hopper kernel where it applies (MAGI_FFA_BWD_KERNEL=sm80 / sm90 forces one).
-  bool sm90_main_loop = false;
-  if (deterministic == 0) {
-    const char* why_not = nullptr;
-    const int kernel = magi_ffa::select_backward_kernel(head_dim, dtype, &why_not);
-    if (kernel < 0) return fail(MAGI_FFA_E_UNSUPPORTED, "%s: %s", kFn, why_not);
-    sm90_main_loop = kernel == magi_ffa::kBackwardKernelSm90;
-  }
+  magi_ffa::BwdParams params;
+  params.plan = host_plan->device_plan;
+  params.group = hq / hkv;
+  // Fast mode's main loop: the Hopper kernel where it applies (MAGI_FFA_BWD_KERNEL=sm80 / sm90 forces one);
+  // deterministic mode: the atomic-free path. dispatch.cu's table.
+  magi_ffa::Choice choice;
+  cudaError_t err = magi_ffa::choose_backward(params, host_plan->dkv_wide_mean_stages, head_dim, dtype,
+                                              deterministic != 0, &choice);
+  if (err != cudaSuccess) return cuda_fail(kFn, "querying the current device", err);
+  if (choice.kernel == magi_ffa::Kernel::kRefuse) return fail(MAGI_FFA_E_UNSUPPORTED, "%s: %s", kFn, choice.reason);
   const cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
   float* delta = nullptr;
   const size_t delta_bytes = static_cast<size_t>(total_q) * static_cast<size_t>(hq) * sizeof(float);
   if (delta_bytes > 0) {
     MAGI_CUDA_CHECK(kFn, cudaMallocAsync(reinterpret_cast<void**>(&delta), delta_bytes, cuda_stream));
   }
-  magi_ffa::BwdParams params;
   params.dout = dout;
   params.q = q;
   params.k = k;
@@ -506,14 +564,10 @@ int32_t magi_ffa_backward(const void* dout, const void* q, const void* k, const 
   params.delta = delta;
   params.hq = hq;
   params.hkv = hkv;
-  params.group = hq / hkv;
   params.scale = softmax_scale;
   params.scale_log2 = softmax_scale * magi_ffa::kLog2eHost;
   params.softcap = softcap;
-  params.plan = host_plan->device_plan;
-  const cudaError_t err =
-      magi_ffa::launch_backward_mode(params, host_plan->dkv_wide, host_plan->dkv_wide_mean_stages, head_dim, dtype,
-                                     deterministic != 0, sm90_main_loop, cuda_stream);
+  err = magi_ffa::launch_backward_choice(choice, params, host_plan->dkv_wide, head_dim, dtype, cuda_stream);
   if (delta != nullptr) {
     const cudaError_t free_err = cudaFreeAsync(delta, cuda_stream);
     if (err == cudaSuccess && free_err != cudaSuccess) return cuda_fail(kFn, "cudaFreeAsync(delta)", free_err);

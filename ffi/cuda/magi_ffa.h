@@ -1,5 +1,5 @@
 // magi_ffa.h: the C ABI of the magi-attn flex flash attention (FFA) library. This header is the
-// contract between ffi/cuda/*.cu and ffi/ffi.ts; change MAGI_FFA_ABI_VERSION with any change to it.
+// contract between ffi/cuda/ (magi_ffa.cu) and ffi/ffi.ts; change MAGI_FFA_ABI_VERSION with any change to it.
 //
 // Conventions
 // - Every function returns a status: 0 = success, anything else = failure (a cudaError_t value, or one
@@ -19,7 +19,8 @@
 extern "C" {
 #endif
 
-#define MAGI_FFA_ABI_VERSION 1
+// 2: magi_ffa_supported_head_dims and magi_ffa_supported_dtypes.
+#define MAGI_FFA_ABI_VERSION 2
 
 #define MAGI_FFA_DTYPE_FLOAT16 0
 #define MAGI_FFA_DTYPE_BFLOAT16 1
@@ -38,6 +39,14 @@ int32_t magi_ffa_abi_version(void);
 
 // Text of the last failure on the calling thread ("" if none). Valid until the next call on the thread.
 const char* magi_ffa_last_error(void);
+
+// What the kernels are compiled for, so that bindings need not repeat it. Each writes the supported values,
+// ascending, into out[0 .. min(count, capacity)) and their number into *count; out may be NULL when capacity
+// is 0 (to ask for the count first). Needs no GPU.
+//   head_dims: head dims (the last dimension of q, k, v) the forward and backward accept.
+//   dtypes:    MAGI_FFA_DTYPE_* codes of the 16-bit element types q, k, v, out and the gradients may have.
+int32_t magi_ffa_supported_head_dims(int32_t* head_dims, int32_t capacity, int32_t* count);
+int32_t magi_ffa_supported_dtypes(int32_t* dtypes, int32_t capacity, int32_t* count);
 
 // Device queries. A machine without a driver or GPU yields a nonzero status (cudaErrorInsufficientDriver
 // = 35 or cudaErrorNoDevice = 100), never a crash.
@@ -69,6 +78,11 @@ int32_t magi_ffa_plan_create(void** plan, const int32_t* q_ranges, const int32_t
                              const int32_t* attn_type_map, int32_t num_slices, int32_t total_q,
                              int32_t total_k);
 int32_t magi_ffa_plan_destroy(void* plan);
+
+// Environment: the MAGI_FFA_* variables (kernel choice and test knobs, README.md lists them) are read at the
+// first forward / backward call of the process; an invalid value makes both fail with
+// MAGI_FFA_E_INVALID_ARGUMENT naming the variable. A forced kernel that cannot run here fails with
+// MAGI_FFA_E_UNSUPPORTED.
 
 // Forward: out and lse for every query row; rows no slice makes visible get out = 0, lse = -inf.
 // softmax_scale > 0; softcap = 0 disables capping. Deterministic mode gives bitwise-identical results

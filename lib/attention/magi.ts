@@ -153,7 +153,7 @@ async function runMagiForward(
     flexKey,
     { softmaxScale: options.scaling, softcap: options.softcap },
   );
-  return [reshape(out as HostTensor, [batch, seqQ, heads, headDim]), null];
+  return [reshape(out, [batch, seqQ, heads, headDim]), null];
 }
 
 let activeSpec: AttnMaskSpec | null = null;
@@ -235,10 +235,40 @@ const parseCallOptions = strictParser(CALL_OPTIONS, {
 });
 
 /**
+ * Throws when `input` holds the spec's token count in the heads dimension but not in the tokens one: the
+ * HF layout `[1, H, S, D]` (or `[H, T, D]`) passed where the factory takes `[1, S, H, D]` (or thd).
+ */
+function checkNotTransposed(input: HostTensor, tokens: number, field: string): void {
+  const rank = input.shape.length;
+  const tokenAxis = rank - 3, headAxis = rank - 2;
+  if (input.shape[tokenAxis] === tokens || input.shape[headAxis] !== tokens) return;
+  const wanted = rank === 4 ? "[1, S, H, D]" : "[T, H, D]";
+  const got = rank === 4 ? "[1, H, S, D] (HF's layout)" : "[H, T, D]";
+  throw new MagiAttnInputError(
+    `${field}.shape`,
+    `is [${input.shape.join(", ")}]: the spec covers ${tokens} tokens, which is dimension ${headAxis} ` +
+      `(heads) here, not dimension ${tokenAxis} (tokens), so it looks like ${got} where ${wanted} is expected`,
+    `swap dimensions ${tokenAxis} and ${headAxis} (transpose to ${wanted}), or call the registry's ` +
+      '"magi" function (ALL_ATTENTION_FUNCTIONS), which takes [B, H, S, D]',
+  );
+}
+
+/**
  * Factory path: returns an attention function that picks its mask by priority — explicit `magiAttnSpec`
  * → `cuSeqlens` → the stamped spec of `module` → the active spec → causal. A stamped spec counts as
  * consumed once the call has produced its output. Gives bitwise the same output as the `"magi"` registry
  * entry for the same spec.
+ *
+ * @example Packed documents by their boundaries
+ * ```ts
+ * import { makeMagiAttnFunc, randomTensor } from "@magi/attn";
+ *
+ * const attention = makeMagiAttnFunc();
+ * const q = randomTensor([8, 2, 16], { seed: 1 }); // thd [tokens, heads, headDim], or [1, S, H, D]
+ * const k = randomTensor([8, 2, 16], { seed: 2 });
+ * const v = randomTensor([8, 2, 16], { seed: 3 });
+ * const out = await attention(q, k, v, { cuSeqlens: [0, 5, 8] }); // [8, 2, 16], two causal documents
+ * ```
  */
 export function makeMagiAttnFunc(factoryOptions: { softmaxScale?: number } = {}): MagiAttnFunc {
   const { softmaxScale } = parseFactoryOptions(factoryOptions);
@@ -295,6 +325,9 @@ async function runFactoryCall(
   } else {
     spec = stamped ?? activeSpec ?? AttnMaskSpec.causal(totalQ);
   }
+  checkNotTransposed(q, spec.totalSeqlenQ, "q");
+  checkNotTransposed(k, spec.totalSeqlenK, "k");
+  checkNotTransposed(v, spec.totalSeqlenK, "v");
   checkSpecAgainstInput(spec, totalQ, totalK, "spec");
   const flexKey = compileFlexKey(spec);
   const { out } = await flexFlashAttnForward(qThd, kThd, vThd, flexKey, { softmaxScale });

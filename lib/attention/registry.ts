@@ -194,7 +194,23 @@ export function sdpaAttentionForward(
   return Promise.resolve([fromFloat32(out, [batch, seqQ, heads, headDim], query.dtype), null]);
 }
 
-/** The shared registry instance, with `"sdpa"` and `"magi"` registered. */
+/**
+ * The shared registry instance, with `"sdpa"` and `"magi"` registered. Its functions take HF's layout:
+ * query `[B, H, S, D]`, key and value `[B, Hkv, S, D]`, and return `[out [B, S, H, D], null]`.
+ *
+ * @example An attention module dispatching on its config
+ * ```ts
+ * import { ALL_ATTENTION_FUNCTIONS, randomTensor } from "@magi/attn";
+ *
+ * const config = { attnImplementation: "magi" };
+ * const module = {}; // the calling attention module (a stamped spec is read from it)
+ * const query = randomTensor([1, 4, 8, 16], { seed: 1 }); // [B, H, S, D]
+ * const key = randomTensor([1, 2, 8, 16], { seed: 2 }); // GQA: 2 kv heads
+ * const value = randomTensor([1, 2, 8, 16], { seed: 3 });
+ * const attention = ALL_ATTENTION_FUNCTIONS.get(config.attnImplementation);
+ * const [out] = await attention(module, query, key, value, null, { scaling: 0.25 }); // [1, 8, 4, 16]
+ * ```
+ */
 export const ALL_ATTENTION_FUNCTIONS: AttentionInterface = new AttentionInterface();
 
 AttentionInterface.register("sdpa", sdpaAttentionForward);

@@ -418,6 +418,21 @@ function fullyConsumed(token: StepToken): boolean {
  * {@linkcode closeAttnSpecStep}) raises {@linkcode AttnSpecNotConsumedError}. Refuses (with
  * {@linkcode MagiAttnInputError}) a module that another model's armed step stamped, and a module that
  * cannot take the stamp. A failing call changes nothing. Returns the number of modules stamped (or cleared).
+ *
+ * @example One training step
+ * ```ts
+ * import { AttnMaskSpec, closeAttnSpecStep, setAttnSpecOnAttention } from "@magi/attn";
+ *
+ * class SelfAttention {} // a model's attention module (its class name contains "Attention")
+ * const model = { config: { attnImplementation: "magi" }, layers: [{ selfAttn: new SelfAttention() }] };
+ * setAttnSpecOnAttention(model, AttnMaskSpec.varlen([5, 3])); // stamps both the spec and the guard
+ * // ... model.forward(...): each attention module's magi forward consumes the stamped spec ...
+ * try {
+ *   closeAttnSpecStep(model); // throws here: this toy model never ran its attention
+ * } catch (error) {
+ *   console.log((error as Error).name); // "AttnSpecNotConsumedError"
+ * }
+ * ```
  */
 export function setAttnSpecOnAttention(
   model: ModelLike,

@@ -7,6 +7,7 @@
 import { BackendUnavailableError, MagiAttnInputError } from "../core/errors.ts";
 import { isFlexKey, toFlexKey } from "../masks/flex_key.ts";
 import { referenceBackward, referenceForward } from "./reference.ts";
+import { checkBackwardMatchesForward, recordForward } from "./forward_record.ts";
 import type { HostTensor } from "../core/tensor.ts";
 import type { FlexKey, PlainFlexKey } from "../core/types.ts";
 import { validateBackwardArgs, validateForwardArgs } from "../core/validate.ts";
@@ -61,7 +62,12 @@ export interface FlexAttnBackwardResult<T extends AnyTensor = AnyTensor> {
 export interface BackendInfo {
   /** The backend `"auto"` uses for bf16/fp16 inputs with a supported head dim. */
   backend: "cuda" | "cpu";
-  /** Why CUDA is not used (absent when it is). */
+  /**
+   * One line for logs, e.g. "CUDA library not found: CPU reference; `deno task build` to build it" or
+   * "CUDA on NVIDIA H200 (sm_90)".
+   */
+  summary: string;
+  /** Why CUDA is not used, in full (every library path tried and what failed); absent when it is used. */
   reason?: string;
   /** GPU name, when CUDA is used. */
   device?: string;
@@ -74,18 +80,37 @@ const GPU_HEAD_DIMS: readonly number[] = [64, 128];
 /**
  * Reports which backend `"auto"` resolves to. Without `--allow-ffi` the CPU is used (the reason says so);
  * every other reason comes from probing the CUDA library and the driver.
+ *
+ * @example
+ * ```ts
+ * import { backendInfo } from "@magi/attn";
+ *
+ * const info = backendInfo();
+ * console.log(info.summary); // e.g. "CUDA library not found: CPU reference; `deno task build` to build it"
+ * if (Deno.env.get("MAGI_ATTN_DEBUG")) console.log(info.reason ?? ""); // every path tried, and why
+ * ```
  */
 export function backendInfo(options: { libraryPath?: string } = {}): BackendInfo {
   const { libraryPath } = parseBackendInfoOptions(options);
   if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") {
-    return { backend: "cpu", reason: "FFI permission not granted (run with --allow-ffi to use the GPU)" };
+    return {
+      backend: "cpu",
+      summary: "FFI permission not granted: CPU reference; run with --allow-ffi to use the GPU",
+      reason: "FFI permission not granted (run with --allow-ffi to use the GPU)",
+    };
   }
   const probe = probeCudaBackend({ libraryPath });
-  if (!probe.available) return { backend: "cpu", reason: probe.reason };
-  const device = probe.devices?.[0];
+  if (!probe.available) {
+    // The library did not load: building it is the fix. It loaded: the machine (driver, GPU) is the limit.
+    const hint = probe.libraryPath === undefined ? "; `deno task build` to build it" : "";
+    return { backend: "cpu", summary: `${probe.summary}: CPU reference${hint}`, reason: probe.reason };
+  }
+  const first = probe.devices?.[0];
+  const device = first ? `${first.name} (sm_${first.major}${first.minor})` : undefined;
   return {
     backend: "cuda",
-    device: device ? `${device.name} (sm_${device.major}${device.minor})` : undefined,
+    summary: `CUDA on ${device ?? "GPU 0"}`,
+    device,
     libraryPath: probe.libraryPath,
   };
 }
@@ -118,9 +143,14 @@ function resolveBackend(
   if (requested === "cuda") {
     const probe = probeCudaBackend({ libraryPath: options.libraryPath });
     if (!probe.available) {
+      // probe.reason is a description without a fix, so this message has exactly one "Fix:".
+      const fix = probe.libraryPath === undefined
+        ? "build the library with `deno task build` (needs nvcc), point MAGI_FFA_LIBRARY or the libraryPath " +
+          'option at a built libmagi_ffa.so, or use backend "cpu"'
+        : 'run on a machine with an NVIDIA GPU of compute capability 8.0 or newer, or use backend "cpu"';
       throw new BackendUnavailableError(
-        `magi-attn: the CUDA backend is not available: ${probe.reason}. Fix: build the library with ` +
-          `\`deno task build\` on a machine with nvcc, point MAGI_FFA_LIBRARY at it, or use backend "cpu".`,
+        `magi-attn: backend "cuda" was requested but the CUDA backend is not available: ${probe.reason}\n` +
+          `Fix: ${fix}.`,
       );
     }
     return "cuda";
@@ -147,8 +177,46 @@ function resolveKey(key: FlexKey | PlainFlexKey, q: AnyTensor, k: AnyTensor): Fl
 
 /**
  * Flex flash attention forward over thd tensors: q `[totalQ, Hq, D]`, k and v `[totalK, Hkv, D]`.
- * Host tensors give host results; device tensors (all inputs) give device results without copies.
+ * Host tensors give host results (on the GPU when `"auto"` picks it: uploaded, run, downloaded).
+ *
+ * @example Two packed causal documents on host tensors
+ * ```ts
+ * import { AttnMaskSpec, compileFlexKey, flexFlashAttnForward, randomTensor, toFloat32 } from "@magi/attn";
+ *
+ * const key = compileFlexKey(AttnMaskSpec.varlen([5, 3]));
+ * const q = randomTensor([8, 4, 64], { seed: 1, dtype: "bfloat16" }); // [tokens, heads, headDim]
+ * const k = randomTensor([8, 2, 64], { seed: 2, dtype: "bfloat16" }); // GQA: 2 kv heads
+ * const v = randomTensor([8, 2, 64], { seed: 3, dtype: "bfloat16" });
+ * const { out, lse } = await flexFlashAttnForward(q, k, v, key, { softcap: 30 });
+ * const values: Float32Array = toFloat32(out); // out: HostTensor [8, 4, 64] bf16; lse: float32 [8, 4]
+ * ```
  */
+export function flexFlashAttnForward(
+  q: HostTensor,
+  k: HostTensor,
+  v: HostTensor,
+  key: FlexKey | PlainFlexKey,
+  options?: FlexAttnOptions,
+): Promise<FlexAttnForwardResult<HostTensor>>;
+/** Flex flash attention forward on device tensors: device results, no copies. */
+export function flexFlashAttnForward(
+  q: DeviceTensor,
+  k: DeviceTensor,
+  v: DeviceTensor,
+  key: FlexKey | PlainFlexKey,
+  options?: FlexAttnOptions,
+): Promise<FlexAttnForwardResult<DeviceTensor>>;
+/**
+ * Flex flash attention forward on tensors known only as {@linkcode AnyTensor}: device results when every
+ * input is a DeviceTensor, else host results.
+ */
+export function flexFlashAttnForward(
+  q: AnyTensor,
+  k: AnyTensor,
+  v: AnyTensor,
+  key: FlexKey | PlainFlexKey,
+  options?: FlexAttnOptions,
+): Promise<FlexAttnForwardResult>;
 export async function flexFlashAttnForward(
   q: AnyTensor,
   k: AnyTensor,
@@ -168,14 +236,65 @@ export async function flexFlashAttnForward(
     libraryPath: options.libraryPath,
   };
   // Validated above: the CUDA backend trusts this call instead of checking it again.
-  if (backend === "cuda") return await cudaForwardValidated(q, k, v, flexKey, shape, kernelOptions);
-  return referenceForward(q as HostTensor, k as HostTensor, v as HostTensor, flexKey, kernelOptions);
+  const result = backend === "cuda"
+    ? await cudaForwardValidated(q, k, v, flexKey, shape, kernelOptions)
+    : referenceForward(q as HostTensor, k as HostTensor, v as HostTensor, flexKey, kernelOptions);
+  recordForward(result.lse, { softmaxScale: shape.softmaxScale, softcap: shape.softcap, key: flexKey });
+  return result;
 }
 
 /**
- * Flex flash attention backward: gradients of q, k and v from `dout`, the forward's `out` and `lse`.
- * Accepts host or device tensors like {@linkcode flexFlashAttnForward}.
+ * Flex flash attention backward: gradients of q, k and v from `dout`, the forward's `out` and `lse`, on
+ * host tensors (host gradients). Pass the forward's key and options: when `lse` is the one a forward of
+ * this process returned, a different scale, softcap or key is refused instead of differentiating another
+ * function.
+ *
+ * @example Gradients of a softcapped forward
+ * ```ts
+ * import { AttnMaskSpec, compileFlexKey, flexFlashAttnBackward, flexFlashAttnForward, randomTensor } from "@magi/attn";
+ *
+ * const key = compileFlexKey(AttnMaskSpec.causal(8));
+ * const [q, k, v, dout] = [1, 2, 3, 4].map((seed) => randomTensor([8, 2, 64], { seed, dtype: "bfloat16" }));
+ * const options = { softcap: 30 };
+ * const { out, lse } = await flexFlashAttnForward(q, k, v, key, options);
+ * const { dq, dk, dv } = await flexFlashAttnBackward(dout, q, k, v, out, lse, key, options);
+ * ```
  */
+export function flexFlashAttnBackward(
+  dout: HostTensor,
+  q: HostTensor,
+  k: HostTensor,
+  v: HostTensor,
+  out: HostTensor,
+  lse: HostTensor,
+  key: FlexKey | PlainFlexKey,
+  options?: FlexAttnOptions,
+): Promise<FlexAttnBackwardResult<HostTensor>>;
+/** Flex flash attention backward on device tensors: device gradients, no copies. */
+export function flexFlashAttnBackward(
+  dout: DeviceTensor,
+  q: DeviceTensor,
+  k: DeviceTensor,
+  v: DeviceTensor,
+  out: DeviceTensor,
+  lse: DeviceTensor,
+  key: FlexKey | PlainFlexKey,
+  options?: FlexAttnOptions,
+): Promise<FlexAttnBackwardResult<DeviceTensor>>;
+/**
+ * Flex flash attention backward on tensors known only as {@linkcode AnyTensor}: device gradients when
+ * every input is a DeviceTensor, else host gradients.
+ */
+export function flexFlashAttnBackward(
+  dout: AnyTensor,
+  q: AnyTensor,
+  k: AnyTensor,
+  v: AnyTensor,
+  out: AnyTensor,
+  lse: AnyTensor,
+  key: FlexKey | PlainFlexKey,
+  options?: FlexAttnOptions,
+): Promise<FlexAttnBackwardResult>;
 export async function flexFlashAttnBackward(
   dout: AnyTensor,
   q: AnyTensor,
@@ -190,6 +309,11 @@ export async function flexFlashAttnBackward(
   const flexKey = resolveKey(key, q, k);
   const shape = validateBackwardArgs(dout, q, k, v, out, lse, flexKey, options);
   checkHostInputs([dout, q, k, v, out, lse], ["dout", "q", "k", "v", "out", "lse"]);
+  checkBackwardMatchesForward(lse, {
+    softmaxScale: shape.softmaxScale,
+    softcap: shape.softcap,
+    key: flexKey,
+  });
   const backend = resolveBackend(requested, [q, k, v, dout, out, lse], shape.headDim, options);
   const kernelOptions = {
     softmaxScale: shape.softmaxScale,

@@ -131,6 +131,14 @@ export function checkHostTensor(value: unknown, field: string): asserts value is
  * Wraps `data` as a tensor of `shape`. The dtype defaults to the one `data`'s array type implies
  * (`Uint16Array` means bf16 bits). Throws when the length does not match the shape or the array type does
  * not match the dtype.
+ *
+ * @example
+ * ```ts
+ * import { float32ToBf16, tensor } from "@magi/attn";
+ *
+ * const f32 = tensor(new Float32Array([1, 2, 3, 4, 5, 6]), [2, 3]); // dtype float32 from the array type
+ * const bf16 = tensor(float32ToBf16([1, 2, 3, 4, 5, 6]), [2, 3]); // Uint16Array: bf16 bit patterns
+ * ```
  */
 export function tensor(data: TensorData, shape: readonly number[], dtype?: DType): HostTensor {
   const inferred: DType = data instanceof Float32Array
@@ -191,7 +199,17 @@ export function bf16BitsToFloat32(bits: number): number {
   return f32Scratch[0];
 }
 
-/** Converts float values to bf16 bit patterns, rounding to nearest even. */
+/**
+ * Converts float values to bf16 bit patterns, rounding to nearest even.
+ *
+ * @example
+ * ```ts
+ * import { bf16ToFloat32, float32ToBf16 } from "@magi/attn";
+ *
+ * const bits = float32ToBf16([0.1, 1]); // Uint16Array [0x3dcd, 0x3f80]
+ * const values = bf16ToFloat32(bits); // Float32Array [0.10009765625, 1]
+ * ```
+ */
 export function float32ToBf16(values: ArrayLike<number>): Uint16Array {
   const out = new Uint16Array(values.length);
   for (let index = 0; index < values.length; index++) out[index] = float32ToBf16Bits(values[index]);
@@ -268,7 +286,16 @@ const RANDOM_TENSOR_WORDING = {
   },
 };
 
-/** A tensor of normally distributed values (Box-Muller over {@linkcode seededRandom}). */
+/**
+ * A tensor of normally distributed values (Box-Muller over {@linkcode seededRandom}).
+ *
+ * @example
+ * ```ts
+ * import { randomTensor } from "@magi/attn";
+ *
+ * const q = randomTensor([8, 4, 64], { seed: 1, dtype: "bfloat16" }); // the same values for the same seed
+ * ```
+ */
 export function randomTensor(shape: readonly number[], options: RandomTensorOptions = {}): HostTensor {
   const count = checkShape(shape, "shape");
   const { seed = 0, dtype = "float32", scale = 1 } = parseWith(

@@ -183,20 +183,23 @@ function resolveSoftcap(value: unknown): number {
 }
 
 /**
- * Where a returned {@linkcode ForwardShape} records the arguments it was validated for (a module-private
- * symbol: nothing outside this module can write it), so a backend handed the shape can trust it for
- * exactly those arguments and validate anything else.
+ * Where a returned {@linkcode ForwardShape} records the arguments it was validated for: a module-private
+ * symbol (nothing outside this module can write it), so a backend handed the shape can trust it for
+ * exactly those arguments and validate anything else. The record lives and dies with the shape.
  */
 const VALIDATED_FOR: unique symbol = Symbol("magi-attn validated arguments");
 
-type RecordedShape = ForwardShape & { [VALIDATED_FOR]?: readonly unknown[] };
+/** Records (not enumerable: the shape still compares and prints as plain sizes) what `shape` vouches for. */
+function recordArguments(shape: ForwardShape, args: readonly unknown[]): void {
+  Object.defineProperty(shape, VALIDATED_FOR, { value: args, writable: true, configurable: true });
+}
 
 /**
  * Whether `shape` was returned by {@linkcode validateForwardArgs} (or {@linkcode validateBackwardArgs})
  * for exactly these argument objects, in this order (tensors then key). O(arguments).
  */
 export function isValidatedCall(shape: ForwardShape, args: readonly unknown[]): boolean {
-  const recorded = (shape as RecordedShape)[VALIDATED_FOR];
+  const recorded = (shape as ForwardShape & { [VALIDATED_FOR]?: readonly unknown[] })[VALIDATED_FOR];
   if (recorded === undefined || recorded.length !== args.length) return false;
   for (let index = 0; index < args.length; index++) if (recorded[index] !== args[index]) return false;
   return true;
@@ -292,7 +295,7 @@ export function validateForwardArgs(
   checkElementCount(q, "q");
   checkElementCount(k, "k");
   checkElementCount(v, "v");
-  const shape: RecordedShape = {
+  const shape: ForwardShape = {
     totalQ,
     totalK,
     numHeadsQ,
@@ -301,8 +304,8 @@ export function validateForwardArgs(
     softmaxScale,
     softcap,
     dtype: q.dtype as DType,
-    [VALIDATED_FOR]: [q, k, v, key],
   };
+  recordArguments(shape, [q, k, v, key]);
   return shape;
 }
 
@@ -356,6 +359,6 @@ export function validateBackwardArgs(
       "pass the lse the forward returned (always float32)",
     );
   }
-  (shape as RecordedShape)[VALIDATED_FOR] = [dout, q, k, v, out, lse, key];
+  recordArguments(shape, [dout, q, k, v, out, lse, key]);
   return shape;
 }

@@ -131,6 +131,15 @@ export function isFlexKey(x: unknown): x is FlexKey {
  * Compiles a spec into a validated, canonical, frozen flex key; equal specs share one cached key.
  * Throws {@linkcode MagiAttnInputError} for a bad slice: non-integer or out-of-bounds ranges, `end <
  * start`, unknown types, or two slices covering the same cell (the message names both and the cell).
+ *
+ * @example
+ * ```ts
+ * import { AttnMaskSpec, compileFlexKey } from "@magi/attn";
+ *
+ * const key = compileFlexKey(AttnMaskSpec.varlen([5, 3]));
+ * console.log(key.totalQ, key.area); // 8 query tokens, 15 + 6 = 21 visible cells
+ * console.assert(compileFlexKey(AttnMaskSpec.varlen([5, 3])) === key); // cached by fingerprint
+ * ```
  */
 export function compileFlexKey(spec: AttnMaskSpec): FlexKey {
   checkAttnMaskSpec(

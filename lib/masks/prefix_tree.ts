@@ -120,6 +120,16 @@ export function checkPrefixTree(nodeLengthsInput: unknown, samplePathsInput: unk
  * The token layout of a prefix tree (validated like {@linkcode AttnMaskSpec.prefixTree}): each sample's
  * node token ranges in path order, and position ids where a node's positions continue from the summed
  * lengths of its ancestors (prompt 0..P−1, each completion from the end of its parent path).
+ *
+ * @example
+ * ```ts
+ * import { AttnMaskSpec, prefixTreeLayout } from "@magi/attn";
+ *
+ * const nodeLengths = [4, 2, 3], samplePaths = [[0, 1], [0, 2]];
+ * const spec = AttnMaskSpec.prefixTree(nodeLengths, samplePaths);
+ * const { sampleTokenRanges, positionIds } = prefixTreeLayout(nodeLengths, samplePaths);
+ * // sampleTokenRanges[1] = [[0, 4], [6, 9]]; positionIds = 0 1 2 3 | 4 5 | 4 5 6
+ * ```
  */
 export function prefixTreeLayout(
   nodeLengths: readonly number[] | ArrayLike<number>,

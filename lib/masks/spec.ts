@@ -244,6 +244,16 @@ function tuplesOf(flat: Int32Array): readonly Range[] {
  * bottom-right aligned, `"inv_causal"` top-left, `"bi_causal"` both). Build one with the static builders;
  * compile it with `compileFlexKey`. Instances are frozen; the range and type lists they hand out are
  * frozen too (built on first access, then kept).
+ *
+ * @example Packed documents, a window, a prefix tree
+ * ```ts
+ * import { AttnMaskSpec } from "@magi/attn";
+ *
+ * const documents = AttnMaskSpec.varlen([5, 3, 4]); // three causal documents in 12 tokens
+ * const window = AttnMaskSpec.slidingWindow(12, { left: 2, right: 0 }); // causal, 2 keys back
+ * const rollouts = AttnMaskSpec.prefixTree([4, 2, 3], [[0, 1], [0, 2]]); // a prompt, two completions
+ * console.log(documents.totalSeqlenQ, window.numSlices, rollouts.qRanges);
+ * ```
  */
 export class AttnMaskSpec {
   /** Query tokens of the packed sequence. */
@@ -529,10 +539,23 @@ export class AttnMaskSpec {
     return createSpec(slices, total, total);
   }
 
-  /** Block-causal over `n` tokens: block i `[ib, (i+1)b)` sees keys `[0, (i+1)b)` fully; the last may be short. */
+  /**
+   * Block-causal over `n` tokens: block i `[ib, (i+1)b)` sees keys `[0, (i+1)b)` fully; the last may be
+   * short. Like {@linkcode AttnMaskSpec.prefixLM}, the length comes second, and a block longer than a
+   * non-empty sequence is refused (most likely swapped arguments; a single block is `AttnMaskSpec.full(n)`).
+   */
   static blockCausal(blockSize: number, n: number): AttnMaskSpec {
     const total = checkInteger(n, "n", 0, INT32_MAX, "pass the token count as a non-negative integer");
     const block = checkInteger(blockSize, "blockSize", 1, INT32_MAX, "give a positive integer block size");
+    if (total > 0 && block > total) {
+      throw new MagiAttnInputError(
+        "blockSize",
+        `is ${block}, longer than the ${total} tokens of n (the arguments are blockCausal(blockSize, n): ` +
+          "swapped?)",
+        `give a block size between 1 and n = ${total}, e.g. blockCausal(${total}, ${block}) if they were ` +
+          "swapped, or AttnMaskSpec.full(n) for one block",
+      );
+    }
     const count = Math.ceil(total / block);
     const slices = new SliceList();
     for (let index = 0; index < count; index++) {

@@ -264,6 +264,14 @@ function ticksFor(axis: Axis): { tokens: number[]; centred: boolean } {
  * are `<rect>` elements carrying `data-q`/`data-q-end` and `data-k`/`data-k-end` (token ranges),
  * `data-type`, `data-visible` (visible cells) and `data-area` (cells); neighbouring fully visible blocks
  * of one type in a row are merged into one rect. Cost: O(blocks touched per slice), never a dense mask.
+ *
+ * @example
+ * ```ts
+ * import { AttnMaskSpec, maskToSvg } from "@magi/attn";
+ *
+ * const svg = maskToSvg(AttnMaskSpec.slidingWindow(12, { left: 2, right: 3 }), { title: "window (2, 3)" });
+ * // await Deno.writeTextFile("window.svg", svg);
+ * ```
  */
 export function maskToSvg(specOrKey: AttnMaskSpec | FlexKey, options: MaskSvgOptions = {}): string {
   const { maxCells, title, cellSize: givenCellSize } = checkOptions(options);

@@ -22,10 +22,12 @@ import { compileFlexKey } from "../../lib/masks/flex_key.ts";
 import { referenceForward } from "../../lib/backends/reference.ts";
 import { type DType, type HostTensor, randomTensor, toFloat64 } from "../../lib/core/tensor.ts";
 import { relativeError } from "../support/oracle.ts";
+import { backendNotice } from "../support/backend_notice.ts";
+import { backendInfo } from "../../lib/backends/ffa.ts";
 
 const probe = probeCudaBackend();
 const ignore = !probe.available;
-if (ignore) console.log(`GPU device tests ignored: ${probe.reason}`);
+if (ignore) console.log(backendNotice("GPU device tests skipped: ", backendInfo()));
 
 function bytesOf(t: HostTensor): Uint8Array {
   return new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);

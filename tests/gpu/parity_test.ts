@@ -31,6 +31,8 @@ import {
 } from "../../lib/core/tensor.ts";
 import type { FlexKey } from "../../lib/core/types.ts";
 import { probeCudaBackend } from "../../ffi/library.ts";
+import { backendInfo } from "../../lib/backends/ffa.ts";
+import { backendNotice } from "../support/backend_notice.ts";
 import { emptyDevice, fillDeviceBytes, toDevice, toHost } from "../../ffi/device.ts";
 import { cudaBackward, cudaForward } from "../../ffi/cuda_backend.ts";
 import {
@@ -44,7 +46,7 @@ import {
 const DRY_RUN = Deno.env.get("MAGI_PARITY_DRY_RUN") === "1";
 const probe = DRY_RUN ? { available: true } : probeCudaBackend();
 const ignore = !probe.available;
-if (ignore) console.log(`GPU parity tests ignored: ${probe.reason}`);
+if (ignore) console.log(backendNotice("GPU parity tests skipped: ", backendInfo()));
 
 type LowDType = "bfloat16" | "float16";
 type Heads = readonly [headsQ: number, headsKV: number, headDim: number];

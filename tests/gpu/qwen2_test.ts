@@ -20,9 +20,10 @@ import {
   fromFloat32,
   type HostTensor,
   magiAttentionForward,
-  probeCudaBackend,
   toFloat32,
 } from "../../mod.ts";
+import { probeCudaBackend } from "../../testing.ts";
+import { backendNotice } from "../support/backend_notice.ts";
 import {
   QWEN2_FIXTURE_DIR,
   QWEN2_FIXTURE_HOWTO,
@@ -44,7 +45,7 @@ import { writeSyntheticQwen2Checkpoint } from "../../examples/qwen2/synthetic.ts
 const DRY_RUN = Deno.env.get("MAGI_PARITY_DRY_RUN") === "1";
 const probe = DRY_RUN ? { available: true, reason: "" } : probeCudaBackend();
 const ignore = !probe.available;
-if (ignore) console.log(`GPU Qwen2 tests ignored: ${probe.reason}`);
+if (ignore) console.log(backendNotice("GPU Qwen2 tests skipped: ", backendInfo()));
 
 /** Upstream's relative-L2 tolerance of the attention output (bf16). */
 const RTOL_OUT = 0.05;

@@ -5,7 +5,8 @@
  * @module
  */
 
-import { ALL_ATTENTION_FUNCTIONS, fromFloat32, type HostTensor, seededRandom, toFloat32 } from "../../mod.ts";
+import { ALL_ATTENTION_FUNCTIONS, fromFloat32, type HostTensor, toFloat32 } from "../../mod.ts";
+import { seededRandom } from "../../testing.ts";
 import type { DType } from "../../mod.ts";
 
 /** Model hyper-parameters. */

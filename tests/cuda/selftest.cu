@@ -34,12 +34,13 @@
 #include <type_traits>
 #include <vector>
 
-#include "ffa_bwd_fused.cuh"
-#include "ffa_internal.cuh"
-#include "ffa_plan.cuh"
-#include "ffa_sm90_selftest.cuh"
-#include "ffa_walkers.cuh"
+#include "common/env.cuh"
+#include "common/params.cuh"
+#include "common/walkers.cuh"
 #include "magi_ffa.h"
+#include "plan.cuh"
+#include "selftest_sm90.cuh"
+#include "sm80/backward.cuh"
 
 namespace {
 
@@ -351,7 +352,7 @@ double rel_l2(const std::vector<uint16_t>& got, const std::vector<double>& want,
 }
 
 // ---------------------------------------------------------------------------------------------------
-// CPU replay of the kernels' schedule (see --cpu-replay). Mirrors ffa_fwd.cu / ffa_bwd.cu decision by
+// CPU replay of the kernels' schedule (see --cpu-replay). Mirrors sm80/forward.cu / backward_*.cu decision by
 // decision; the arithmetic is plain float64, so any difference from the reference is a schedule bug
 // (a visible cell skipped, an invisible one let through, a cell visited twice).
 struct Replay {
@@ -373,7 +374,7 @@ bool is_permutation_of_tiles(const std::vector<int32_t>& order) {
   return true;
 }
 
-// fused_dq: replay the fast backward (dQ added from the dK/dV walk, ffa_bwd.cu's fused kernel) instead of
+// fused_dq: replay the fast backward (dQ added from the dK/dV walk, sm80/backward_dkdv.cu's fused kernel) instead of
 // the deterministic one's separate dQ kernel.
 void replay(const Case& c, const std::vector<double>& q, const std::vector<double>& k, const std::vector<double>& v,
             const std::vector<double>& dout, const Reference& ref, bool fused_dq, Replay* out,
@@ -390,6 +391,23 @@ void replay(const Case& c, const std::vector<double>& q, const std::vector<doubl
   if (!is_permutation_of_tiles(fwd.order) || !is_permutation_of_tiles(dql.order) ||
       !is_permutation_of_tiles(dkv.order)) {
     *problem += " tile order is not a permutation;";
+  }
+  // The persistent kernels' schedules: every (tile, head in the group) exactly once, for any lane count.
+  const HostTileLists wide_keys = build_key_tiles(slices, c.total_k, kFusedBlockNWide);
+  for (const HostTileLists* lists : {&fwd, &wide_keys}) {
+    for (const int lanes : {1, 3, 132}) {
+      for (const int group : kScheduleGroups) {
+        const HostSchedule schedule = build_schedule(*lists, lanes, group, 1024);
+        std::vector<int> seen(lists->order.size() * static_cast<size_t>(group), 0);
+        bool ok = schedule.offsets.size() == static_cast<size_t>(lanes) + 1 && schedule.offsets.front() == 0 &&
+                  schedule.offsets.back() == static_cast<int32_t>(schedule.entries.size());
+        for (const int32_t entry : schedule.entries) {
+          ok = ok && entry >= 0 && static_cast<size_t>(entry) < seen.size() && seen[static_cast<size_t>(entry)]++ == 0;
+        }
+        for (const int count : seen) ok = ok && count == 1;
+        if (!ok) *problem += " a schedule misses or repeats an item;";
+      }
+    }
   }
   // Out-of-range rows / keys are zero-filled by the kernels' loads.
   auto q_row = [&](int i, int h, int d) { return i < c.total_q ? q[(static_cast<size_t>(i) * c.hq + h) * D + d] : 0.0; };
@@ -544,10 +562,16 @@ void replay(const Case& c, const std::vector<double>& q, const std::vector<doubl
       }
     }
   };
+  // MAGI_FFA_BWD_BLOCK_N, parsed by the library's own rule, so the replay walks the tiles the GPU run walks.
+  int forced_block_n = 0;
+  if (!parse_bwd_block_n(std::getenv("MAGI_FFA_BWD_BLOCK_N"), &forced_block_n)) {
+    std::fprintf(stderr, "MAGI_FFA_BWD_BLOCK_N must be 64, 128 or unset\n");
+    std::exit(2);
+  }
   const HostTileLists wide = build_key_tiles(slices, c.total_k, kFusedBlockNWide);
   const double wide_stages = fused_mean_stages(slices.data(), wide.offsets.data(), wide.slices.data(),
                                                static_cast<int>(wide.order.size()), kFusedBlockNWide);
-  if (fused_dq && fused_block_n(wide_stages, group) == kFusedBlockNWide) {
+  if (fused_dq && fused_block_n(wide_stages, group, forced_block_n) == kFusedBlockNWide) {
     replay_dkv(std::integral_constant<int, kFusedBlockNWide>{});
   } else {
     replay_dkv(std::integral_constant<int, kDkvBlockN>{});
@@ -799,7 +823,7 @@ std::vector<BenchCase> make_bench_cases() {
 std::vector<Case> make_cases() {
   std::vector<Case> cases;
   auto add = [&](Case c) { cases.push_back(std::move(c)); };
-  magi_ffa_selftest::add_sm90_forward_cases(&cases);  // forward-kernel edges (ffa_sm90_selftest.cuh)
+  magi_ffa_selftest::add_sm90_forward_cases(&cases);  // forward-kernel edges (selftest_sm90.cuh)
   const int FP = MAGI_FFA_DTYPE_FLOAT16;
   const int F = 0, C = 1, IC = 2, BC = 3;
 
@@ -1330,7 +1354,7 @@ bool run_api_checks() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // --fwd-kernel sm80|sm90 (and --bench once per forward kernel): ffa_sm90_selftest.cuh.
+  // --fwd-kernel sm80|sm90 (and --bench once per forward kernel): selftest_sm90.cuh.
   if (const int status = magi_ffa_selftest::fwd_kernel_flag(&argc, argv); status >= 0) return status;
   bool quick = false, list = false, cpu_replay = false, bench = false;
   std::string filter;

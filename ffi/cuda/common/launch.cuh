@@ -1,4 +1,4 @@
-// ffa_launch.cuh: host helpers for launching the kernels.
+// common/launch.cuh: host helpers for launching the kernels.
 #pragma once
 
 #include <cuda_runtime.h>

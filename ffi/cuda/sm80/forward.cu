@@ -1,4 +1,4 @@
-// ffa_fwd.cu: the FFA forward kernel (FA2-style: mma.sync m16n8k16, ldmatrix, cp.async double buffer).
+// sm80/forward.cu: the FFA forward kernel (FA2-style: mma.sync m16n8k16, ldmatrix, cp.async double buffer).
 //
 // One CTA per (query tile, query head). The CTA walks every slice that touches its rows and every key tile
 // those rows can see, keeping one online softmax per row over the union of all of them: rows shared by
@@ -6,11 +6,13 @@
 // key end with out = 0 and lse = -inf (tiles without any slice are launched too, so every row is written).
 // Key rows past the last key the tile's rows can see are zero-filled instead of loaded: tokens no slice
 // covers (padding) may hold anything, even NaN, and 0 * NaN would leak into P.V.
-#include "ffa_common.cuh"
-#include "ffa_internal.cuh"
-#include "ffa_launch.cuh"
-#include "ffa_walkers.cuh"
+#include "common/device.cuh"
+#include "common/params.cuh"
+#include "common/shapes.cuh"
+#include "common/launch.cuh"
+#include "common/walkers.cuh"
 #include "magi_ffa.h"
+#include "sm80/forward.cuh"
 
 namespace magi_ffa {
 namespace {
@@ -204,15 +206,11 @@ cudaError_t launch_forward_typed(const FwdParams& params, cudaStream_t stream) {
 
 }  // namespace
 
-cudaError_t launch_forward(const FwdParams& params, int head_dim, int dtype, cudaStream_t stream) {
-  if (dtype == MAGI_FFA_DTYPE_BFLOAT16) {
-    if (head_dim == 64) return launch_forward_typed<__nv_bfloat16, 64>(params, stream);
-    if (head_dim == 128) return launch_forward_typed<__nv_bfloat16, 128>(params, stream);
-  } else if (dtype == MAGI_FFA_DTYPE_FLOAT16) {
-    if (head_dim == 64) return launch_forward_typed<__half, 64>(params, stream);
-    if (head_dim == 128) return launch_forward_typed<__half, 128>(params, stream);
-  }
-  return cudaErrorInvalidValue;
+cudaError_t launch_forward_sm80(const FwdParams& params, int head_dim, int dtype, cudaStream_t stream) {
+  return with_shape(head_dim, dtype, [&](auto shape) {
+    using S = decltype(shape);
+    return launch_forward_typed<typename S::Elem, S::kHeadDim>(params, stream);
+  });
 }
 
 }  // namespace magi_ffa

@@ -1,11 +1,11 @@
-// ffa_walkers.cuh: the tile schedulers of the kernels. A walker enumerates, for the tile a CTA owns,
+// common/walkers.cuh: the tile schedulers of the kernels. A walker enumerates, for the tile a CTA owns,
 // the (slice, inner tile) pairs it must visit, in a fixed order (so results are deterministic). All
 // threads of a CTA run the same walker on the same data, so its decisions are CTA-uniform. This is
 // independent of how the inner product is computed (mma.sync here, wgmma later). Host-callable so the
 // self-test can replay the schedule on the CPU.
 #pragma once
 
-#include "ffa_mask.cuh"
+#include "common/mask.cuh"
 
 namespace magi_ffa {
 

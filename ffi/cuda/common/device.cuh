@@ -1,6 +1,6 @@
-// ffa_common.cuh: device building blocks shared by the FFA kernels (sm_80+ instructions, also fine on
+// common/device.cuh: device building blocks shared by the FFA kernels (sm_80+ instructions, also fine on
 // Hopper): element traits, mma.sync m16n8k16, ldmatrix, cp.async, the swizzled shared-memory layout and
-// warp-level GEMM helpers. Nothing here knows about slices or masks (see ffa_mask.cuh), so a later
+// warp-level GEMM helpers. Nothing here knows about slices or masks (see mask.cuh), so a later
 // wgmma/TMA path can reuse the scheduling without this file.
 #pragma once
 

@@ -1,4 +1,4 @@
-// ffa_sm90_selftest.cuh: the self-test's hooks for choosing the forward kernel (selftest.cu includes it):
+// selftest_sm90.cuh: the self-test's hooks for choosing the forward kernel (selftest.cu includes it):
 //   --fwd-kernel sm80|sm90  sets MAGI_FFA_FWD_KERNEL before the library's first forward call (the library
 //                           reads it once); without it the library picks (sm90 on sm_90 devices).
 //   --bench without --fwd-kernel runs the timings once per forward kernel (a child process each, since
@@ -11,7 +11,7 @@
 //   --fwd-time              forward-only timings (bf16, S = 16k, H = 16, D = 128: full, causal, packed
 //                           documents 256-4096, sliding window 1024, prefix tree, 64 short documents) of
 //                           the kernel / variant the environment selects (MAGI_FFA_FWD_KERNEL,
-//                           MAGI_FFA_SM90_XITEM, MAGI_FFA_SM90_PINGPONG, MAGI_FFA_SM90_CTAS).
+//                           MAGI_FFA_SM90_PINGPONG, MAGI_FFA_SM90_CTAS).
 //   --fwd-hammer N          the --fwd-time shapes (those matching --filter) launched N times each, a
 //                           synchronization every 100 launches (hang hunting).
 // and forward cases aimed at the sm90 kernel's edges (stage ring wrap-around, key tiles that straddle the
@@ -314,12 +314,12 @@ inline std::vector<CrossCase> time_cases() {
 // hammer > 0: instead of timing, launch each selected case `hammer` times back to back (a stream
 // synchronization every 100 launches reports progress and any error): intermittent-hang hunting.
 inline int fwd_time(int hammer = 0, const std::string& filter = "") {
+  // Only for the label: the library reads (and checks) these itself (ffi/cuda/common/env.cu).
   const char* env_kernel = std::getenv("MAGI_FFA_FWD_KERNEL");
-  const char* env_xitem = std::getenv("MAGI_FFA_SM90_XITEM");
   const char* env_pingpong = std::getenv("MAGI_FFA_SM90_PINGPONG");
   char label[128];
-  std::snprintf(label, sizeof(label), "kernel=%s xitem=%s pingpong=%s", env_kernel ? env_kernel : "auto",
-                env_xitem ? env_xitem : "0", env_pingpong ? env_pingpong : "1");
+  std::snprintf(label, sizeof(label), "kernel=%s pingpong=%s", env_kernel ? env_kernel : "auto",
+                env_pingpong ? env_pingpong : "1");
   int status = 0;
   for (const CrossCase& c : time_cases()) {
     if (!filter.empty() && c.name.find(filter) == std::string::npos) continue;

@@ -1,4 +1,4 @@
-// ffa_mask.cuh: slice geometry shared by the host planner and the kernels: which cells of a slice are
+// common/mask.cuh: slice geometry shared by the host planner and the kernels: which cells of a slice are
 // visible, which key range a block of query rows can see (and the converse), and whether a tile needs
 // the per-element mask. Kept apart from the MMA code so that another inner loop can reuse it.
 #pragma once

@@ -1,4 +1,4 @@
-// ffa_sm90_ptx.cuh: Hopper (sm_90a) building blocks of the sm90 forward as inline PTX: shared-memory
+// sm90/ptx.cuh: Hopper (sm_90a) building blocks of the sm90 forward as inline PTX: shared-memory
 // matrix descriptors for wgmma, wgmma fences, mbarriers, TMA (cp.async.bulk.tensor) loads and stores,
 // proxy fences, named barriers and setmaxnreg. Only called from code compiled for sm_90a (the kernel
 // body is guarded by MAGI_FFA_SM90_ENABLED), so the sm_80 pass never assembles them.
@@ -7,7 +7,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-#include "ffa_sm90_wgmma.cuh"
+#include "sm90/wgmma.cuh"
 
 namespace magi_ffa {
 namespace sm90 {

@@ -1,14 +1,16 @@
-// ffa_plan.cuh: host-side construction of a plan's tile lists (which slices touch each query / key
+// plan.cuh: host-side construction of a plan's tile lists (which slices touch each query / key
 // tile, and the launch order). Shared by magi_ffa.cu and the self-test's CPU replay of the schedule.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <numeric>
+#include <queue>
 #include <utility>
 #include <vector>
 
-#include "ffa_mask.cuh"
+#include "common/mask.cuh"
 
 namespace magi_ffa {
 
@@ -17,7 +19,47 @@ struct HostTileLists {
   std::vector<int32_t> offsets;
   std::vector<int32_t> slices;
   std::vector<int32_t> order;
+  std::vector<int64_t> cost;  // visible cells per tile
 };
+
+// A schedule (params.cuh: Schedule) on the host before upload.
+struct HostSchedule {
+  int32_t lanes = 0;
+  int32_t group = 1;
+  std::vector<int32_t> offsets;
+  std::vector<int32_t> entries;
+};
+
+// Greedy list schedule of one group of `group` heads over `lanes` persistent CTAs: items in costliest-first
+// tile order (the heads of a tile next to each other), each to the lane with the least estimated work so
+// far (ties: the lowest lane, so the schedule is a pure function of the plan). An item's estimate is its
+// tile's visible cells plus `item_overhead` (the fixed cost of an item: loads, epilogue; it also places
+// tiles that see nothing, which still run to write their rows).
+inline HostSchedule build_schedule(const HostTileLists& lists, int32_t lanes, int32_t group, int64_t item_overhead) {
+  HostSchedule schedule;
+  schedule.lanes = lanes;
+  schedule.group = group;
+  std::vector<std::vector<int32_t>> per_lane(static_cast<size_t>(lanes));
+  using Load = std::pair<int64_t, int32_t>;  // (work so far, lane)
+  std::priority_queue<Load, std::vector<Load>, std::greater<Load>> least;
+  for (int32_t lane = 0; lane < lanes; ++lane) least.emplace(0, lane);
+  for (const int32_t tile : lists.order) {
+    for (int32_t head = 0; head < group; ++head) {
+      const Load next = least.top();
+      least.pop();
+      per_lane[static_cast<size_t>(next.second)].push_back(tile * group + head);
+      least.emplace(next.first + lists.cost[static_cast<size_t>(tile)] + item_overhead, next.second);
+    }
+  }
+  schedule.offsets.assign(static_cast<size_t>(lanes) + 1, 0);
+  schedule.entries.reserve(lists.order.size() * static_cast<size_t>(group));
+  for (int32_t lane = 0; lane < lanes; ++lane) {
+    const std::vector<int32_t>& items = per_lane[static_cast<size_t>(lane)];
+    schedule.entries.insert(schedule.entries.end(), items.begin(), items.end());
+    schedule.offsets[static_cast<size_t>(lane) + 1] = static_cast<int32_t>(schedule.entries.size());
+  }
+  return schedule;
+}
 
 inline int32_t ceil_div(int32_t a, int32_t b) { return (a + b - 1) / b; }
 
@@ -61,6 +103,7 @@ inline HostTileLists build_query_tiles(const std::vector<Slice>& slices, int32_t
   HostTileLists lists;
   fill_csr(num_tiles, pairs, &lists);
   lists.order = costliest_first(cost);
+  lists.cost = std::move(cost);
   return lists;
 }
 
@@ -85,6 +128,7 @@ inline HostTileLists build_key_tiles(const std::vector<Slice>& slices, int32_t t
   HostTileLists lists;
   fill_csr(num_tiles, pairs, &lists);
   lists.order = costliest_first(cost);
+  lists.cost = std::move(cost);
   return lists;
 }
 

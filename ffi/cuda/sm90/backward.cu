@@ -1,8 +1,9 @@
-// ffa_bwd_sm90.cu: the Hopper (sm_90a) fast-mode backward main loop: dK, dV and dQ from one pass over
+// sm90/backward.cu: the Hopper (sm_90a) fast-mode backward main loop: dK, dV and dQ from one pass over
 // (key tile, query tile) pairs, with wgmma, TMA loads and TMA reduce-adds of dQ.
 //
-// Work item = (key tile of 128 keys, kv head); persistent CTAs (one per SM) take items head-major (every
-// key tile of one kv head, costliest first, then the next head: head_major_item) with a static stride. Each item is owned by one CTA, which walks every slice
+// Work item = (key tile of 128 keys, kv head); persistent CTAs (one per SM) take items in the plan's
+// schedule (params.cuh: Schedule, ItemWalker: balanced lanes, a few kv heads at a time). Each item is owned
+// by one CTA, which walks every slice
 // touching its keys, every query head of the GQA group and every query tile of 64 rows that can see the
 // keys (KeyTileWalker: the same schedule as the mma.sync backward), so dK / dV of the tile are summed in
 // registers and written once, with no atomics.
@@ -17,8 +18,9 @@
 // issues dQ[:, 64 wg .. + 64) = dS K[:, 64 wg .. + 64) (wgmma, both operands transposed from shared
 // memory) and then dK_wg += dS^T Q (dS^T from registers). It waits for dQ only, and stages and adds it to
 // the fp32 dQ accumulator [total_q, hq, D] (one TMA reduce-add per 32 columns; rows past total_q are
-// clipped by TMA) while dK runs on the tensor cores: the issue order dV, dQ, dK hides the staging. Delta, zeroing and the final dq = accumulator * scale conversion
-// are the mma.sync backward's own launches (ffa_bwd.cu).
+// clipped by TMA) while dK runs on the tensor cores: the issue order dV, dQ, dK hides the staging. Delta,
+// zeroing and the final dq = accumulator * scale conversion are the shared launches of
+// common/backward_prepost.cu (dispatch.cu runs the three).
 //
 // Pipelines (mbarriers): kv_full / kv_empty (per item), full / empty per Q-dO stage (2 stages). The dS^T
 // buffer is double-buffered so one 256-thread barrier per step orders it.
@@ -29,18 +31,16 @@
 #include <cudaTypedefs.h>
 
 #include <algorithm>
-#include <atomic>
-#include <cstdlib>
-#include <cstring>
 #include <type_traits>
 
-#include "ffa_common.cuh"
-#include "ffa_internal.cuh"
-#include "ffa_launch.cuh"
-#include "ffa_sm90_bwd.cuh"
-#include "ffa_sm90_fwd.cuh"
-#include "ffa_sm90_ptx.cuh"
-#include "ffa_walkers.cuh"
+#include "common/device.cuh"
+#include "common/env.cuh"
+#include "common/params.cuh"
+#include "common/launch.cuh"
+#include "sm90/backward.cuh"
+#include "sm90/host.cuh"
+#include "sm90/ptx.cuh"
+#include "common/walkers.cuh"
 #include "magi_ffa.h"
 
 namespace magi_ffa {
@@ -59,7 +59,6 @@ struct Sm90BwdArgs {
   CUtensorMap tm_dq;  // fp32 accumulator (D, hq, total_q), box (32, 1, 64)
   BwdParams p;
   TileLists tiles;    // key tiles of kBwdBlockN keys
-  int32_t num_items;  // key tiles x kv heads
 };
 
 struct BwdLayout {
@@ -86,11 +85,14 @@ struct BwdLayout {
 __device__ __forceinline__ float bwd_lse2(float lse) { return lse == -INFINITY ? INFINITY : lse * kLog2e; }
 #endif
 
-// Timing ablations (MAGI_FFA_SM90_BWD_ABLATE, bf16 only; results are wrong): which part costs what.
+// Timing ablations (results are WRONG): which part costs what. Only an experiment build
+// (`deno task build --experiments`, MAGI_FFA_EXPERIMENTS) instantiates them, chosen by MAGI_FFA_SM90_BWD_ABLATE
+// (bf16, D = 128); the default library compiles kAblateNone only (hence [[maybe_unused]]: the kernel body is
+// all that reads the others).
 constexpr int kAblateNone = 0;
-constexpr int kAblateDqReduce = 1;  // dQ staged but not added to global memory
-constexpr int kAblateDq = 2;        // no dS^T buffer, no barrier, no dQ product, no dQ staging / reduce
-constexpr int kAblateSoftmax = 4;   // P^T = S^T scaled, no exp2, no mask
+[[maybe_unused]] constexpr int kAblateDqReduce = 1;  // dQ staged but not added to global memory
+[[maybe_unused]] constexpr int kAblateDq = 2;        // no dS^T buffer, no barrier, no dQ product, no dQ staging / reduce
+[[maybe_unused]] constexpr int kAblateSoftmax = 4;   // P^T = S^T scaled, no exp2, no mask
 
 template <typename T, int D, int kAblate, bool kSoftcap>
 __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __grid_constant__ Sm90BwdArgs args) {
@@ -155,8 +157,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
     int step = 0;
     int item_count = 0;
     uint32_t tmp_phase = 0;
-    for (int w = blockIdx.x; w < args.num_items; w += gridDim.x, ++item_count) {
-      const TileHead item = head_major_item(args.tiles, w);
+    ItemWalker items(args.tiles.schedules.for_heads(p.hkv), p.hkv);
+    for (TileHead item; items.next(&item); ++item_count) {
       const int tile = item.tile;
       const int hk = item.head;
       const int n0 = tile * BN;
@@ -296,8 +298,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1) ffa_bwd_sm90_kernel(const __gr
     const int key_row0 = 64 * cw + 16 * warp_in_wg + g;  // tile-local key of the thread's first row
     int step = 0;
     int item_count = 0;
-    for (int w = blockIdx.x; w < args.num_items; w += gridDim.x, ++item_count) {
-      const TileHead item = head_major_item(args.tiles, w);
+    ItemWalker items(args.tiles.schedules.for_heads(p.hkv), p.hkv);
+    for (TileHead item; items.next(&item); ++item_count) {
       const int tile = item.tile;
       const int hk = item.head;
       const int n0 = tile * BN;
@@ -529,7 +531,6 @@ cudaError_t launch_typed(const BwdParams& params, const TileLists& tiles, float*
   Sm90BwdArgs args;
   args.p = params;
   args.tiles = tiles;
-  args.num_items = static_cast<int32_t>(items);
   const int tq = params.plan.total_q, tk = params.plan.total_k;
   if (!sm90_encode_thd(&args.tm_q, params.q, tq, params.hq, D, 64, kBwdBlockM, dtype, false) ||
       !sm90_encode_thd(&args.tm_do, params.dout, tq, params.hq, D, 64, kBwdBlockM, dtype, false) ||
@@ -538,35 +539,16 @@ cudaError_t launch_typed(const BwdParams& params, const TileLists& tiles, float*
       !sm90_encode_thd(&args.tm_dq, dq_accum, tq, params.hq, D, 32, kBwdBlockM, dtype, true)) {
     return cudaErrorInvalidValue;
   }
+  const Schedule& schedule = tiles.schedules.for_heads(params.hkv);
+  if (schedule.lanes <= 0) return cudaErrorInvalidValue;  // the plan was made on a device without sm90 kernels
   int ctas = 0;
   cudaError_t err = sm90_persistent_ctas(&ctas);
   if (err != cudaSuccess) return err;
-  const int grid = static_cast<int>(std::min<int64_t>(items, ctas));
+  const int grid = std::min(schedule.lanes, ctas);
   err = ensure_dynamic_smem<ffa_bwd_sm90_kernel<T, D, kAblate, kSoftcap>>(BwdLayout::kSmemBytes);
   if (err != cudaSuccess) return err;
   ffa_bwd_sm90_kernel<T, D, kAblate, kSoftcap><<<static_cast<unsigned>(grid), kBwdThreads, BwdLayout::kSmemBytes, stream>>>(args);
   return cudaGetLastError();
-}
-
-// MAGI_FFA_SM90_BWD_ABLATE (read once): a timing ablation (kAblate* bits), 0 = none.
-int ablation() {
-  static const int value = [] {
-    const char* text = std::getenv("MAGI_FFA_SM90_BWD_ABLATE");
-    return text != nullptr ? std::atoi(text) : 0;
-  }();
-  return value;
-}
-
-// MAGI_FFA_BWD_KERNEL, read once: 0 unset / empty (auto), 1 "sm80", 2 "sm90", 3 anything else.
-int forced_bwd_kernel() {
-  static const int forced = [] {
-    const char* value = std::getenv("MAGI_FFA_BWD_KERNEL");
-    if (value == nullptr || value[0] == '\0') return 0;
-    if (std::strcmp(value, "sm80") == 0) return 1;
-    if (std::strcmp(value, "sm90") == 0) return 2;
-    return 3;
-  }();
-  return forced;
 }
 
 template <int D>
@@ -579,8 +561,9 @@ cudaError_t launch_dim(const BwdParams& params, const TileLists& tiles, float* d
                 : launch_typed<__half, D, kAblateNone, true>(params, tiles, dq_accum, dtype, stream);
   }
   if (!bf16) return launch_typed<__half, D, kAblateNone>(params, tiles, dq_accum, dtype, stream);
+#if MAGI_FFA_EXPERIMENTS
   if constexpr (D == 128) {
-    switch (ablation()) {
+    switch (env_config().sm90_bwd_ablate) {
       case kAblateDqReduce:
         return launch_typed<__nv_bfloat16, D, kAblateDqReduce>(params, tiles, dq_accum, dtype, stream);
       case kAblateDq:
@@ -593,30 +576,11 @@ cudaError_t launch_dim(const BwdParams& params, const TileLists& tiles, float* d
         break;
     }
   }
+#endif
   return launch_typed<__nv_bfloat16, D, kAblateNone>(params, tiles, dq_accum, dtype, stream);
 }
 
 }  // namespace
-
-int select_backward_kernel(int head_dim, int dtype, const char** why_not) {
-  const int forced = forced_bwd_kernel();
-  if (forced == 1) return kBackwardKernelSm80;
-  if (forced == 3) {
-    *why_not = "the environment variable MAGI_FFA_BWD_KERNEL must be sm80, sm90 or unset";
-    return -1;
-  }
-  const bool supported = (head_dim == 64 || head_dim == 128) &&
-                         (dtype == MAGI_FFA_DTYPE_BFLOAT16 || dtype == MAGI_FFA_DTYPE_FLOAT16) &&
-                         sm90_current_device_is_sm90();
-  if (forced == 2) {
-    if (!supported) {
-      *why_not = "MAGI_FFA_BWD_KERNEL=sm90 needs an sm_90 device, head_dim 64 or 128 and bf16 / fp16";
-      return -1;
-    }
-    return kBackwardKernelSm90;
-  }
-  return supported ? kBackwardKernelSm90 : kBackwardKernelSm80;
-}
 
 cudaError_t launch_backward_sm90(const BwdParams& params, const TileLists& tiles, float* dq_accum, int head_dim,
                                  int dtype, cudaStream_t stream) {
