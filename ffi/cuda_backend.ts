@@ -390,35 +390,33 @@ export function cudaForward(
   const opts = parseForwardOptions(rawOptions);
   const shape = validateForwardArgs(q, k, v, key, opts);
   checkHostInputs([q, k, v], ["q", "k", "v"]);
-  return runForward(q, k, v, key, shape, opts);
+  return runForward([q, k, v], key, shape, opts);
 }
 
 /**
- * Internal (for `lib/backends/ffa.ts`, which has validated the call): {@linkcode cudaForward} without
- * validating again. `shape` must be what `validateForwardArgs(q, k, v, key, …)` returned for these very
- * objects; anything else is validated in full, so a direct caller cannot skip the checks.
+ * Internal (for `lib/backends/ffa.ts`, which has validated the call): {@linkcode cudaForward} of
+ * `inputs` = q, k, v without validating again. `shape` must be what `validateForwardArgs(q, k, v, key, …)`
+ * returned for these very objects; anything else is validated in full, so a direct caller cannot skip
+ * the checks.
  */
 export function cudaForwardValidated(
-  q: CudaInput,
-  k: CudaInput,
-  v: CudaInput,
+  inputs: readonly [CudaInput, CudaInput, CudaInput],
   key: FlexKey,
   shape: ForwardShape,
   opts: CudaKernelOptions,
 ): Promise<CudaForwardResult> {
-  if (!isValidatedCall(shape, [q, k, v, key])) return cudaForward(q, k, v, key, opts);
-  return runForward(q, k, v, key, shape, opts);
+  if (!isValidatedCall(shape, [...inputs, key])) return cudaForward(...inputs, key, opts);
+  return runForward(inputs, key, shape, opts);
 }
 
+/** The forward after validation; `inputs` are q, k and v. */
 async function runForward(
-  q: CudaInput,
-  k: CudaInput,
-  v: CudaInput,
+  inputs: readonly CudaInput[],
   key: FlexKey,
   shape: ForwardShape,
   opts: CudaForwardOptions,
 ): Promise<CudaForwardResult> {
-  const inputs = [q, k, v];
+  const [q, k, v] = inputs;
   const library = resolveLibrary(inputs, opts);
   const dtypeCode = checkGpuSupport(shape, library);
   checkSameLibrary(inputs, ["q", "k", "v"], library);
@@ -563,42 +561,32 @@ export function cudaBackward(
   const opts = parseBackwardOptions(rawOptions);
   const shape = validateBackwardArgs(dout, q, k, v, out, lse, key, opts);
   checkHostInputs([dout, q, k, v, out, lse], ["dout", "q", "k", "v", "out", "lse"]);
-  return runBackward(dout, q, k, v, out, lse, key, shape, opts);
+  return runBackward([dout, q, k, v, out, lse], key, shape, opts);
 }
 
 /**
- * Internal (for `lib/backends/ffa.ts`): {@linkcode cudaBackward} trusting a `shape` that
- * `validateBackwardArgs` returned for these very objects (anything else is validated in full).
+ * Internal (for `lib/backends/ffa.ts`): {@linkcode cudaBackward} of `inputs` = dout, q, k, v, out, lse,
+ * trusting a `shape` that `validateBackwardArgs` returned for these very objects (anything else is
+ * validated in full).
  */
 export function cudaBackwardValidated(
-  dout: CudaInput,
-  q: CudaInput,
-  k: CudaInput,
-  v: CudaInput,
-  out: CudaInput,
-  lse: CudaInput,
+  inputs: readonly [CudaInput, CudaInput, CudaInput, CudaInput, CudaInput, CudaInput],
   key: FlexKey,
   shape: ForwardShape,
   opts: CudaKernelOptions,
 ): Promise<CudaBackwardResult> {
-  if (!isValidatedCall(shape, [dout, q, k, v, out, lse, key])) {
-    return cudaBackward(dout, q, k, v, out, lse, key, opts);
-  }
-  return runBackward(dout, q, k, v, out, lse, key, shape, opts);
+  if (!isValidatedCall(shape, [...inputs, key])) return cudaBackward(...inputs, key, opts);
+  return runBackward(inputs, key, shape, opts);
 }
 
+/** The backward after validation; `inputs` are dout, q, k, v, out and lse. */
 async function runBackward(
-  dout: CudaInput,
-  q: CudaInput,
-  k: CudaInput,
-  v: CudaInput,
-  out: CudaInput,
-  lse: CudaInput,
+  inputs: readonly CudaInput[],
   key: FlexKey,
   shape: ForwardShape,
   opts: CudaBackwardOptions,
 ): Promise<CudaBackwardResult> {
-  const inputs = [dout, q, k, v, out, lse];
+  const [, q, k, v] = inputs;
   const library = resolveLibrary(inputs, opts);
   const dtypeCode = checkGpuSupport(shape, library);
   checkSameLibrary(inputs, ["dout", "q", "k", "v", "out", "lse"], library);

@@ -530,6 +530,16 @@ class FakeModel {
   layers = [{ selfAttn: new FakeSelfAttention() }, { selfAttn: new FakeSelfAttention() }];
 }
 
+/** A two-layer "magi" model with causal(8) stamped whose first layer only has run its magi forward. */
+async function stampedModelAfterFirstLayer(): Promise<FakeModel> {
+  const model = new FakeModel();
+  model.config.attnImplementation = "magi";
+  setAttnSpecOnAttention(model, AttnMaskSpec.causal(8));
+  const q = randomTensor([1, 2, 8, 4]);
+  await magiAttentionForward(model.layers[0].selfAttn, q, q, q, null, {});
+  return model;
+}
+
 let scriptCount = 0;
 
 /** Runs `code` in a fresh `deno run` with only `flags`; it prints one JSON line `{ name, message, field, unchanged }`. */
@@ -1477,11 +1487,7 @@ export const BAD_INPUT_CASES: readonly BadInputCase[] = [
     errorClass: "AttnSpecNotConsumedError",
     message: /not consumed by 1 of them: layers\[1\]\.selfAttn[\s\S]*allowSkip/,
     setup: async () => {
-      const model = new FakeModel();
-      model.config.attnImplementation = "magi";
-      setAttnSpecOnAttention(model, AttnMaskSpec.causal(8));
-      const q = randomTensor([1, 2, 8, 4]);
-      await magiAttentionForward(model.layers[0].selfAttn, q, q, q, null, {});
+      const model = await stampedModelAfterFirstLayer();
       return {
         inputs: { model },
         call: () => closeAttnSpecStep(model),
@@ -1496,11 +1502,7 @@ export const BAD_INPUT_CASES: readonly BadInputCase[] = [
     errorClass: "AttnSpecNotConsumedError",
     message: /not consumed by 1 of them[\s\S]*finish the step's forward before stamping the next/,
     setup: async () => {
-      const model = new FakeModel();
-      model.config.attnImplementation = "magi";
-      setAttnSpecOnAttention(model, AttnMaskSpec.causal(8));
-      const q = randomTensor([1, 2, 8, 4]);
-      await magiAttentionForward(model.layers[0].selfAttn, q, q, q, null, {});
+      const model = await stampedModelAfterFirstLayer();
       return {
         inputs: { model },
         call: () => setAttnSpecOnAttention(model, AttnMaskSpec.varlen([4, 4])),

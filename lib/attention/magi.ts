@@ -17,7 +17,7 @@ import { flexFlashAttnForward } from "../backends/ffa.ts";
 import { compileFlexKey } from "../masks/flex_key.ts";
 import { bhsdToThd, reshape } from "../core/layout.ts";
 import { AttnMaskSpec, checkAttnMaskSpec } from "../masks/spec.ts";
-import { beginStampedForward, endStampedForward } from "./stamping.ts";
+import { beginStampedForward, runStampedForward } from "./stamping.ts";
 import { checkHostTensor, type HostTensor } from "../core/tensor.ts";
 import type { FlexKey } from "../core/types.ts";
 
@@ -63,22 +63,10 @@ export async function magiAttentionForward(
 ): Promise<[HostTensor, null]> {
   checkAttentionModule(module);
   const use = beginStampedForward(module);
-  let succeeded = false;
-  try {
-    const result = await runMagiForward(
-      module,
-      use?.spec ?? null,
-      query,
-      key,
-      value,
-      attentionMask,
-      rawOptions,
-    );
-    succeeded = true;
-    return result;
-  } finally {
-    endStampedForward(use, succeeded);
-  }
+  return await runStampedForward(
+    use,
+    () => runMagiForward(module, use?.spec ?? null, query, key, value, attentionMask, rawOptions),
+  );
 }
 
 async function runMagiForward(
@@ -278,14 +266,10 @@ export function makeMagiAttnFunc(factoryOptions: { softmaxScale?: number } = {})
         options.module !== undefined
       ? beginStampedForward(options.module)
       : null;
-    let succeeded = false;
-    try {
-      const out = await runFactoryCall(q, k, v, options, use?.spec ?? null, softmaxScale);
-      succeeded = true;
-      return out;
-    } finally {
-      endStampedForward(use, succeeded);
-    }
+    return await runStampedForward(
+      use,
+      () => runFactoryCall(q, k, v, options, use?.spec ?? null, softmaxScale),
+    );
   };
 }
 

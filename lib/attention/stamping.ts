@@ -561,7 +561,7 @@ export function stampedSpecOf(module: object): AttnMaskSpec | null {
 /**
  * Starts a magi forward on `module`: reads its stamped spec and, when a step stamped it, records a
  * forward in flight. Returns null when nothing is stamped. Every non-null result must be passed to
- * {@linkcode endStampedForward} exactly once, whether the forward succeeded or threw.
+ * {@linkcode runStampedForward} with the forward, which records whether it produced its output.
  */
 export function beginStampedForward(module: object): StampedUse | null {
   const spec = stampedSpecOf(module);
@@ -579,10 +579,25 @@ export function beginStampedForward(module: object): StampedUse | null {
  * Ends a magi forward begun with {@linkcode beginStampedForward}: the module consumed the spec only if
  * the forward produced its output (`succeeded`); a failure is recorded for the guard's message.
  */
-export function endStampedForward(use: StampedUse | null, succeeded: boolean): void {
+function endStampedForward(use: StampedUse | null, succeeded: boolean): void {
   const token = use?.token;
   if (!token) return;
   token.inFlight--;
   if (succeeded) token.consumed.add(use.module);
   else token.failed++;
+}
+
+/**
+ * Runs the magi forward `run` that read `use` (from {@linkcode beginStampedForward}) and records its
+ * outcome: consumed if it produced its output, failed if it threw.
+ */
+export async function runStampedForward<T>(use: StampedUse | null, run: () => Promise<T>): Promise<T> {
+  let succeeded = false;
+  try {
+    const result = await run();
+    succeeded = true;
+    return result;
+  } finally {
+    endStampedForward(use, succeeded);
+  }
 }

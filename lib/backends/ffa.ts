@@ -237,7 +237,7 @@ export async function flexFlashAttnForward(
   };
   // Validated above: the CUDA backend trusts this call instead of checking it again.
   const result = backend === "cuda"
-    ? await cudaForwardValidated(q, k, v, flexKey, shape, kernelOptions)
+    ? await cudaForwardValidated([q, k, v], flexKey, shape, kernelOptions)
     : referenceForward(q as HostTensor, k as HostTensor, v as HostTensor, flexKey, kernelOptions);
   recordForward(result.lse, { softmaxScale: shape.softmaxScale, softcap: shape.softcap, key: flexKey });
   return result;
@@ -322,7 +322,7 @@ export async function flexFlashAttnBackward(
     libraryPath: options.libraryPath,
   };
   if (backend === "cuda") {
-    return await cudaBackwardValidated(dout, q, k, v, out, lse, flexKey, shape, kernelOptions);
+    return await cudaBackwardValidated([dout, q, k, v, out, lse], flexKey, shape, kernelOptions);
   }
   return referenceBackward(
     dout as HostTensor,
