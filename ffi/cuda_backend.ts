@@ -20,8 +20,8 @@ import type { HostTensor } from "../lib/core/tensor.ts";
 import type { FlexKey } from "../lib/core/types.ts";
 import {
   type ForwardShape,
-  isValidatedCall,
   validateBackwardArgs,
+  ValidatedCall,
   validateForwardArgs,
 } from "../lib/core/validate.ts";
 import {
@@ -395,18 +395,18 @@ export function cudaForward(
 
 /**
  * Internal (for `lib/backends/ffa.ts`, which has validated the call): {@linkcode cudaForward} of
- * `inputs` = q, k, v without validating again. `shape` must be what `validateForwardArgs(q, k, v, key, …)`
+ * `inputs` = q, k, v without validating again. `call` must be what `validateForwardCall(q, k, v, key, …)`
  * returned for these very objects; anything else is validated in full, so a direct caller cannot skip
  * the checks.
  */
 export function cudaForwardValidated(
   inputs: readonly [CudaInput, CudaInput, CudaInput],
   key: FlexKey,
-  shape: ForwardShape,
+  call: ValidatedCall,
   opts: CudaKernelOptions,
 ): Promise<CudaForwardResult> {
-  if (!isValidatedCall(shape, [...inputs, key])) return cudaForward(...inputs, key, opts);
-  return runForward(inputs, key, shape, opts);
+  if (!ValidatedCall.covers(call, [...inputs, key])) return cudaForward(...inputs, key, opts);
+  return runForward(inputs, key, call.shape, opts);
 }
 
 /** The forward after validation; `inputs` are q, k and v. */
@@ -566,17 +566,17 @@ export function cudaBackward(
 
 /**
  * Internal (for `lib/backends/ffa.ts`): {@linkcode cudaBackward} of `inputs` = dout, q, k, v, out, lse,
- * trusting a `shape` that `validateBackwardArgs` returned for these very objects (anything else is
+ * trusting a `call` that `validateBackwardCall` returned for these very objects (anything else is
  * validated in full).
  */
 export function cudaBackwardValidated(
   inputs: readonly [CudaInput, CudaInput, CudaInput, CudaInput, CudaInput, CudaInput],
   key: FlexKey,
-  shape: ForwardShape,
+  call: ValidatedCall,
   opts: CudaKernelOptions,
 ): Promise<CudaBackwardResult> {
-  if (!isValidatedCall(shape, [...inputs, key])) return cudaBackward(...inputs, key, opts);
-  return runBackward(inputs, key, shape, opts);
+  if (!ValidatedCall.covers(call, [...inputs, key])) return cudaBackward(...inputs, key, opts);
+  return runBackward(inputs, key, call.shape, opts);
 }
 
 /** The backward after validation; `inputs` are dout, q, k, v, out and lse. */

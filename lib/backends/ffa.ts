@@ -10,7 +10,7 @@ import { referenceBackward, referenceForward } from "./reference.ts";
 import { checkBackwardMatchesForward, recordForward } from "./forward_record.ts";
 import type { HostTensor } from "../core/tensor.ts";
 import type { FlexKey, PlainFlexKey } from "../core/types.ts";
-import { validateBackwardArgs, validateForwardArgs } from "../core/validate.ts";
+import { validateBackwardCall, validateForwardCall } from "../core/validate.ts";
 import { checkHostInputs, type DeviceTensor, isDeviceTensor } from "../../ffi/device.ts";
 import { cudaBackwardValidated, cudaForwardValidated } from "../../ffi/cuda_backend.ts";
 import { probeCudaBackend } from "../../ffi/library.ts";
@@ -226,7 +226,8 @@ export async function flexFlashAttnForward(
 ): Promise<FlexAttnForwardResult> {
   const { backend: requested, options } = checkOptions(rawOptions);
   const flexKey = resolveKey(key, q, k);
-  const shape = validateForwardArgs(q, k, v, flexKey, options);
+  const call = validateForwardCall([q, k, v], flexKey, options);
+  const shape = call.shape;
   checkHostInputs([q, k, v], ["q", "k", "v"]);
   const backend = resolveBackend(requested, [q, k, v], shape.headDim, options);
   const kernelOptions = {
@@ -237,7 +238,7 @@ export async function flexFlashAttnForward(
   };
   // Validated above: the CUDA backend trusts this call instead of checking it again.
   const result = backend === "cuda"
-    ? await cudaForwardValidated([q, k, v], flexKey, shape, kernelOptions)
+    ? await cudaForwardValidated([q, k, v], flexKey, call, kernelOptions)
     : referenceForward(q as HostTensor, k as HostTensor, v as HostTensor, flexKey, kernelOptions);
   recordForward(result.lse, { softmaxScale: shape.softmaxScale, softcap: shape.softcap, key: flexKey });
   return result;
@@ -307,7 +308,8 @@ export async function flexFlashAttnBackward(
 ): Promise<FlexAttnBackwardResult> {
   const { backend: requested, options } = checkOptions(rawOptions);
   const flexKey = resolveKey(key, q, k);
-  const shape = validateBackwardArgs(dout, q, k, v, out, lse, flexKey, options);
+  const call = validateBackwardCall([dout, q, k, v, out, lse], flexKey, options);
+  const shape = call.shape;
   checkHostInputs([dout, q, k, v, out, lse], ["dout", "q", "k", "v", "out", "lse"]);
   checkBackwardMatchesForward(lse, {
     softmaxScale: shape.softmaxScale,
@@ -322,7 +324,7 @@ export async function flexFlashAttnBackward(
     libraryPath: options.libraryPath,
   };
   if (backend === "cuda") {
-    return await cudaBackwardValidated([dout, q, k, v, out, lse], flexKey, shape, kernelOptions);
+    return await cudaBackwardValidated([dout, q, k, v, out, lse], flexKey, call, kernelOptions);
   }
   return referenceBackward(
     dout as HostTensor,

@@ -183,26 +183,41 @@ function resolveSoftcap(value: unknown): number {
 }
 
 /**
- * Where a returned {@linkcode ForwardShape} records the arguments it was validated for: a module-private
- * symbol (nothing outside this module can write it), so a backend handed the shape can trust it for
- * exactly those arguments and validate anything else. The record lives and dies with the shape.
+ * A validated call: the {@linkcode ForwardShape} and the very argument objects it was validated for. Only
+ * this module can make one (a private field is its brand), so a backend handed one can trust its shape for
+ * exactly those arguments and validate anything else.
  */
-const VALIDATED_FOR: unique symbol = Symbol("magi-attn validated arguments");
+export class ValidatedCall {
+  /** Sizes and resolved options of the call. */
+  readonly shape: ForwardShape;
+  readonly #args: readonly unknown[];
 
-/** Records (not enumerable: the shape still compares and prints as plain sizes) what `shape` vouches for. */
-function recordArguments(shape: ForwardShape, args: readonly unknown[]): void {
-  Object.defineProperty(shape, VALIDATED_FOR, { value: args, writable: true, configurable: true });
-}
+  private constructor(shape: ForwardShape, args: readonly unknown[]) {
+    this.shape = shape;
+    this.#args = args;
+  }
 
-/**
- * Whether `shape` was returned by {@linkcode validateForwardArgs} (or {@linkcode validateBackwardArgs})
- * for exactly these argument objects, in this order (tensors then key). O(arguments).
- */
-export function isValidatedCall(shape: ForwardShape, args: readonly unknown[]): boolean {
-  const recorded = (shape as ForwardShape & { [VALIDATED_FOR]?: readonly unknown[] })[VALIDATED_FOR];
-  if (recorded === undefined || recorded.length !== args.length) return false;
-  for (let index = 0; index < args.length; index++) if (recorded[index] !== args[index]) return false;
-  return true;
+  /**
+   * Internal: made only by {@linkcode validateForwardCall} and {@linkcode validateBackwardCall}.
+   * @param shape the validated sizes
+   * @param args the argument objects they were validated for
+   */
+  static of(shape: ForwardShape, args: readonly unknown[]): ValidatedCall {
+    return new ValidatedCall(shape, args);
+  }
+
+  /**
+   * Whether `call` was made by this module for exactly these argument objects, in this order. O(arguments).
+   * @param call a value claiming to be a validated call
+   * @param args the arguments it must cover
+   */
+  static covers(call: unknown, args: readonly unknown[]): call is ValidatedCall {
+    if (typeof call !== "object" || call === null || !(#args in call)) return false;
+    const recorded = (call as ValidatedCall).#args;
+    if (recorded.length !== args.length) return false;
+    for (let index = 0; index < args.length; index++) if (recorded[index] !== args[index]) return false;
+    return true;
+  }
 }
 
 /**
@@ -305,7 +320,6 @@ export function validateForwardArgs(
     softcap,
     dtype: q.dtype as DType,
   };
-  recordArguments(shape, [q, k, v, key]);
   return shape;
 }
 
@@ -359,6 +373,26 @@ export function validateBackwardArgs(
       "pass the lse the forward returned (always float32)",
     );
   }
-  recordArguments(shape, [dout, q, k, v, out, lse, key]);
   return shape;
+}
+
+/** {@linkcode validateForwardArgs} of `inputs` = q, k, v, remembering them: for a backend that trusts the call. */
+export function validateForwardCall(
+  inputs: readonly [ShapedTensor, ShapedTensor, ShapedTensor],
+  key: FlexKey,
+  opts: ScoreOptions = {},
+): ValidatedCall {
+  return ValidatedCall.of(validateForwardArgs(...inputs, key, opts), [...inputs, key]);
+}
+
+/**
+ * {@linkcode validateBackwardArgs} of `inputs` = dout, q, k, v, out, lse, remembering them: for a backend
+ * that trusts the call.
+ */
+export function validateBackwardCall(
+  inputs: readonly [ShapedTensor, ShapedTensor, ShapedTensor, ShapedTensor, ShapedTensor, ShapedTensor],
+  key: FlexKey,
+  opts: ScoreOptions = {},
+): ValidatedCall {
+  return ValidatedCall.of(validateBackwardArgs(...inputs, key, opts), [...inputs, key]);
 }
