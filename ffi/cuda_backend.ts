@@ -380,7 +380,7 @@ export function cudaForward(
   key: FlexKey,
   opts?: CudaForwardOptions,
 ): Promise<CudaForwardResult>;
-export function cudaForward(
+export async function cudaForward(
   q: CudaInput,
   k: CudaInput,
   v: CudaInput,
@@ -390,7 +390,7 @@ export function cudaForward(
   const opts = parseForwardOptions(rawOptions);
   const shape = validateForwardArgs(q, k, v, key, opts);
   checkHostInputs([q, k, v], ["q", "k", "v"]);
-  return runForward([q, k, v], key, shape, opts);
+  return await runForward([q, k, v], key, shape, opts);
 }
 
 /**
@@ -399,14 +399,14 @@ export function cudaForward(
  * returned for these very objects; anything else is validated in full, so a direct caller cannot skip
  * the checks.
  */
-export function cudaForwardValidated(
+export async function cudaForwardValidated(
   inputs: readonly [CudaInput, CudaInput, CudaInput],
   key: FlexKey,
   call: ValidatedCall,
   opts: CudaKernelOptions,
 ): Promise<CudaForwardResult> {
-  if (!ValidatedCall.covers(call, [...inputs, key])) return cudaForward(...inputs, key, opts);
-  return runForward(inputs, key, call.shape, opts);
+  if (!ValidatedCall.covers(call, [...inputs, key])) return await cudaForward(...inputs, key, opts);
+  return await runForward(inputs, key, call.shape, opts);
 }
 
 /** The forward after validation; `inputs` are q, k and v. */
@@ -548,7 +548,7 @@ export function cudaBackward(
   key: FlexKey,
   opts?: CudaBackwardOptions,
 ): Promise<CudaBackwardResult>;
-export function cudaBackward(
+export async function cudaBackward(
   dout: CudaInput,
   q: CudaInput,
   k: CudaInput,
@@ -561,7 +561,7 @@ export function cudaBackward(
   const opts = parseBackwardOptions(rawOptions);
   const shape = validateBackwardArgs(dout, q, k, v, out, lse, key, opts);
   checkHostInputs([dout, q, k, v, out, lse], ["dout", "q", "k", "v", "out", "lse"]);
-  return runBackward([dout, q, k, v, out, lse], key, shape, opts);
+  return await runBackward([dout, q, k, v, out, lse], key, shape, opts);
 }
 
 /**
@@ -569,14 +569,14 @@ export function cudaBackward(
  * trusting a `call` that `validateBackwardCall` returned for these very objects (anything else is
  * validated in full).
  */
-export function cudaBackwardValidated(
+export async function cudaBackwardValidated(
   inputs: readonly [CudaInput, CudaInput, CudaInput, CudaInput, CudaInput, CudaInput],
   key: FlexKey,
   call: ValidatedCall,
   opts: CudaKernelOptions,
 ): Promise<CudaBackwardResult> {
-  if (!ValidatedCall.covers(call, [...inputs, key])) return cudaBackward(...inputs, key, opts);
-  return runBackward(inputs, key, call.shape, opts);
+  if (!ValidatedCall.covers(call, [...inputs, key])) return await cudaBackward(...inputs, key, opts);
+  return await runBackward(inputs, key, call.shape, opts);
 }
 
 /** The backward after validation; `inputs` are dout, q, k, v, out and lse. */

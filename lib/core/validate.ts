@@ -211,7 +211,7 @@ export class ValidatedCall {
    * @param call a value claiming to be a validated call
    * @param args the arguments it must cover
    */
-  static covers(call: unknown, args: readonly unknown[]): call is ValidatedCall {
+  static covers(call: unknown, args: readonly unknown[]): boolean {
     if (typeof call !== "object" || call === null || !(#args in call)) return false;
     const recorded = (call as ValidatedCall).#args;
     if (recorded.length !== args.length) return false;
