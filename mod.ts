@@ -81,6 +81,7 @@ export {
   type ModelLike,
   resetAttnSpecGuard,
   setAttnSpecOnAttention,
+  type StampOptions,
 } from "./lib/attention/stamping.ts";
 export {
   deviceMemoryInfo,

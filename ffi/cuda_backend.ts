@@ -14,13 +14,20 @@
  * @module
  */
 
-import { MagiAttnInputError } from "../lib/core/errors.ts";
+import { describeValue, MagiAttnInputError } from "../lib/core/errors.ts";
+import { strictParser, z } from "../lib/core/schema.ts";
 import type { HostTensor } from "../lib/core/tensor.ts";
 import type { FlexKey } from "../lib/core/types.ts";
-import { type ForwardShape, validateBackwardArgs, validateForwardArgs } from "../lib/core/validate.ts";
+import {
+  type ForwardShape,
+  validateBackwardArgs,
+  ValidatedCall,
+  validateForwardArgs,
+} from "../lib/core/validate.ts";
 import {
   allocateDevice,
   allocateDeviceShared,
+  checkHostInputs,
   type DeviceTensor,
   downloadFrom,
   isDeviceTensor,
@@ -217,6 +224,52 @@ export function cudaUnsupportedReason(
   return gap && `\`${gap.field}\` ${gap.problem}`;
 }
 
+const kernelOptionShape = {
+  softmaxScale: z.number().positive().optional(),
+  softcap: z.number().min(0).optional(),
+  deterministic: z.boolean().optional(),
+  libraryPath: z.string().optional(),
+  stream: z.custom<Deno.PointerValue>((value) => value === null || typeof value === "object", {
+    error: (issue) => `is ${describeValue(issue.input)}, not a stream pointer`,
+  }).optional(),
+};
+
+const deviceOutput = z.custom<DeviceTensor>((value) => isDeviceTensor(value), {
+  error: (issue) => `is ${describeValue(issue.input)}, not a DeviceTensor`,
+}).optional();
+
+const KERNEL_FIXES = {
+  softmaxScale: "pass a finite number > 0, or leave it out for 1/sqrt(headDim)",
+  softcap: "pass a finite number ≥ 0 (0 turns soft-capping off)",
+  deterministic: "pass true or false",
+  libraryPath: "pass the path of libmagi_ffa.so as a string, or leave it out",
+  stream: "pass a cudaStream_t pointer (Deno.PointerValue), or leave it out for the library's stream",
+  outputs: "pass device tensors from emptyDevice(...) as { out, lse } or { dq, dk, dv }, or leave it out",
+};
+
+const parseKernelOptions = strictParser(z.strictObject(kernelOptionShape), {
+  field: "opts",
+  owner: "bindForwardLaunch",
+  fix: "pass an options object, or omit it",
+  fixes: KERNEL_FIXES,
+});
+
+const parseForwardOptions = strictParser(
+  z.strictObject({
+    ...kernelOptionShape,
+    outputs: z.strictObject({ out: deviceOutput, lse: deviceOutput }).optional(),
+  }),
+  { field: "opts", owner: "cudaForward", fix: "pass an options object, or omit it", fixes: KERNEL_FIXES },
+);
+
+const parseBackwardOptions = strictParser(
+  z.strictObject({
+    ...kernelOptionShape,
+    outputs: z.strictObject({ dq: deviceOutput, dk: deviceOutput, dv: deviceOutput }).optional(),
+  }),
+  { field: "opts", owner: "cudaBackward", fix: "pass an options object, or omit it", fixes: KERNEL_FIXES },
+);
+
 /**
  * GPU-only restrictions, after the shared validation: the dtype and head dim must be ones the loaded
  * library is compiled for (its `magi_ffa_supported_*` lists, read at load).
@@ -363,10 +416,38 @@ export async function cudaForward(
   k: CudaInput,
   v: CudaInput,
   key: FlexKey,
-  opts: CudaForwardOptions = {},
+  rawOptions: CudaForwardOptions = {},
 ): Promise<CudaForwardResult> {
+  const opts = parseForwardOptions(rawOptions);
   const shape = validateForwardArgs(q, k, v, key, opts);
-  const inputs = [q, k, v];
+  checkHostInputs([q, k, v], ["q", "k", "v"]);
+  return await runForward([q, k, v], key, shape, opts);
+}
+
+/**
+ * Internal (for `lib/backends/ffa.ts`, which has validated the call): {@linkcode cudaForward} of
+ * `inputs` = q, k, v without validating again. `call` must be what `validateForwardCall(q, k, v, key, …)`
+ * returned for these very objects; anything else is validated in full, so a direct caller cannot skip
+ * the checks.
+ */
+export async function cudaForwardValidated(
+  inputs: readonly [CudaInput, CudaInput, CudaInput],
+  key: FlexKey,
+  call: ValidatedCall,
+  opts: CudaKernelOptions,
+): Promise<CudaForwardResult> {
+  if (!ValidatedCall.covers(call, [...inputs, key])) return await cudaForward(...inputs, key, opts);
+  return await runForward(inputs, key, call.shape, opts);
+}
+
+/** The forward after validation; `inputs` are q, k and v. */
+async function runForward(
+  inputs: readonly CudaInput[],
+  key: FlexKey,
+  shape: ForwardShape,
+  opts: CudaForwardOptions,
+): Promise<CudaForwardResult> {
+  const [q, k, v] = inputs;
   const library = resolveLibrary(inputs, opts);
   const dtypeCode = checkGpuSupport(shape, library);
   checkSameLibrary(inputs, ["q", "k", "v"], library);
@@ -436,8 +517,9 @@ export function bindForwardLaunch(
   v: DeviceTensor,
   key: FlexKey,
   outputs: { out: DeviceTensor; lse: DeviceTensor },
-  opts: CudaKernelOptions = {},
+  rawOptions: CudaKernelOptions = {},
 ): () => void {
+  const opts = parseKernelOptions(rawOptions);
   const shape = validateForwardArgs(q, k, v, key, opts);
   const inputs = [q, k, v];
   if (!allOnDevice(inputs)) throw outputsNeedDeviceInputs();
@@ -505,10 +587,37 @@ export async function cudaBackward(
   out: CudaInput,
   lse: CudaInput,
   key: FlexKey,
-  opts: CudaBackwardOptions = {},
+  rawOptions: CudaBackwardOptions = {},
 ): Promise<CudaBackwardResult> {
+  const opts = parseBackwardOptions(rawOptions);
   const shape = validateBackwardArgs(dout, q, k, v, out, lse, key, opts);
-  const inputs = [dout, q, k, v, out, lse];
+  checkHostInputs([dout, q, k, v, out, lse], ["dout", "q", "k", "v", "out", "lse"]);
+  return await runBackward([dout, q, k, v, out, lse], key, shape, opts);
+}
+
+/**
+ * Internal (for `lib/backends/ffa.ts`): {@linkcode cudaBackward} of `inputs` = dout, q, k, v, out, lse,
+ * trusting a `call` that `validateBackwardCall` returned for these very objects (anything else is
+ * validated in full).
+ */
+export async function cudaBackwardValidated(
+  inputs: readonly [CudaInput, CudaInput, CudaInput, CudaInput, CudaInput, CudaInput],
+  key: FlexKey,
+  call: ValidatedCall,
+  opts: CudaKernelOptions,
+): Promise<CudaBackwardResult> {
+  if (!ValidatedCall.covers(call, [...inputs, key])) return await cudaBackward(...inputs, key, opts);
+  return await runBackward(inputs, key, call.shape, opts);
+}
+
+/** The backward after validation; `inputs` are dout, q, k, v, out and lse. */
+async function runBackward(
+  inputs: readonly CudaInput[],
+  key: FlexKey,
+  shape: ForwardShape,
+  opts: CudaBackwardOptions,
+): Promise<CudaBackwardResult> {
+  const [, q, k, v] = inputs;
   const library = resolveLibrary(inputs, opts);
   const dtypeCode = checkGpuSupport(shape, library);
   checkSameLibrary(inputs, ["dout", "q", "k", "v", "out", "lse"], library);

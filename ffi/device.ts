@@ -12,8 +12,11 @@
  * @module
  */
 
-import { MagiAttnInputError } from "../lib/core/errors.ts";
+import { BackendUnavailableError, describeValue, MagiAttnInputError } from "../lib/core/errors.ts";
+import { strictParser, z } from "../lib/core/schema.ts";
 import {
+  checkHostTensor,
+  checkShape,
   type DType,
   type HostTensor,
   numel,
@@ -27,6 +30,7 @@ import {
   type CudaLibrary,
   type LibraryOptions,
   loadCudaLibrary,
+  probeCudaBackend,
 } from "./library.ts";
 
 /** Options of the functions that touch device memory. */
@@ -149,19 +153,58 @@ export function isDeviceTensor(value: unknown): value is DeviceTensor {
   return value instanceof DeviceTensor;
 }
 
-function checkShape(shape: readonly number[], field: string): void {
-  if (!Array.isArray(shape) || shape.some((dim) => !Number.isSafeInteger(dim) || dim < 0)) {
-    throw new MagiAttnInputError(
-      field,
-      `is ${JSON.stringify(shape)}`,
-      "give non-negative integer dimensions",
-    );
+function checkDType(dtype: unknown, field: string): asserts dtype is DType {
+  if (typeof dtype !== "string" || !(dtype in BYTES_PER_ELEMENT)) {
+    throw new MagiAttnInputError(field, `is ${describeValue(dtype)}`, "use float16, bfloat16 or float32");
   }
 }
 
-function checkDType(dtype: unknown, field: string): asserts dtype is DType {
-  if (typeof dtype !== "string" || !(dtype in BYTES_PER_ELEMENT)) {
-    throw new MagiAttnInputError(field, `is ${JSON.stringify(dtype)}`, "use float16, bfloat16 or float32");
+const pointerValue = z.custom<Deno.PointerValue>((value) => value === null || typeof value === "object", {
+  error: (issue) => `is ${describeValue(issue.input)}, not a stream pointer`,
+});
+
+const DEVICE_FIXES = {
+  libraryPath: "pass the path of libmagi_ffa.so as a string, or leave it out",
+  stream: "pass a cudaStream_t pointer (Deno.PointerValue), or leave it out for the library's stream",
+};
+
+const parseDeviceOptions = strictParser(
+  z.strictObject({ libraryPath: z.string().optional(), stream: pointerValue.optional() }),
+  {
+    field: "opts",
+    owner: "the device functions",
+    fix: "pass { libraryPath, stream } or nothing",
+    fixes: DEVICE_FIXES,
+  },
+);
+
+const parseLibraryOptions = strictParser(
+  z.strictObject({ libraryPath: z.string().optional() }),
+  { field: "opts", owner: "this function", fix: "pass { libraryPath } or nothing", fixes: DEVICE_FIXES },
+);
+
+/**
+ * The library for device memory, and a check that it can run on this machine: a library that loads on a
+ * machine without a driver or GPU gives the same {@linkcode BackendUnavailableError} as the rest of the
+ * API (not a CUDA status from the first allocation).
+ */
+function deviceLibrary(opts: LibraryOptions): CudaLibrary {
+  const library = loadCudaLibrary(opts);
+  const probe = probeCudaBackend(opts);
+  if (!probe.available) {
+    throw new BackendUnavailableError(
+      `magi-attn: the CUDA backend is not available for device tensors: ${probe.reason}. Fix: run on a ` +
+        "machine with an NVIDIA driver and a GPU of compute capability ≥ 8.0, or keep the tensors on the host " +
+        '(backend "cpu" takes host tensors).',
+    );
+  }
+  return library;
+}
+
+/** Checks the host tensors among `tensors` (named by `names`); device tensors are checked by their constructor. */
+export function checkHostInputs(tensors: readonly unknown[], names: readonly string[]): void {
+  for (let index = 0; index < tensors.length; index++) {
+    if (!isDeviceTensor(tensors[index])) checkHostTensor(tensors[index], names[index]);
   }
 }
 
@@ -236,28 +279,7 @@ const allocationSlot = new BigUint64Array(1);
 export function emptyDevice(shape: readonly number[], dtype: DType, opts: LibraryOptions = {}): DeviceTensor {
   checkShape(shape, "shape");
   checkDType(dtype, "dtype");
-  return allocateDevice(loadCudaLibrary(opts), shape, dtype);
-}
-
-function checkHostTensor(host: HostTensor, field: string): void {
-  if (!host || typeof host !== "object" || !ArrayBuffer.isView(host.data)) {
-    throw new MagiAttnInputError(
-      field,
-      "is not a HostTensor",
-      "build it with tensor(...) or randomTensor(...)",
-    );
-  }
-  checkDType(host.dtype, `${field}.dtype`);
-  checkShape(host.shape, `${field}.shape`);
-  const expected = numel(host.shape);
-  if (host.data.length !== expected || host.data.BYTES_PER_ELEMENT !== BYTES_PER_ELEMENT[host.dtype]) {
-    throw new MagiAttnInputError(
-      `${field}.data`,
-      `is a ${host.data.constructor.name} of ${host.data.length} elements but ${field} is ` +
-        `[${host.shape.join(", ")}] ${host.dtype}`,
-      "build the tensor with tensor(data, shape, dtype) so data, shape and dtype agree",
-    );
-  }
+  return allocateDevice(deviceLibrary(parseLibraryOptions(opts)), shape, dtype);
 }
 
 /**
@@ -278,9 +300,10 @@ function checkHostTensor(host: HostTensor, field: string): void {
  * }
  * ```
  */
-export function toDevice(host: HostTensor, opts: DeviceOptions = {}): DeviceTensor {
+export function toDevice(host: HostTensor, rawOptions: DeviceOptions = {}): DeviceTensor {
   checkHostTensor(host, "host");
-  const library = loadCudaLibrary(opts);
+  const opts = parseDeviceOptions(rawOptions);
+  const library = deviceLibrary(opts);
   return uploadTo(library, host, opts.stream === undefined ? library.stream() : opts.stream);
 }
 
@@ -333,8 +356,9 @@ function isHostTensorLike(value: unknown): value is HostTensor {
  */
 export async function toHost(
   input: HostTensor | DeviceTensor,
-  opts: DeviceOptions = {},
+  rawOptions: DeviceOptions = {},
 ): Promise<HostTensor> {
+  const opts = parseDeviceOptions(rawOptions);
   if (!isDeviceTensor(input)) {
     if (isHostTensorLike(input)) return input;
     throw new MagiAttnInputError(
@@ -391,7 +415,12 @@ export async function downloadFrom(device: DeviceTensor, stream: Deno.PointerVal
 }
 
 /** Sets every byte of `device` to `byteValue` (0–255) on the stream; 0xFF turns fp16/bf16/fp32 into NaN. */
-export function fillDeviceBytes(device: DeviceTensor, byteValue: number, opts: DeviceOptions = {}): void {
+export function fillDeviceBytes(
+  device: DeviceTensor,
+  byteValue: number,
+  rawOptions: DeviceOptions = {},
+): void {
+  const opts = parseDeviceOptions(rawOptions);
   if (!Number.isInteger(byteValue) || byteValue < 0 || byteValue > 255) {
     throw new MagiAttnInputError("byteValue", `is ${byteValue}`, "pass an integer byte value 0–255");
   }
@@ -411,8 +440,9 @@ export function fillDeviceBytes(device: DeviceTensor, byteValue: number, opts: D
  * then the legacy default stream, where allocations and frees are ordered, so that memory freed by
  * `dispose()` is back in the driver's hands when this resolves.
  */
-export async function synchronize(opts: DeviceOptions = {}): Promise<void> {
-  const library = loadCudaLibrary(opts);
+export async function synchronize(rawOptions: DeviceOptions = {}): Promise<void> {
+  const opts = parseDeviceOptions(rawOptions);
+  const library = deviceLibrary(opts);
   const streams = opts.stream === undefined ? [library.stream(), null] : [opts.stream];
   for (const stream of streams) {
     checkWorkerStatus(
@@ -424,7 +454,7 @@ export async function synchronize(opts: DeviceOptions = {}): Promise<void> {
 
 /** Free and total memory of the current GPU, in bytes. */
 export function deviceMemoryInfo(opts: LibraryOptions = {}): { freeBytes: number; totalBytes: number } {
-  const library = loadCudaLibrary(opts);
+  const library = deviceLibrary(parseLibraryOptions(opts));
   const free = new BigUint64Array(1);
   const total = new BigUint64Array(1);
   checkStatus(library, library.symbols.magi_ffa_mem_info(free, total), "magi_ffa_mem_info");

@@ -14,10 +14,14 @@
 import { MAGI_FFA_ABI_VERSION } from "../ffi/ffi.ts";
 import { MagiAttnInputError } from "../lib/core/errors.ts";
 import { compileFlexKey, denseMask, flexKeyCacheSize, sliceArea, toFlexKey } from "../lib/masks/flex_key.ts";
-import { flexFlashAttnBackward, flexFlashAttnForward } from "../lib/backends/ffa.ts";
+import { backendInfo, flexFlashAttnBackward, flexFlashAttnForward } from "../lib/backends/ffa.ts";
 import { magiAttentionForward, makeMagiAttnFunc } from "../lib/attention/magi.ts";
-import { ALL_ATTENTION_FUNCTIONS, AttentionInterface } from "../lib/attention/registry.ts";
-import { AttnMaskSpec, specSliceArrays } from "../lib/masks/spec.ts";
+import {
+  ALL_ATTENTION_FUNCTIONS,
+  AttentionInterface,
+  sdpaAttentionForward,
+} from "../lib/attention/registry.ts";
+import { AttnMaskSpec, isAttnMaskSpec, specSliceArrays } from "../lib/masks/spec.ts";
 import { closeAttnSpecStep, resetAttnSpecGuard, setAttnSpecOnAttention } from "../lib/attention/stamping.ts";
 import { maskToSvg } from "../lib/masks/svg.ts";
 import { type DType, type HostTensor, randomTensor, tensor } from "../lib/core/tensor.ts";
@@ -33,6 +37,10 @@ export interface BadInputEnv {
   readonly fakeLibrary?: string;
   /** A fake library reporting ABI version 999 (absent without gcc). */
   readonly wrongAbiLibrary?: string;
+  /** A fake library that loads but finds no driver, as on a machine without a GPU (absent without gcc). */
+  readonly noDriverLibrary?: string;
+  /** `lib/core` and `lib/masks` copied elsewhere: a second copy of the module, as a second import gives. */
+  readonly secondCopySpecModule: string;
   /** A text file named like a library. */
   readonly notALibrary: string;
   /** Why gcc rows are skipped, when they are. */
@@ -141,12 +149,21 @@ int32_t magi_ffa_supported_head_dims(int32_t* out, int32_t capacity, int32_t* co
 int32_t magi_ffa_supported_dtypes(int32_t* out, int32_t capacity, int32_t* count) {
   return copy_list(fake_dtypes, 2, out, capacity, count);
 }
+#ifdef FAKE_NO_DRIVER
+/* A machine without a driver: the library loads, every CUDA call fails with cudaErrorInsufficientDriver. */
+int32_t magi_ffa_device_count(int32_t* count) { *count = 0; return 35; }
+#else
 int32_t magi_ffa_device_count(int32_t* count) { *count = 1; return 0; }
+#endif
 int32_t magi_ffa_device_name(int32_t d, char* name, size_t capacity) { snprintf(name, capacity, "Fake GPU"); return 0; }
 int32_t magi_ffa_device_capability(int32_t d, int32_t* major, int32_t* minor) { *major = 9; *minor = 0; return 0; }
 int32_t magi_ffa_set_device(int32_t d) { return 0; }
 int32_t magi_ffa_mem_info(size_t* free_bytes, size_t* total_bytes) { *free_bytes = 1 << 20; *total_bytes = 1 << 21; return 0; }
+#ifdef FAKE_NO_DRIVER
+int32_t magi_ffa_malloc(void** p, size_t bytes) { *p = 0; return 35; }
+#else
 int32_t magi_ffa_malloc(void** p, size_t bytes) { *p = calloc(1, bytes ? bytes : 1); return 0; }
+#endif
 int32_t magi_ffa_free(void* p) { free(p); return 0; }
 int32_t magi_ffa_memset(void* p, int32_t value, size_t bytes, void* s) { memset(p, value, bytes); return 0; }
 int32_t magi_ffa_memcpy_h2d(void* d, const void* h, size_t bytes, void* s) { memcpy(d, h, bytes); return 0; }
@@ -205,13 +222,24 @@ export function prepareBadInputEnv(): BadInputEnv {
   Deno.writeTextFileSync(notALibrary, "this is a text file, not a shared library\n");
   Deno.mkdirSync(`${dir}/good`);
   Deno.mkdirSync(`${dir}/wrong_abi`);
+  Deno.mkdirSync(`${dir}/no_driver`);
   const goodError = compile(source, `${dir}/good/libmagi_ffa.so`, []);
   const wrongError = goodError ?? compile(source, `${dir}/wrong_abi/libmagi_ffa.so`, ["-DFAKE_ABI=999"]);
-  const gccMissing = goodError ?? wrongError;
+  const noDriverError = wrongError ??
+    compile(source, `${dir}/no_driver/libmagi_ffa.so`, ["-DFAKE_NO_DRIVER"]);
+  const gccMissing = goodError ?? wrongError ?? noDriverError;
+  for (const folder of ["core", "masks"]) {
+    Deno.mkdirSync(`${dir}/copy/lib/${folder}`, { recursive: true });
+    for (const entry of Deno.readDirSync(`${REPO_ROOT}lib/${folder}`)) {
+      Deno.copyFileSync(`${REPO_ROOT}lib/${folder}/${entry.name}`, `${dir}/copy/lib/${folder}/${entry.name}`);
+    }
+  }
   return {
     dir,
     fakeLibrary: gccMissing ? undefined : `${dir}/good/libmagi_ffa.so`,
     wrongAbiLibrary: gccMissing ? undefined : `${dir}/wrong_abi/libmagi_ffa.so`,
+    noDriverLibrary: gccMissing ? undefined : `${dir}/no_driver/libmagi_ffa.so`,
+    secondCopySpecModule: `file://${dir}/copy/lib/masks/spec.ts`,
     notALibrary,
     gccMissing: gccMissing ? `gcc could not build the fake library: ${gccMissing.slice(0, 200)}` : undefined,
     sentinels: [
@@ -244,7 +272,7 @@ export async function snapshot(value: unknown, seen: Map<object, number> = new M
   if (value === null || typeof value !== "object") return value ?? "undefined";
   if (seen.has(value)) return `[cycle ${seen.get(value)}]`;
   seen.set(value, seen.size);
-  if (value instanceof AttnMaskSpec) {
+  if (isAttnMaskSpec(value)) {
     const { qRanges, kRanges, attnTypes } = specSliceArrays(value);
     return {
       class: "AttnMaskSpec",
@@ -500,6 +528,16 @@ class FakeSelfAttention {
 class FakeModel {
   config = { attnImplementation: "sdpa" };
   layers = [{ selfAttn: new FakeSelfAttention() }, { selfAttn: new FakeSelfAttention() }];
+}
+
+/** A two-layer "magi" model with causal(8) stamped whose first layer only has run its magi forward. */
+async function stampedModelAfterFirstLayer(): Promise<FakeModel> {
+  const model = new FakeModel();
+  model.config.attnImplementation = "magi";
+  setAttnSpecOnAttention(model, AttnMaskSpec.causal(8));
+  const q = randomTensor([1, 2, 8, 4]);
+  await magiAttentionForward(model.layers[0].selfAttn, q, q, q, null, {});
+  return model;
 }
 
 let scriptCount = 0;
@@ -1376,7 +1414,7 @@ export const BAD_INPUT_CASES: readonly BadInputCase[] = [
     title: "stamping a step whose previous spec no magi forward consumed",
     errorClass: "AttnSpecNotConsumedError",
     message:
-      /not consumed by any magi attention forward[\s\S]*"sdpa"[\s\S]*Fix: set config\.attnImplementation = "magi"/,
+      /not consumed by 2 of them[\s\S]*"sdpa"[\s\S]*Fix: set config\.attnImplementation = "magi"[\s\S]*resetAttnSpecGuard\(model\)/,
     setup: () => {
       const model = new FakeModel();
       setAttnSpecOnAttention(model, AttnMaskSpec.causal(8));
@@ -1421,6 +1459,321 @@ export const BAD_INPUT_CASES: readonly BadInputCase[] = [
     setAttnSpecOnAttention,
     /isAttentionModule/,
   ),
+
+  // Issue 10: a mask can never be dropped or swapped silently, options are strict, errors say what and how.
+  {
+    id: "guard.failed-magi-then-fallback",
+    area: "guard",
+    title: "a magi forward that throws in the kernel call, then an sdpa fallback: closing the step",
+    errorClass: "AttnSpecNotConsumedError",
+    message: /threw before producing output[\s\S]*resetAttnSpecGuard\(model\)/,
+    setup: async () => {
+      const model = { config: { attnImplementation: "magi" }, layers: [new FakeSelfAttention()] };
+      setAttnSpecOnAttention(model, AttnMaskSpec.causal(8));
+      const q = randomTensor([1, 2, 8, 4], { dtype: "bfloat16" }), k = randomTensor([1, 2, 8, 4]);
+      await magiAttentionForward(model.layers[0], q, k, k, null, {}).catch(() => undefined);
+      await sdpaAttentionForward(model.layers[0], k, k, k, null, {});
+      return {
+        inputs: { model },
+        call: () => closeAttnSpecStep(model),
+        cleanup: () => resetAttnSpecGuard(model),
+      };
+    },
+  },
+  {
+    id: "guard.partial-consumption",
+    area: "guard",
+    title: "two attention layers, one ran magi and one did not: closing the step names the other",
+    errorClass: "AttnSpecNotConsumedError",
+    message: /not consumed by 1 of them: layers\[1\]\.selfAttn[\s\S]*allowSkip/,
+    setup: async () => {
+      const model = await stampedModelAfterFirstLayer();
+      return {
+        inputs: { model },
+        call: () => closeAttnSpecStep(model),
+        cleanup: () => resetAttnSpecGuard(model),
+      };
+    },
+  },
+  {
+    id: "guard.stamp-over-open-step",
+    area: "guard",
+    title: "stamping the next step while the current one is only partly consumed (its forward unfinished)",
+    errorClass: "AttnSpecNotConsumedError",
+    message: /not consumed by 1 of them[\s\S]*finish the step's forward before stamping the next/,
+    setup: async () => {
+      const model = await stampedModelAfterFirstLayer();
+      return {
+        inputs: { model },
+        call: () => setAttnSpecOnAttention(model, AttnMaskSpec.varlen([4, 4])),
+        cleanup: () => resetAttnSpecGuard(model),
+      };
+    },
+  },
+  {
+    id: "guard.shared-module",
+    area: "guard",
+    title: "stamping a module another model's armed step stamped",
+    errorClass: "MagiAttnInputError",
+    field: "model",
+    message: /shares its attention module layers\[0\]\.selfAttn with another model/,
+    setup: () => {
+      const first = new FakeModel();
+      const second = { layers: [{ selfAttn: first.layers[0].selfAttn }] };
+      setAttnSpecOnAttention(first, AttnMaskSpec.causal(8));
+      return {
+        inputs: { second },
+        call: () => setAttnSpecOnAttention(second, AttnMaskSpec.varlen([4, 4])),
+        cleanup: () => resetAttnSpecGuard(first),
+      };
+    },
+  },
+  {
+    id: "guard.frozen-module",
+    area: "guard",
+    title: "stamping a model whose second attention module is frozen",
+    errorClass: "MagiAttnInputError",
+    field: "model.layers[1].selfAttn",
+    message: /is frozen[\s\S]*no module was stamped/,
+    setup: () => {
+      const model = new FakeModel();
+      Object.freeze(model.layers[1].selfAttn);
+      return { inputs: { model }, call: () => setAttnSpecOnAttention(model, AttnMaskSpec.causal(8)) };
+    },
+  },
+  simpleRow(
+    "guard.allow-skip-everything",
+    "guard",
+    "allowSkip letting every module skip the spec",
+    "options.allowSkip",
+    () => [new FakeModel(), AttnMaskSpec.causal(8), { allowSkip: 2 }],
+    setAttnSpecOnAttention,
+    /the guard could never fire/,
+  ),
+  simpleRow(
+    "guard.unknown-stamp-option",
+    "guard",
+    "a misspelled stamping option",
+    "options.alowSkip",
+    () => [new FakeModel(), AttnMaskSpec.causal(8), { alowSkip: 1 }],
+    setAttnSpecOnAttention,
+    /did you mean `allowSkip`/,
+  ),
+  forwardRow(
+    "options.unknown-forward-key",
+    "flexFlashAttnForward with { scale: 100 }",
+    "opts.scale",
+    () => ({ opts: { backend: "cpu", scale: 100 } }),
+    /did you mean `softmaxScale`\?[\s\S]*the valid keys are softmaxScale, softcap, backend, deterministic, libraryPath/,
+  ),
+  forwardRow(
+    "options.string-softmax-scale",
+    'softmaxScale "0.5" (a string)',
+    "opts.softmaxScale",
+    () => ({ opts: { backend: "cpu", softmaxScale: "0.5" } }),
+    /"0\.5" \(a string\), not a number/,
+  ),
+  simpleRow(
+    "options.unknown-varlen-key",
+    "spec",
+    "AttnMaskSpec.varlen([4], { casual: false })",
+    "options.casual",
+    () => [[4], { casual: false }],
+    (lengths: number[], options: never) => AttnMaskSpec.varlen(lengths, options),
+    /did you mean `causal`/,
+  ),
+  simpleRow(
+    "options.unknown-random-tensor-key",
+    "tensors",
+    "randomTensor with { sead: 1 }",
+    "options.sead",
+    () => [[2, 2], { sead: 1 }],
+    (shape: number[], options: never) => randomTensor(shape, options),
+    /did you mean `seed`/,
+  ),
+  simpleRow(
+    "options.unknown-svg-key",
+    "svg",
+    "maskToSvg with { titel }",
+    "options.titel",
+    () => [AttnMaskSpec.causal(4), { titel: "x" }],
+    (spec: AttnMaskSpec, options: never) => maskToSvg(spec, options),
+    /did you mean `title`/,
+  ),
+  simpleRow(
+    "options.unknown-backend-info-key",
+    "backend",
+    "backendInfo with { library }",
+    "options.library",
+    () => [{ library: "/x" }],
+    (options: never) => backendInfo(options),
+    /did you mean `libraryPath`/,
+  ),
+  simpleRow(
+    "options.unknown-to-device-key",
+    "device",
+    "toDevice with { libraryPth } (checked before any library is loaded)",
+    "opts.libraryPth",
+    () => [randomTensor([2, 2], { dtype: "bfloat16" }), { libraryPth: "/x" }],
+    (host: HostTensor, options: never) => toDevice(host, options),
+    /did you mean `libraryPath`/,
+  ),
+  simpleRow(
+    "options.unknown-attention-option",
+    "registry",
+    "sdpa with { scale } instead of { scaling }",
+    "opts.scale",
+    () => [new FakeSelfAttention(), randomTensor([1, 2, 8, 4]), { scale: 0.5 }],
+    (module: object, q: HostTensor, options: never) => sdpaAttentionForward(module, q, q, q, null, options),
+    /did you mean `scaling`/,
+  ),
+  simpleRow(
+    "options.symbol-scaling",
+    "magi",
+    "scaling: Symbol()",
+    "opts.scaling",
+    () => [new FakeSelfAttention(), randomTensor([1, 2, 8, 4]), { scaling: Symbol("s") }],
+    (module: object, q: HostTensor, options: never) => magiAttentionForward(module, q, q, q, null, options),
+    /is a symbol, not a number/,
+  ),
+  simpleRow(
+    "magi.factory-window-size",
+    "magi",
+    "the factory's windowSize [-5, 0]",
+    "options.windowSize[0]",
+    () => [randomTensor([8, 2, 4]), { windowSize: [-5, 0] }],
+    (q: HostTensor, options: never) => makeMagiAttnFunc()(q, q, q, options),
+    /−1 for an unbounded side/,
+  ),
+  simpleRow(
+    "magi.null-module",
+    "magi",
+    "the magi registry function called with module = null",
+    "module",
+    () => [null, randomTensor([1, 2, 8, 4])],
+    (module: never, q: HostTensor) => magiAttentionForward(module, q, q, q, null, {}),
+    /pass the calling attention module/,
+  ),
+  forwardRow(
+    "tensors.float32-data-labelled-bfloat16",
+    "a hand-built q whose Float32Array data is labelled bfloat16 (k and v real bfloat16)",
+    "q.data",
+    (good) => ({
+      q: { data: new Float32Array(good.q.data.length), shape: good.q.shape, dtype: "bfloat16" } as HostTensor,
+      k: randomTensor(good.k.shape, { dtype: "bfloat16" }),
+      v: randomTensor(good.v.shape, { dtype: "bfloat16" }),
+    }),
+    /Float32Array but q\.dtype is bfloat16/,
+  ),
+  forwardRow(
+    "tensors.uint16-data-labelled-float32",
+    "a hand-built k whose Uint16Array data is labelled float32",
+    "k.data",
+    (good) => ({
+      k: { data: new Uint16Array(good.k.data.length), shape: good.k.shape, dtype: "float32" } as HostTensor,
+    }),
+  ),
+  forwardRow(
+    "tensors.data-shorter-than-shape",
+    "a hand-built v whose data is shorter than its shape",
+    "v.data",
+    (good) => ({ v: { data: new Float32Array(5), shape: good.v.shape, dtype: "float32" } as HostTensor }),
+  ),
+  simpleRow(
+    "registry.sdpa-data-labelled-bfloat16",
+    "registry",
+    "sdpa with a Float32Array query labelled bfloat16",
+    "query.data",
+    () => [new FakeSelfAttention(), { data: new Float32Array(64), shape: [1, 2, 8, 4], dtype: "bfloat16" }],
+    (module: object, q: HostTensor) =>
+      sdpaAttentionForward(module, q, randomTensor([1, 2, 8, 4]), q, null, {}),
+  ),
+  simpleRow(
+    "registry.sdpa-clamped-mask",
+    "registry",
+    "sdpa with a Uint8ClampedArray boolean mask",
+    "attentionMask.data",
+    () => [randomTensor([1, 2, 8, 4]), { data: new Uint8ClampedArray(64), shape: [8, 8] }],
+    (q: HostTensor, mask: never) => sdpaAttentionForward(new FakeSelfAttention(), q, q, q, mask, {}),
+    /Uint8ClampedArray[\s\S]*Uint8Array\.from/,
+  ),
+  simpleRow(
+    "registry.sdpa-short-mask",
+    "registry",
+    "sdpa with a boolean mask shorter than its shape",
+    "attentionMask.data",
+    () => [randomTensor([1, 2, 8, 4]), { data: new Uint8Array(10).fill(1), shape: [8, 8] }],
+    (q: HostTensor, mask: never) => sdpaAttentionForward(new FakeSelfAttention(), q, q, q, mask, {}),
+  ),
+  simpleRow(
+    "spec.prototype-only",
+    "spec",
+    "Object.create(AttnMaskSpec.prototype) as a spec",
+    "spec",
+    () => [Object.create(AttnMaskSpec.prototype)],
+    compileFlexKey,
+    /not built by an AttnMaskSpec builder/,
+  ),
+  {
+    id: "spec.from-a-second-copy",
+    area: "spec",
+    title: "a spec built by a second copy of the module",
+    errorClass: "MagiAttnInputError",
+    field: "spec",
+    message: /from another copy of magi-attn/,
+    setup: async (env) => {
+      const copy = await import(env.secondCopySpecModule);
+      const foreign = copy.AttnMaskSpec.causal(8);
+      return { inputs: [foreign], call: () => setAttnSpecOnAttention(new FakeModel(), foreign) };
+    },
+  },
+  simpleRow(
+    "spec.bigint-cu-seqlens",
+    "spec",
+    "fromCuSeqlens([0n, 5n])",
+    "cuSeqlens[0]",
+    () => [[0n, 5n]],
+    (cu: never) => AttnMaskSpec.fromCuSeqlens(cu),
+    /is a bigint \(0n\), not an integer[\s\S]*Number\(\.\.\.\)/,
+  ),
+  simpleRow(
+    "tensors.random-negative-shape",
+    "tensors",
+    "randomTensor([2, -3])",
+    "shape[1]",
+    () => [[2, -3]],
+    (shape: number[]) => randomTensor(shape),
+  ),
+  simpleRow(
+    "tensors.random-nan-shape",
+    "tensors",
+    "randomTensor([NaN, 2])",
+    "shape[0]",
+    () => [[NaN, 2]],
+    (shape: number[]) => randomTensor(shape),
+    /is NaN, not/,
+  ),
+  simpleRow(
+    "tensors.random-huge-shape",
+    "tensors",
+    "randomTensor([1e6, 1e6, 128])",
+    "shape",
+    () => [[1e6, 1e6, 128]],
+    (shape: number[]) => randomTensor(shape),
+    /2\^31/,
+  ),
+  {
+    id: "device.no-driver",
+    area: "device",
+    title: "toDevice where the library loads but there is no driver (gcc-built fake)",
+    errorClass: "BackendUnavailableError",
+    message: /not available for device tensors[\s\S]*Fix:/,
+    needsGcc: true,
+    setup: (env) => {
+      const host = randomTensor([2, 2], { dtype: "bfloat16" });
+      return { inputs: [host], call: () => toDevice(host, { libraryPath: env.noDriverLibrary }) };
+    },
+  },
 
   // Pictures.
   simpleRow(

@@ -82,7 +82,10 @@ Deno.test({
       assert.throws(() => emptyDevice([2, -1], "float16", opts), MagiAttnInputError);
       assert.throws(() => emptyDevice([2], "int8" as DType, opts), /`dtype` is "int8"/);
       const mismatched = { data: new Float32Array(3), shape: [4], dtype: "float32" } as HostTensor;
-      assert.throws(() => toDevice(mismatched, opts), /`host.data` is a Float32Array of 3 elements/);
+      assert.throws(
+        () => toDevice(mismatched, opts),
+        /`host.data` has 3 elements but host.shape \[4\] holds 4/,
+      );
       assert.throws(
         () => new DeviceTensor(Symbol() as never, null as never, null, [1], "float16"),
         TypeError,

@@ -17,7 +17,7 @@ import {
 } from "../lib/masks/flex_key.ts";
 import { AttnMaskSpec } from "../lib/masks/spec.ts";
 import { seededRandom } from "../lib/core/tensor.ts";
-import type { FlexKey, PlainFlexKey } from "../lib/core/types.ts";
+import type { FlexKey, MaskType, PlainFlexKey } from "../lib/core/types.ts";
 import { documentLengths } from "./support/fixtures.ts";
 import { sliceCoversCell, slicesOfKey } from "./support/mask_check.ts";
 
@@ -190,11 +190,18 @@ Deno.test("overlap: touching and diagonal-split slices are accepted, true overla
 });
 
 Deno.test("overlap: large layouts sharing many rows compile, and a planted overlap is found", () => {
-  // A chain of 300 nodes of 3 tokens (a deep prefix tree): 45,150 slices, node n shares its rows with n.
+  // A chain of 300 nodes of 3 tokens cut slice by slice (node n: causal onto itself, full onto each
+  // earlier node): 45,150 slices, node n's slices share their rows. (prefixTree itself makes one slice.)
   const nodes = 300;
-  const spec = AttnMaskSpec.prefixTree(new Array(nodes).fill(3), [
-    Array.from({ length: nodes }, (_, n) => n),
-  ]);
+  const qRanges: [number, number][] = [], kRanges: [number, number][] = [], maskTypes: MaskType[] = [];
+  for (let node = 0; node < nodes; node++) {
+    for (let earlier = 0; earlier <= node; earlier++) {
+      qRanges.push([3 * node, 3 * node + 3]);
+      kRanges.push([3 * earlier, 3 * earlier + 3]);
+      maskTypes.push(earlier === node ? "causal" : "full");
+    }
+  }
+  const spec = AttnMaskSpec.fromRanges({ qRanges, kRanges, maskTypes });
   const started = performance.now();
   const key = compileFlexKey(spec);
   const elapsed = performance.now() - started;

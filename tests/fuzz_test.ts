@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import {
   BUILDERS,
   caseSeed,
+  checkGuardCase,
   checkReferenceCase,
   checkSpecCase,
   fuzzSeedBase,
@@ -74,4 +75,15 @@ Deno.test("fuzz: a case is a pure function of its seed (failures replay)", () =>
       `seed=${seed}`,
     );
   }
+});
+
+Deno.test(`fuzz: 300 random step sequences against an oracle of the guard's consumption rule (seed base ${base})`, async () => {
+  const total = { operations: 0, refusedStamps: 0, refusedCloses: 0, skipsAllowed: 0, forwards: 0 };
+  for (let index = 0; index < 300; index++) {
+    const summary = await checkGuardCase(caseSeed(base ^ 0x5bd1e995, index));
+    for (const name of Object.keys(total) as (keyof typeof total)[]) total[name] += summary[name];
+  }
+  // The sequences really reach every branch of the rule.
+  assert.ok(total.refusedStamps >= 30 && total.refusedCloses >= 30, JSON.stringify(total));
+  assert.ok(total.skipsAllowed >= 2 && total.forwards >= 500, JSON.stringify(total));
 });

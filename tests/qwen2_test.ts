@@ -517,7 +517,7 @@ Deno.test("prefix-tree rollouts packed in one forward equal each sample run alon
       const errors = await packedVersusAlone(untied, untiedSdpa, packed, packedLogits);
       assert.equal(errors.length, 3);
       for (const error of errors) assert.ok(error <= FLOAT32_RELATIVE, `${errors}`);
-      // forwardPacked cleared its stamps: the same model now runs a sample alone (no stale packed mask).
+      // Closing the step cleared the stamps: the same model now runs a sample alone (no stale packed mask).
       const first = packed.sampleTokenIds[0];
       assert.ok(
         logitError(await untied.forward(first), await alone(untiedSdpa, first)).maxRel <= FLOAT32_RELATIVE,
@@ -557,8 +557,7 @@ Deno.test("packed documents with restarting positions equal each document run al
   // so positions that do not restart give the same logits (up to rounding).
   setAttnSpecOnAttention(untied, packed.spec);
   const unrestarted = await untied.forward(packed.tokenIds);
-  closeAttnSpecStep(untied);
-  setAttnSpecOnAttention(untied, null);
+  closeAttnSpecStep(untied); // also clears the stamps
   for (const error of await packedVersusAlone(untied, untiedSdpa, packed, unrestarted)) {
     assert.ok(error <= FLOAT32_RELATIVE, `${error}`);
   }
@@ -569,8 +568,7 @@ Deno.test("position ids matter: the tree's mask with positions 0..T-1 is wrong f
   // the prompt grows by the earlier completions' lengths, and RoPE sees it.
   setAttnSpecOnAttention(untied, flatTree.spec);
   const straight = await untied.forward(flatTree.tokenIds);
-  closeAttnSpecStep(untied);
-  setAttnSpecOnAttention(untied, null);
+  closeAttnSpecStep(untied); // also clears the stamps
   const errors = await packedVersusAlone(untied, untiedSdpa, flatTree, straight);
   assert.ok(errors[0] <= FLOAT32_RELATIVE && errors[1] > 1e-3 && errors[2] > 1e-3, `${errors}`);
 });

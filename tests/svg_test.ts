@@ -12,6 +12,7 @@ import { maskToSvg } from "../lib/masks/svg.ts";
 import { seededRandom } from "../lib/core/tensor.ts";
 import type { FlexKey } from "../lib/core/types.ts";
 import { coveringTypes, slicesOfKey } from "./support/mask_check.ts";
+import { parseXml as parseXmlCharacters } from "./support/xml.ts";
 
 const TYPE_NAMES = ["full", "causal", "inv_causal", "bi_causal"];
 
@@ -326,6 +327,16 @@ Deno.test("million-token masks draw in well under a second, with exact totals", 
       assert.equal(cells.reduce((sum, cell) => sum + cell.area, 0) <= total * total, true);
     });
   }
+});
+
+Deno.test("item 15: control characters and lone surrogates in a title leave the SVG well-formed (main wrote them raw)", () => {
+  const title = "bell\u0007 nul\u0000 esc\u001b tab\t lone\ud800 pair\ud83d\ude00 end\uffff";
+  const svg = maskToSvg(AttnMaskSpec.causal(4), { title });
+  const { elements } = parseXmlCharacters(svg); // asserts every character is one XML 1.0 allows
+  const shown = elements.find((element) => element.name === "title")?.text;
+  assert.equal(shown, "bell\ufffd nul\ufffd esc\ufffd tab\t lone\ufffd pair\ud83d\ude00 end\ufffd");
+  // The checker itself catches what main wrote.
+  assert.throws(() => parseXmlCharacters(`<svg xmlns="x"><title>a\u0007</title></svg>`), /U\+0007/);
 });
 
 Deno.test("well-formed standalone SVG: xmlns, size, escaped title, legend, ticks", () => {

@@ -82,9 +82,9 @@ export interface CausalLMLike extends ModelLike {
 
 /**
  * One training-style step over a packed sequence: stamps its spec on the model's attention modules, runs
- * the forward, closes the step (so a model that did not consume the spec raises `AttnSpecNotConsumedError`
- * here), and clears the stamps: they outlive `closeAttnSpecStep`, and a later forward of another sequence
- * on the same model must not pick up this sequence's mask.
+ * the forward and closes the step, so a model whose attention modules did not all consume the spec raises
+ * `AttnSpecNotConsumedError` here. Closing clears the stamps, so a later forward of another sequence on
+ * the same model runs without this sequence's mask.
  */
 export async function forwardPacked(model: CausalLMLike, packed: PackedSequence): Promise<Float32Array> {
   setAttnSpecOnAttention(model, packed.spec);
@@ -92,12 +92,10 @@ export async function forwardPacked(model: CausalLMLike, packed: PackedSequence)
   try {
     logits = await model.forward(packed.tokenIds, packed.positionIds);
   } catch (error) {
-    resetAttnSpecGuard(model); // the step failed; its guard has nothing left to check
-    setAttnSpecOnAttention(model, null);
+    resetAttnSpecGuard(model); // the step failed: abandon it (disarms the guard, clears the stamps)
     throw error;
   }
   closeAttnSpecStep(model);
-  setAttnSpecOnAttention(model, null);
   return logits;
 }
 

@@ -7,16 +7,18 @@
 import {
   type AttentionMask,
   type AttentionOptions,
+  checkAttentionModule,
   checkAttentionOptions,
   checkBhsdTensors,
 } from "./attention_types.ts";
-import { MagiAttnInputError } from "../core/errors.ts";
+import { describeValue, MagiAttnInputError } from "../core/errors.ts";
+import { strictParser, z } from "../core/schema.ts";
 import { flexFlashAttnForward } from "../backends/ffa.ts";
 import { compileFlexKey } from "../masks/flex_key.ts";
 import { bhsdToThd, reshape } from "../core/layout.ts";
-import { AttnMaskSpec } from "../masks/spec.ts";
-import { markStampedSpecConsumed, stampedSpecOf } from "./stamping.ts";
-import type { HostTensor } from "../core/tensor.ts";
+import { AttnMaskSpec, checkAttnMaskSpec } from "../masks/spec.ts";
+import { beginStampedForward, runStampedForward } from "./stamping.ts";
+import { checkHostTensor, type HostTensor } from "../core/tensor.ts";
 import type { FlexKey } from "../core/types.ts";
 
 /** HF sliding window W (the query and the W − 1 keys before it) as a magi window `(left, right)`. */
@@ -46,9 +48,10 @@ function checkSpecAgainstInput(spec: AttnMaskSpec, seqQ: number, seqK: number, f
 
 /**
  * The `"magi"` attention function: runs flex flash attention with the {@linkcode AttnMaskSpec} stamped
- * on `module` (marking it consumed), or, with none stamped, each batch row as its own causal sequence
- * (`isCausal: false` → full, `slidingWindow` → a window). A spec needs batch 1 and must cover the
- * sequence. Dropout, a dense `attentionMask` and context parallelism are rejected, never ignored.
+ * on `module`, or, with none stamped, each batch row as its own causal sequence (`isCausal: false` →
+ * full, `slidingWindow` → a window). A spec needs batch 1 and must cover the sequence. The stamped spec
+ * counts as consumed only once the attention output exists (a call that throws consumes nothing).
+ * Dropout, a dense `attentionMask` and context parallelism are rejected, never ignored.
  */
 export async function magiAttentionForward(
   module: object,
@@ -56,9 +59,26 @@ export async function magiAttentionForward(
   key: HostTensor,
   value: HostTensor,
   attentionMask: AttentionMask | null,
-  options: AttentionOptions = {},
+  rawOptions: AttentionOptions = {},
 ): Promise<[HostTensor, null]> {
-  checkAttentionOptions(options);
+  checkAttentionModule(module);
+  const use = beginStampedForward(module);
+  return await runStampedForward(
+    use,
+    () => runMagiForward(module, use?.spec ?? null, query, key, value, attentionMask, rawOptions),
+  );
+}
+
+async function runMagiForward(
+  module: object,
+  spec: AttnMaskSpec | null,
+  query: HostTensor,
+  key: HostTensor,
+  value: HostTensor,
+  attentionMask: AttentionMask | null,
+  rawOptions: AttentionOptions,
+): Promise<[HostTensor, null]> {
+  const options = checkAttentionOptions(rawOptions);
   // deno-lint-ignore no-explicit-any
   const cpGroupSize = (module as any)?.cpGroup?.size;
   if (typeof cpGroupSize === "number" && cpGroupSize > 1) {
@@ -85,7 +105,6 @@ export async function magiAttentionForward(
       "pass attentionMask null and stamp the mask with setAttnSpecOnAttention(model, spec)",
     );
   }
-  const spec = stampedSpecOf(module);
   let flexKey: FlexKey;
   if (spec) {
     if (batch !== 1) {
@@ -115,7 +134,6 @@ export async function magiAttentionForward(
     }
     flexKey = compileFlexKey(defaultSpec(batch, seqQ, options));
   }
-  if (spec) markStampedSpecConsumed(module);
   const { out } = await flexFlashAttnForward(
     bhsdToThd(query, "query"),
     bhsdToThd(key, "key"),
@@ -130,10 +148,7 @@ let activeSpec: AttnMaskSpec | null = null;
 
 /** Sets the spec the factory path uses when a call gives no spec, cuSeqlens or stamped module (`null` clears). */
 export function setActiveAttnSpec(spec: AttnMaskSpec | null): void {
-  if (spec !== null && !(spec instanceof AttnMaskSpec)) {
-    throw new MagiAttnInputError("spec", "is not an AttnMaskSpec", "pass an AttnMaskSpec or null");
-  }
-  activeSpec = spec;
+  activeSpec = spec === null ? null : checkAttnMaskSpec(spec, "spec", "pass an AttnMaskSpec or null");
 }
 
 /** The spec set by {@linkcode setActiveAttnSpec}, or `null`. */
@@ -162,6 +177,7 @@ export type MagiAttnFunc = (
 ) => Promise<HostTensor>;
 
 function toThd(input: HostTensor, field: string): HostTensor {
+  checkHostTensor(input, field);
   if (input.shape.length === 3) return input;
   if (input.shape.length === 4 && input.shape[0] === 1) return reshape(input, input.shape.slice(1));
   throw new MagiAttnInputError(
@@ -170,6 +186,41 @@ function toThd(input: HostTensor, field: string): HostTensor {
     "pass thd [T, H, D] or bshd [1, S, H, D] (pack batches into one sequence)",
   );
 }
+
+const FACTORY_OPTIONS = z.strictObject({ softmaxScale: z.number().positive().optional() });
+
+const parseFactoryOptions = strictParser(FACTORY_OPTIONS, {
+  field: "factoryOptions",
+  owner: "makeMagiAttnFunc",
+  fix: "pass { softmaxScale } or nothing",
+  fixes: { softmaxScale: "pass a finite positive scale, or leave it out for 1/sqrt(headDim)" },
+});
+
+const windowBound = z.int().min(-1);
+
+const CALL_OPTIONS = z.strictObject({
+  magiAttnSpec: z.unknown().optional(),
+  cuSeqlens: z.custom<readonly number[] | Int32Array>(
+    (value) => Array.isArray(value) || value instanceof Int32Array,
+    { error: (issue) => `is ${describeValue(issue.input)}, not an array` },
+  ).optional(),
+  windowSize: z.tuple([windowBound, windowBound]).optional(),
+  module: z.custom<object>((value) => value !== null && typeof value === "object", {
+    error: (issue) => `is ${describeValue(issue.input)}, not an attention module`,
+  }).optional(),
+});
+
+const parseCallOptions = strictParser(CALL_OPTIONS, {
+  field: "options",
+  owner: "the magi attention function",
+  fix: "pass { magiAttnSpec, cuSeqlens, windowSize, module } or nothing",
+  fixes: {
+    magiAttnSpec: "build it with AttnMaskSpec",
+    cuSeqlens: "pass cumulative sequence lengths such as [0, 5, 12]",
+    windowSize: "pass [left, right] with non-negative integers, or −1 for an unbounded side",
+    module: "pass the attention module whose stamped spec to use",
+  },
+});
 
 /**
  * Throws when `input` holds the spec's token count in the heads dimension but not in the tokens one: the
@@ -192,8 +243,9 @@ function checkNotTransposed(input: HostTensor, tokens: number, field: string): v
 
 /**
  * Factory path: returns an attention function that picks its mask by priority — explicit `magiAttnSpec`
- * → `cuSeqlens` → the stamped spec of `module` → the active spec → causal — and marks stamped specs
- * consumed. Gives bitwise the same output as the `"magi"` registry entry for the same spec.
+ * → `cuSeqlens` → the stamped spec of `module` → the active spec → causal. A stamped spec counts as
+ * consumed once the call has produced its output. Gives bitwise the same output as the `"magi"` registry
+ * entry for the same spec.
  *
  * @example Packed documents by their boundaries
  * ```ts
@@ -207,67 +259,61 @@ function checkNotTransposed(input: HostTensor, tokens: number, field: string): v
  * ```
  */
 export function makeMagiAttnFunc(factoryOptions: { softmaxScale?: number } = {}): MagiAttnFunc {
-  const { softmaxScale } = factoryOptions;
-  if (softmaxScale !== undefined && !(Number.isFinite(softmaxScale) && softmaxScale > 0)) {
-    throw new MagiAttnInputError("softmaxScale", `is ${softmaxScale}`, "pass a finite positive scale");
-  }
-  return async (q, k, v, options = {}) => {
-    const known = new Set(["magiAttnSpec", "cuSeqlens", "windowSize", "module"]);
-    for (const name of Object.keys(options)) {
-      // deno-lint-ignore no-explicit-any
-      if (!known.has(name) && (options as any)[name] !== undefined) {
-        throw new MagiAttnInputError(
-          `options.${name}`,
-          "is not an option of the magi attention function",
-          `remove it; the options are ${[...known].join(", ")}`,
-        );
-      }
-    }
-    const qThd = toThd(q, "q"), kThd = toThd(k, "k"), vThd = toThd(v, "v");
-    const totalQ = qThd.shape[0], totalK = kThd.shape[0];
-    const window = options.windowSize;
-    const rejectWindow = (source: string): never => {
-      throw new MagiAttnInputError(
-        "options.windowSize",
-        `cannot be combined with ${source}, which already defines the whole mask`,
-        "build the window into the spec with AttnMaskSpec.slidingWindow, or drop windowSize",
-      );
-    };
-    let spec: AttnMaskSpec;
-    if (options.magiAttnSpec !== undefined) {
-      if (!(options.magiAttnSpec instanceof AttnMaskSpec)) {
-        throw new MagiAttnInputError(
-          "options.magiAttnSpec",
-          "is not an AttnMaskSpec",
-          "build it with AttnMaskSpec",
-        );
-      }
-      if (window) rejectWindow("an explicit magiAttnSpec");
-      spec = options.magiAttnSpec;
-    } else if (options.cuSeqlens !== undefined) {
-      // fromCuSeqlens validates the boundaries (and names `cuSeqlens` in its errors) in both cases.
-      const documents = AttnMaskSpec.fromCuSeqlens(Array.from(options.cuSeqlens));
-      spec = window
-        ? AttnMaskSpec.slidingWindow(documents.qRanges.map(([start, end]) => end - start), {
-          left: window[0],
-          right: window[1],
-        })
-        : documents;
-    } else if (window) {
-      if (options.module && stampedSpecOf(options.module)) rejectWindow("the module's stamped spec");
-      if (activeSpec) rejectWindow("the active spec");
-      spec = AttnMaskSpec.slidingWindow(totalQ, { left: window[0], right: window[1] });
-    } else {
-      spec = (options.module ? stampedSpecOf(options.module) : null) ?? activeSpec ??
-        AttnMaskSpec.causal(totalQ);
-    }
-    checkNotTransposed(q, spec.totalSeqlenQ, "q");
-    checkNotTransposed(k, spec.totalSeqlenK, "k");
-    checkNotTransposed(v, spec.totalSeqlenK, "v");
-    checkSpecAgainstInput(spec, totalQ, totalK, "spec");
-    const flexKey = compileFlexKey(spec);
-    if (options.module && spec === stampedSpecOf(options.module)) markStampedSpecConsumed(options.module);
-    const { out } = await flexFlashAttnForward(qThd, kThd, vThd, flexKey, { softmaxScale });
-    return reshape(out, q.shape);
+  const { softmaxScale } = parseFactoryOptions(factoryOptions);
+  return async (q, k, v, rawOptions) => {
+    const options = parseCallOptions(rawOptions);
+    const use = options.magiAttnSpec === undefined && options.cuSeqlens === undefined &&
+        options.module !== undefined
+      ? beginStampedForward(options.module)
+      : null;
+    return await runStampedForward(
+      use,
+      () => runFactoryCall(q, k, v, options, use?.spec ?? null, softmaxScale),
+    );
   };
+}
+
+async function runFactoryCall(
+  q: HostTensor,
+  k: HostTensor,
+  v: HostTensor,
+  options: z.output<typeof CALL_OPTIONS>,
+  stamped: AttnMaskSpec | null,
+  softmaxScale: number | undefined,
+): Promise<HostTensor> {
+  const qThd = toThd(q, "q"), kThd = toThd(k, "k"), vThd = toThd(v, "v");
+  const totalQ = qThd.shape[0], totalK = kThd.shape[0];
+  const window = options.windowSize;
+  const rejectWindow = (source: string): never => {
+    throw new MagiAttnInputError(
+      "options.windowSize",
+      `cannot be combined with ${source}, which already defines the whole mask`,
+      "build the window into the spec with AttnMaskSpec.slidingWindow, or drop windowSize",
+    );
+  };
+  const windowOf = (): { left: number; right: number } => ({ left: window![0], right: window![1] });
+  let spec: AttnMaskSpec;
+  if (options.magiAttnSpec !== undefined) {
+    spec = checkAttnMaskSpec(options.magiAttnSpec, "options.magiAttnSpec", "build it with AttnMaskSpec");
+    if (window) rejectWindow("an explicit magiAttnSpec");
+  } else if (options.cuSeqlens !== undefined) {
+    // fromCuSeqlens validates the boundaries (and names `cuSeqlens` in its errors) in both cases.
+    const documents = AttnMaskSpec.fromCuSeqlens(Array.from(options.cuSeqlens));
+    spec = window
+      ? AttnMaskSpec.slidingWindow(documents.qRanges.map(([start, end]) => end - start), windowOf())
+      : documents;
+  } else if (window) {
+    if (stamped) rejectWindow("the module's stamped spec");
+    if (activeSpec) rejectWindow("the active spec");
+    spec = AttnMaskSpec.slidingWindow(totalQ, windowOf());
+  } else {
+    spec = stamped ?? activeSpec ?? AttnMaskSpec.causal(totalQ);
+  }
+  checkNotTransposed(q, spec.totalSeqlenQ, "q");
+  checkNotTransposed(k, spec.totalSeqlenK, "k");
+  checkNotTransposed(v, spec.totalSeqlenK, "v");
+  checkSpecAgainstInput(spec, totalQ, totalK, "spec");
+  const flexKey = compileFlexKey(spec);
+  const { out } = await flexFlashAttnForward(qThd, kThd, vThd, flexKey, { softmaxScale });
+  return reshape(out as HostTensor, q.shape);
 }

@@ -11,6 +11,8 @@ import {
   type AttentionFunction,
   type AttentionMask,
   type AttentionOptions,
+  checkAttentionMask,
+  checkAttentionModule,
   checkAttentionOptions,
   checkBhsdTensors,
 } from "./attention_types.ts";
@@ -75,8 +77,7 @@ export class AttentionInterface {
   }
 }
 
-function maskIndexer(mask: AttentionMask, batch: number, heads: number, seqQ: number, seqK: number) {
-  const shape = mask.shape;
+function maskIndexer(shape: readonly number[], batch: number, heads: number, seqQ: number, seqK: number) {
   const full = shape.length === 2 ? [1, 1, shape[0], shape[1]] : shape.length === 4 ? [...shape] : null;
   const fits = full !== null && full[2] === seqQ && full[3] === seqK &&
     (full[0] === 1 || full[0] === batch) &&
@@ -104,10 +105,14 @@ export function sdpaAttentionForward(
   key: HostTensor,
   value: HostTensor,
   attentionMask: AttentionMask | null,
-  options: AttentionOptions = {},
+  rawOptions: AttentionOptions = {},
 ): Promise<[HostTensor, null]> {
-  checkAttentionOptions(options);
+  checkAttentionModule(module);
+  const options = checkAttentionOptions(rawOptions);
   checkBhsdTensors(query, key, value);
+  const mask = attentionMask === null || attentionMask === undefined
+    ? null
+    : checkAttentionMask(attentionMask);
   const [batch, heads, seqQ, headDim] = query.shape;
   const [batchK, headsKV, seqK, headDimK] = key.shape;
   if (batchK !== batch || headDimK !== headDim || value.shape.join() !== key.shape.join()) {
@@ -128,15 +133,13 @@ export function sdpaAttentionForward(
   }
   // deno-lint-ignore no-explicit-any
   const moduleCausal = (module as any)?.isCausal;
-  const isCausal = options.isCausal ?? (attentionMask === null && moduleCausal !== false);
+  const isCausal = options.isCausal ?? (mask === null && moduleCausal !== false);
   const scale = options.scaling ?? 1 / Math.sqrt(headDim);
   const softcap = options.softcap ?? 0;
   const window = options.slidingWindow;
-  const maskOffset = attentionMask ? maskIndexer(attentionMask, batch, heads, seqQ, seqK) : null;
-  const maskValues = attentionMask
-    ? (attentionMask.data instanceof Uint8Array ? attentionMask.data : toFloat32(attentionMask as HostTensor))
-    : null;
-  const isBool = attentionMask?.data instanceof Uint8Array;
+  const maskOffset = mask ? maskIndexer(mask.shape, batch, heads, seqQ, seqK) : null;
+  const maskValues = mask ? mask.values : null;
+  const isBool = mask?.isBool === true;
   const q = toFloat32(query), k = toFloat32(key), v = toFloat32(value);
   const out = new Float32Array(batch * seqQ * heads * headDim);
   const logits = new Float64Array(seqK);

@@ -11,10 +11,11 @@ import { noticeLargeCpuCall } from "./cpu/notice.ts";
 import { checkBackwardMatchesForward, recordForward } from "./forward_record.ts";
 import type { HostTensor } from "../core/tensor.ts";
 import type { FlexKey, PlainFlexKey } from "../core/types.ts";
-import { validateBackwardArgs, validateForwardArgs } from "../core/validate.ts";
-import { type DeviceTensor, isDeviceTensor } from "../../ffi/device.ts";
-import { cudaBackward, cudaForward, cudaUnsupportedReason } from "../../ffi/cuda_backend.ts";
+import { validateBackwardCall, validateForwardCall } from "../core/validate.ts";
+import { checkHostInputs, type DeviceTensor, isDeviceTensor } from "../../ffi/device.ts";
+import { cudaBackwardValidated, cudaForwardValidated, cudaUnsupportedReason } from "../../ffi/cuda_backend.ts";
 import { probeCudaBackend } from "../../ffi/library.ts";
+import { parseBackendInfoOptions, parseFlexAttnOptions } from "./options.ts";
 
 /** Which implementation runs the kernel: `"auto"` picks CUDA when it can run the call, else the CPU. */
 export type Backend = "auto" | "cpu" | "cuda";
@@ -75,7 +76,6 @@ export interface BackendInfo {
   libraryPath?: string;
 }
 
-const BACKENDS: readonly Backend[] = ["auto", "cpu", "cuda"];
 
 /**
  * Reports which backend `"auto"` resolves to. Without `--allow-ffi` the CPU is used (the reason says so);
@@ -91,6 +91,7 @@ const BACKENDS: readonly Backend[] = ["auto", "cpu", "cuda"];
  * ```
  */
 export function backendInfo(options: { libraryPath?: string } = {}): BackendInfo {
+  const { libraryPath } = parseBackendInfoOptions(options);
   if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") {
     return {
       backend: "cpu",
@@ -98,7 +99,7 @@ export function backendInfo(options: { libraryPath?: string } = {}): BackendInfo
       reason: "FFI permission not granted (run with --allow-ffi to use the GPU)",
     };
   }
-  const probe = probeCudaBackend(options);
+  const probe = probeCudaBackend({ libraryPath });
   if (!probe.available) {
     // The library did not load: building it is the fix. It loaded: the machine (driver, GPU) is the limit.
     const hint = probe.libraryPath === undefined ? "; `deno task build` to build it" : "";
@@ -114,26 +115,9 @@ export function backendInfo(options: { libraryPath?: string } = {}): BackendInfo
   };
 }
 
-function checkOptions(options: FlexAttnOptions): Backend {
-  if (options === null || typeof options !== "object") {
-    throw new MagiAttnInputError("opts", `is ${String(options)}`, "pass an options object, or omit it");
-  }
-  const backend = options.backend ?? "auto";
-  if (!BACKENDS.includes(backend)) {
-    throw new MagiAttnInputError(
-      "opts.backend",
-      `is ${JSON.stringify(backend)}`,
-      `use one of ${BACKENDS.map((name) => `"${name}"`).join(", ")}`,
-    );
-  }
-  if (options.deterministic !== undefined && typeof options.deterministic !== "boolean") {
-    throw new MagiAttnInputError(
-      "opts.deterministic",
-      `is ${String(options.deterministic)}`,
-      "pass true or false",
-    );
-  }
-  return backend;
+function checkOptions(options: FlexAttnOptions): { backend: Backend; options: FlexAttnOptions } {
+  const parsed = parseFlexAttnOptions(options);
+  return { backend: parsed.backend ?? "auto", options: parsed };
 }
 
 /** Decides CPU or CUDA for one call; device-tensor inputs always need CUDA. */
@@ -249,11 +233,13 @@ export async function flexFlashAttnForward(
   k: AnyTensor,
   v: AnyTensor,
   key: FlexKey | PlainFlexKey,
-  options: FlexAttnOptions = {},
+  rawOptions: FlexAttnOptions = {},
 ): Promise<FlexAttnForwardResult> {
-  const requested = checkOptions(options);
+  const { backend: requested, options } = checkOptions(rawOptions);
   const flexKey = resolveKey(key, q, k);
-  const shape = validateForwardArgs(q, k, v, flexKey, options);
+  const call = validateForwardCall([q, k, v], flexKey, options);
+  const shape = call.shape;
+  checkHostInputs([q, k, v], ["q", "k", "v"]);
   const backend = resolveBackend(requested, [q, k, v], shape.headDim, options);
   const kernelOptions = {
     softmaxScale: shape.softmaxScale,
@@ -261,9 +247,10 @@ export async function flexFlashAttnForward(
     deterministic: options.deterministic ?? false,
     libraryPath: options.libraryPath,
   };
+  // Validated above: the CUDA backend trusts this call instead of checking it again.
   let result;
   if (backend === "cuda") {
-    result = await cudaForward(q, k, v, flexKey, kernelOptions);
+    result = await cudaForwardValidated([q, k, v], flexKey, call, kernelOptions);
   } else {
     const flops = 4 * flexKey.area * shape.numHeadsQ * shape.headDim;
     noticeLargeCpuCall(flops, "forward", () => cpuReason(requested, shape.dtype, shape.headDim, options));
@@ -333,11 +320,13 @@ export async function flexFlashAttnBackward(
   out: AnyTensor,
   lse: AnyTensor,
   key: FlexKey | PlainFlexKey,
-  options: FlexAttnOptions = {},
+  rawOptions: FlexAttnOptions = {},
 ): Promise<FlexAttnBackwardResult> {
-  const requested = checkOptions(options);
+  const { backend: requested, options } = checkOptions(rawOptions);
   const flexKey = resolveKey(key, q, k);
-  const shape = validateBackwardArgs(dout, q, k, v, out, lse, flexKey, options);
+  const call = validateBackwardCall([dout, q, k, v, out, lse], flexKey, options);
+  const shape = call.shape;
+  checkHostInputs([dout, q, k, v, out, lse], ["dout", "q", "k", "v", "out", "lse"]);
   checkBackwardMatchesForward(lse, {
     softmaxScale: shape.softmaxScale,
     softcap: shape.softcap,
@@ -350,7 +339,9 @@ export async function flexFlashAttnBackward(
     deterministic: options.deterministic ?? false,
     libraryPath: options.libraryPath,
   };
-  if (backend === "cuda") return await cudaBackward(dout, q, k, v, out, lse, flexKey, kernelOptions);
+  if (backend === "cuda") {
+    return await cudaBackwardValidated([dout, q, k, v, out, lse], flexKey, call, kernelOptions);
+  }
   const flops = 10 * flexKey.area * shape.numHeadsQ * shape.headDim; // 2.5 × the forward's
   noticeLargeCpuCall(flops, "backward", () => cpuReason(requested, shape.dtype, shape.headDim, options));
   return await cpuBackward(

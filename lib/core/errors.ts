@@ -34,12 +34,37 @@ export class BackendUnavailableError extends Error {
   }
 }
 
-/** Short, safe rendering of an offending value for error messages. */
+/** "a" or "an" before `word` (by its first letter; good enough for type and class names). */
+function article(word: string): string {
+  return /^[aeiou]/i.test(word) ? `an ${word}` : `a ${word}`;
+}
+
+/**
+ * Short, safe rendering of an offending value for error messages: numbers as written (`NaN`, `-0`),
+ * strings quoted and called strings, bigints and symbols by kind (never converted), objects by class.
+ */
 export function describeValue(value: unknown): string {
-  if (typeof value === "number") return Number.isNaN(value) ? "NaN" : String(value);
-  if (typeof value === "string") return JSON.stringify(value.length > 40 ? value.slice(0, 40) + "…" : value);
+  if (typeof value === "number") return Object.is(value, -0) ? "-0" : String(value);
+  if (typeof value === "string") {
+    return `${JSON.stringify(value.length > 40 ? value.slice(0, 40) + "…" : value)} (a string)`;
+  }
   if (value === null || value === undefined || typeof value === "boolean") return String(value);
-  if (typeof value === "bigint") return `${value}n (a bigint)`;
+  if (typeof value === "bigint") return `a bigint (${value}n)`;
+  if (typeof value === "symbol") return "a symbol";
+  if (typeof value === "function") return "a function";
   if (Array.isArray(value)) return `an array of length ${value.length}`;
-  return `a ${typeof value === "object" ? (value.constructor?.name ?? "object") : typeof value}`;
+  let className: string | undefined;
+  try {
+    className = (value as { constructor?: { name?: unknown } }).constructor?.name as string | undefined;
+  } catch {
+    className = undefined; // a hostile proxy or getter: describe it generically
+  }
+  return typeof className === "string" && className !== "" && className !== "Object"
+    ? article(className)
+    : "an object";
+}
+
+/** `word` with its indefinite article: "a number", "an integer", "an AttnMaskSpec". */
+export function withArticle(word: string): string {
+  return article(word);
 }

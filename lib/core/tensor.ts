@@ -4,7 +4,8 @@
  * @module
  */
 
-import { MagiAttnInputError } from "./errors.ts";
+import { describeValue, MagiAttnInputError } from "./errors.ts";
+import { parseWith, z } from "./schema.ts";
 
 /** Element types a host tensor may hold. The GPU path takes `float16` and `bfloat16`. */
 export type DType = "float32" | "float16" | "bfloat16";
@@ -33,6 +34,97 @@ export function numel(shape: readonly number[]): number {
 
 function expectedArrayName(dtype: DType): string {
   return dtype === "float32" ? "Float32Array" : dtype === "float16" ? "Float16Array" : "Uint16Array";
+}
+
+/** Host tensors hold fewer elements than this: the kernels index with int32, and so does every backend. */
+export const MAX_TENSOR_ELEMENTS = 2 ** 31 - 1;
+
+/**
+ * Checks a shape (an array of non-negative safe-integer dimensions whose product is at most
+ * {@linkcode MAX_TENSOR_ELEMENTS}) and returns its element count. Errors name the dimension
+ * (`field[i]`) and say what it is: a bigint, NaN, a negative number, a string.
+ */
+export function checkShape(shape: unknown, field: string): number {
+  if (!Array.isArray(shape)) {
+    throw new MagiAttnInputError(
+      field,
+      `is ${describeValue(shape)}, not an array of dimensions`,
+      "pass e.g. [8, 4, 64]",
+    );
+  }
+  let count = 1;
+  for (let axis = 0; axis < shape.length; axis++) {
+    const dim: unknown = shape[axis];
+    if (typeof dim !== "number" || !Number.isSafeInteger(dim) || dim < 0) {
+      throw new MagiAttnInputError(
+        `${field}[${axis}]`,
+        `is ${describeValue(dim)}, not a non-negative integer`,
+        typeof dim === "bigint"
+          ? "give dimensions as numbers (convert with Number(...))"
+          : "give non-negative integer dimensions",
+      );
+    }
+    count *= dim;
+  }
+  if (count > MAX_TENSOR_ELEMENTS) {
+    throw new MagiAttnInputError(
+      field,
+      `[${shape.join(", ")}] holds ${count} elements, more than ${MAX_TENSOR_ELEMENTS} (2^31 − 1)`,
+      "use a smaller shape: the kernels index elements with int32",
+    );
+  }
+  return count;
+}
+
+/** Whether `data` is the typed array that backs `dtype`. */
+function dataMatches(data: unknown, dtype: DType): boolean {
+  return dtype === "float32"
+    ? data instanceof Float32Array
+    : dtype === "float16"
+    ? data instanceof Float16Array
+    : data instanceof Uint16Array;
+}
+
+/**
+ * Checks a host tensor, however it was built: `dtype` is known, `data` is the typed array of that dtype
+ * (a `Float32Array` labelled `"bfloat16"` is refused, never reinterpreted) and holds exactly the shape's
+ * element count. Errors name `field.data`, `field.dtype` or `field.shape`.
+ */
+export function checkHostTensor(value: unknown, field: string): asserts value is HostTensor {
+  if (value === null || typeof value !== "object") {
+    throw new MagiAttnInputError(
+      field,
+      `is ${describeValue(value)}, not a tensor`,
+      "build it with tensor(data, shape, dtype) or randomTensor(shape)",
+    );
+  }
+  const { data, shape, dtype } = value as { data?: unknown; shape?: unknown; dtype?: unknown };
+  if (typeof dtype !== "string" || !DTYPES.includes(dtype as DType)) {
+    throw new MagiAttnInputError(
+      `${field}.dtype`,
+      `is ${describeValue(dtype)}`,
+      `use one of ${DTYPES.join(", ")}`,
+    );
+  }
+  if (!dataMatches(data, dtype as DType)) {
+    const what = ArrayBuffer.isView(data) ? `a ${data.constructor.name}` : describeValue(data);
+    throw new MagiAttnInputError(
+      `${field}.data`,
+      `is ${what} but ${field}.dtype is ${dtype}, whose data is a ${expectedArrayName(dtype as DType)}` +
+        (dtype === "bfloat16" ? " of bf16 bit patterns" : ""),
+      `build the tensor with tensor(data, shape, dtype) or fromFloat32(values, shape, "${dtype}") so data ` +
+        "and dtype agree",
+    );
+  }
+  const count = checkShape(shape, `${field}.shape`);
+  if ((data as TensorData).length !== count) {
+    throw new MagiAttnInputError(
+      `${field}.data`,
+      `has ${(data as TensorData).length} elements but ${field}.shape [${(shape as number[]).join(", ")}] ` +
+        `holds ${count}`,
+      "make the data length equal the product of the shape",
+    );
+  }
 }
 
 /**
@@ -77,14 +169,7 @@ export function tensor(data: TensorData, shape: readonly number[], dtype?: DType
       `pass a ${expectedArrayName(resolved)} for ${resolved}`,
     );
   }
-  if (!Array.isArray(shape) || shape.some((dim) => !Number.isSafeInteger(dim) || dim < 0)) {
-    throw new MagiAttnInputError(
-      "shape",
-      `is ${JSON.stringify(shape)}`,
-      "give non-negative integer dimensions",
-    );
-  }
-  if (numel(shape) !== data.length) {
+  if (checkShape(shape, "shape") !== data.length) {
     throw new MagiAttnInputError(
       "shape",
       `[${shape.join(", ")}] holds ${numel(shape)} elements but data has ${data.length}`,
@@ -184,6 +269,23 @@ export interface RandomTensorOptions {
   scale?: number;
 }
 
+const RANDOM_TENSOR_OPTIONS = z.strictObject({
+  seed: z.number().optional(),
+  dtype: z.enum(DTYPES).optional(),
+  scale: z.number().optional(),
+});
+
+const RANDOM_TENSOR_WORDING = {
+  field: "options",
+  owner: "randomTensor",
+  fix: "pass { seed, dtype, scale } or nothing",
+  fixes: {
+    seed: "give a finite number (the same seed gives the same tensor)",
+    dtype: `use one of ${DTYPES.join(", ")}`,
+    scale: "give a finite number (the standard deviation)",
+  },
+};
+
 /**
  * A tensor of normally distributed values (Box-Muller over {@linkcode seededRandom}).
  *
@@ -195,9 +297,24 @@ export interface RandomTensorOptions {
  * ```
  */
 export function randomTensor(shape: readonly number[], options: RandomTensorOptions = {}): HostTensor {
-  const { seed = 0, dtype = "float32", scale = 1 } = options;
+  const count = checkShape(shape, "shape");
+  const { seed = 0, dtype = "float32", scale = 1 } = parseWith(
+    RANDOM_TENSOR_OPTIONS,
+    options,
+    RANDOM_TENSOR_WORDING,
+  );
   const next = seededRandom(seed);
-  const values = new Float32Array(numel(shape));
+  let values: Float32Array;
+  try {
+    values = new Float32Array(count);
+  } catch (error) {
+    throw new MagiAttnInputError(
+      "shape",
+      `[${shape.join(", ")}] needs ${4 * count} bytes of float32 values, which could not be allocated ` +
+        `(${error instanceof Error ? error.message : String(error)})`,
+      "use a smaller shape",
+    );
+  }
   for (let index = 0; index < values.length; index += 2) {
     const radius = Math.sqrt(-2 * Math.log(1 - next()));
     const angle = 2 * Math.PI * next();

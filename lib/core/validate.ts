@@ -183,6 +183,44 @@ function resolveSoftcap(value: unknown): number {
 }
 
 /**
+ * A validated call: the {@linkcode ForwardShape} and the very argument objects it was validated for. Only
+ * this module can make one (a private field is its brand), so a backend handed one can trust its shape for
+ * exactly those arguments and validate anything else.
+ */
+export class ValidatedCall {
+  /** Sizes and resolved options of the call. */
+  readonly shape: ForwardShape;
+  readonly #args: readonly unknown[];
+
+  private constructor(shape: ForwardShape, args: readonly unknown[]) {
+    this.shape = shape;
+    this.#args = args;
+  }
+
+  /**
+   * Internal: made only by {@linkcode validateForwardCall} and {@linkcode validateBackwardCall}.
+   * @param shape the validated sizes
+   * @param args the argument objects they were validated for
+   */
+  static of(shape: ForwardShape, args: readonly unknown[]): ValidatedCall {
+    return new ValidatedCall(shape, args);
+  }
+
+  /**
+   * Whether `call` was made by this module for exactly these argument objects, in this order. O(arguments).
+   * @param call a value claiming to be a validated call
+   * @param args the arguments it must cover
+   */
+  static covers(call: unknown, args: readonly unknown[]): boolean {
+    if (typeof call !== "object" || call === null || !(#args in call)) return false;
+    const recorded = (call as ValidatedCall).#args;
+    if (recorded.length !== args.length) return false;
+    for (let index = 0; index < args.length; index++) if (recorded[index] !== args[index]) return false;
+    return true;
+  }
+}
+
+/**
  * Validates a forward call: q `[totalQ, Hq, D]`, k and v `[totalK, Hkv, D]` of one dtype, `Hq % Hkv == 0`,
  * token counts equal to the key's totals, a well-formed in-bounds key, `softmaxScale` finite > 0,
  * `softcap` finite ≥ 0 and every tensor under 2^31 elements. Returns the sizes and the resolved options.
@@ -272,7 +310,7 @@ export function validateForwardArgs(
   checkElementCount(q, "q");
   checkElementCount(k, "k");
   checkElementCount(v, "v");
-  return {
+  const shape: ForwardShape = {
     totalQ,
     totalK,
     numHeadsQ,
@@ -282,6 +320,7 @@ export function validateForwardArgs(
     softcap,
     dtype: q.dtype as DType,
   };
+  return shape;
 }
 
 /**
@@ -335,4 +374,25 @@ export function validateBackwardArgs(
     );
   }
   return shape;
+}
+
+/** {@linkcode validateForwardArgs} of `inputs` = q, k, v, remembering them: for a backend that trusts the call. */
+export function validateForwardCall(
+  inputs: readonly [ShapedTensor, ShapedTensor, ShapedTensor],
+  key: FlexKey,
+  opts: ScoreOptions = {},
+): ValidatedCall {
+  return ValidatedCall.of(validateForwardArgs(...inputs, key, opts), [...inputs, key]);
+}
+
+/**
+ * {@linkcode validateBackwardArgs} of `inputs` = dout, q, k, v, out, lse, remembering them: for a backend
+ * that trusts the call.
+ */
+export function validateBackwardCall(
+  inputs: readonly [ShapedTensor, ShapedTensor, ShapedTensor, ShapedTensor, ShapedTensor, ShapedTensor],
+  key: FlexKey,
+  opts: ScoreOptions = {},
+): ValidatedCall {
+  return ValidatedCall.of(validateBackwardArgs(...inputs, key, opts), [...inputs, key]);
 }

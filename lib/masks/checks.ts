@@ -15,7 +15,11 @@ export function checkInteger(value: unknown, field: string, min: number, max: nu
     const what = typeof value === "number" && Number.isInteger(value)
       ? `is ${value}, outside [${min}, ${max}]`
       : `is ${describeValue(value)}, not an integer`;
-    throw new MagiAttnInputError(field, what, fix);
+    throw new MagiAttnInputError(
+      field,
+      what,
+      typeof value === "bigint" ? `${fix} (as a number: convert bigints with Number(...))` : fix,
+    );
   }
   return value;
 }
@@ -26,22 +30,6 @@ export function checkArrayLike(value: unknown, field: string, fix: string): Arra
     return value as ArrayLike<unknown>;
   }
   throw new MagiAttnInputError(field, `is ${describeValue(value)}, not an array`, fix);
-}
-
-export function checkOptions(value: unknown, field: string, fix: string): Record<string, unknown> {
-  if (value === undefined) return {};
-  if (value === null || typeof value !== "object" || Array.isArray(value)) {
-    throw new MagiAttnInputError(field, `is ${describeValue(value)}, not an options object`, fix);
-  }
-  return value as Record<string, unknown>;
-}
-
-export function checkBoolean(value: unknown, field: string, fallback: boolean): boolean {
-  if (value === undefined) return fallback;
-  if (typeof value !== "boolean") {
-    throw new MagiAttnInputError(field, `is ${describeValue(value)}, not a boolean`, "pass true or false");
-  }
-  return value;
 }
 
 /** Validates a list of document lengths; returns them as numbers with their sum. */

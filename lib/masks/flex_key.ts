@@ -5,12 +5,12 @@
  * type), holds no slice that covers no cell (empty ranges, a BICAUSAL band with more query than key rows)
  * and no cell covered by two slices. Compiled keys are frozen objects, cached by spec fingerprint (an LRU
  * of {@linkcode FLEX_KEY_CACHE_CAPACITY}; a hit is confirmed by comparing the specs' contents) and shared
- * between callers; a key compiled from a spec that is already canonical shares the spec's internal
- * arrays instead of copying them. So **a key's typed arrays must never be mutated** (JavaScript cannot
- * freeze typed arrays): copy them (`key.qRanges.slice()`) to edit.
+ * between callers. A key owns its typed arrays (it never aliases a spec's storage, so writing into a key
+ * cannot change a spec), but **a key's typed arrays must never be mutated** all the same (JavaScript
+ * cannot freeze typed arrays, and the cached key is shared): copy them (`key.qRanges.slice()`) to edit.
  *
- * Cost, for N slices: O(N) and no allocation when the slices are already in canonical order and no two
- * share a query row (packed documents, sliding windows, block-causal, prefix-LM); otherwise
+ * Cost, for N slices: O(N) and one copy of the arrays when the slices are already in canonical order and
+ * no two share a query row (packed documents, sliding windows, block-causal, prefix-LM); otherwise
  * O(N log N + P log N), where P is the number of slice pairs whose bounding rectangles intersect: a sweep
  * over query rows with a max-segment tree over key starts reports exactly those pairs, and each gets an
  * exact O(1) integer test.
@@ -19,7 +19,14 @@
 
 import { describeValue, MagiAttnInputError } from "../core/errors.ts";
 import { type FlexKey, isAttnTypeValue, MASK_TYPE_NAMES, type PlainFlexKey } from "../core/types.ts";
-import { AttnMaskSpec, sharedSpecArrays, specFromRangesNamed } from "./spec.ts";
+import { parseWith, z } from "../core/schema.ts";
+import {
+  type AttnMaskSpec,
+  checkAttnMaskSpec,
+  keyArraysOf,
+  sharedSpecArrays,
+  specFromRangesNamed,
+} from "./spec.ts";
 
 const INT32_MAX = 2147483647;
 
@@ -31,6 +38,46 @@ const compiledKeys = new WeakSet<object>();
 
 /** LRU of compiled keys by spec fingerprint; a Map iterates in insertion order, oldest first. */
 const cache = new Map<string, { spec: AttnMaskSpec; key: FlexKey }>();
+
+// Top-level keys only: the range lists are checked element by element below (the hot loops).
+const PLAIN_KEY_SCHEMA = z.strictObject({
+  qRanges: z.unknown(),
+  kRanges: z.unknown(),
+  attnTypeMap: z.unknown(),
+  totalSeqlenQ: z.unknown().optional(),
+  totalSeqlenK: z.unknown().optional(),
+});
+
+const PLAIN_KEY_WORDING = {
+  field: "key",
+  owner: "a plain flex key",
+  fix: "pass { qRanges, kRanges, attnTypeMap, totalSeqlenQ, totalSeqlenK }",
+};
+
+const TYPED_KEY_SCHEMA = z.strictObject({
+  qRanges: z.unknown(),
+  kRanges: z.unknown(),
+  attnTypeMap: z.unknown(),
+  totalQ: z.unknown(),
+  totalK: z.unknown(),
+  maxSeqlenQ: z.unknown().optional(),
+  maxSeqlenK: z.unknown().optional(),
+  area: z.unknown().optional(),
+});
+
+const TYPED_KEY_WORDING = {
+  field: "key",
+  owner: "a FlexKey",
+  fix: "pass { qRanges, kRanges, attnTypeMap, totalQ, totalK } as Int32Arrays and totals",
+};
+
+const TOTALS_SCHEMA = z.strictObject({ totalQ: z.unknown(), totalK: z.unknown() });
+
+const TOTALS_WORDING = {
+  field: "totals",
+  owner: "toFlexKey's totals",
+  fix: "pass { totalQ, totalK } or nothing",
+};
 
 /** Empties the compiled-key cache. */
 export function clearFlexKeyCache(): void {
@@ -95,13 +142,11 @@ export function isFlexKey(x: unknown): x is FlexKey {
  * ```
  */
 export function compileFlexKey(spec: AttnMaskSpec): FlexKey {
-  if (!(spec instanceof AttnMaskSpec)) {
-    throw new MagiAttnInputError(
-      "spec",
-      `is ${describeValue(spec)}, not an AttnMaskSpec`,
-      "build the mask with AttnMaskSpec.varlen / .slidingWindow / .prefixTree / .fromRanges, or use toFlexKey",
-    );
-  }
+  checkAttnMaskSpec(
+    spec,
+    "spec",
+    "build the mask with AttnMaskSpec.varlen / .slidingWindow / .prefixTree / .fromRanges, or use toFlexKey",
+  );
   const fingerprint = spec.fingerprint();
   const hit = cache.get(fingerprint);
   if (hit !== undefined && (hit.spec === spec || hit.spec.equals(spec))) {
@@ -141,9 +186,14 @@ export function toFlexKey(
       "pass { totalQ, totalK } or nothing",
     );
   }
+  if (totals !== undefined) parseWith(TOTALS_SCHEMA, totals, TOTALS_WORDING);
   const candidate = key as unknown as Record<string, unknown>;
-  if (candidate.qRanges instanceof Int32Array) return validateTypedKey(candidate);
+  if (candidate.qRanges instanceof Int32Array) {
+    parseWith(TYPED_KEY_SCHEMA, key, TYPED_KEY_WORDING);
+    return validateTypedKey(candidate);
+  }
   const plain = key as PlainFlexKey;
+  parseWith(PLAIN_KEY_SCHEMA, key, PLAIN_KEY_WORDING);
   const spec = specFromRangesNamed(
     {
       qRanges: plain.qRanges,
@@ -201,9 +251,10 @@ function checkTotal(value: unknown, field: string): number {
 function compileSpec(spec: AttnMaskSpec): FlexKey {
   const totalQ = checkTotal(spec.totalSeqlenQ, "spec.totalSeqlenQ");
   const totalK = checkTotal(spec.totalSeqlenK, "spec.totalSeqlenK");
-  // The spec's arrays are immutable, so the key may share them (neither side ever writes to them).
+  // Read without copying, but never shared with the key: a caller writing into a key's typed arrays
+  // (JavaScript cannot freeze them) must not be able to change the frozen spec.
   const { q, k, types } = sharedSpecArrays(spec);
-  return finishKey(q, k, types, totalQ, totalK, "spec.maskTypes", true);
+  return finishKey(q, k, types, totalQ, totalK, "spec.maskTypes", () => keyArraysOf(spec));
 }
 
 /** Validates a FlexKey-shaped object not made by this module. */
@@ -229,8 +280,11 @@ function validateTypedKey(candidate: Record<string, unknown>): FlexKey {
   }
   const totalQ = checkTotal(candidate.totalQ, "key.totalQ");
   const totalK = checkTotal(candidate.totalK, "key.totalK");
-  // Not shareable: the caller keeps its arrays, the compiled key gets its own copies.
-  return finishKey(qFlat, kRanges, attnTypeMap, totalQ, totalK, "key.attnTypeMap", false);
+  return finishKey(qFlat, kRanges, attnTypeMap, totalQ, totalK, "key.attnTypeMap", () => ({
+    q: qFlat.slice(),
+    k: kRanges.slice(),
+    types: attnTypeMap.slice(),
+  }));
 }
 
 /** Throws the precise error for a slice that failed the combined check. */
@@ -286,8 +340,8 @@ function describeSlice(qs: number, qe: number, ks: number, ke: number, type: num
 /**
  * Validates flat slices (bounds, start ≤ end, types; integers by construction), drops those without
  * cells, puts the rest in canonical order, rejects shared cells, and packs the frozen key. On the common
- * path (canonical already, nothing to drop, no two slices sharing a query row) this is one read-only pass
- * and, when `shareable`, no allocation: the key uses the given arrays, which nobody may mutate afterwards.
+ * path (canonical already, nothing to drop, no two slices sharing a query row) this is one read-only pass,
+ * and the key keeps the arrays `keyCopy` gives (never the caller's own: a spec's are made once per spec).
  */
 function finishKey(
   qFlat: Int32Array,
@@ -296,7 +350,7 @@ function finishKey(
   totalQ: number,
   totalK: number,
   typesField: string,
-  shareable: boolean,
+  keyCopy: () => { q: Int32Array; k: Int32Array; types: Int32Array },
 ): FlexKey {
   const inputCount = types.length;
   let kept = 0, sorted = true, disjointRows = true, maxQEnd = 0;
@@ -347,9 +401,8 @@ function finishKey(
   }
   let slices: PackedSlices;
   if (kept === inputCount && sorted) {
-    slices = shareable
-      ? { q: qFlat, k: kFlat, types, origin: null }
-      : { q: qFlat.slice(), k: kFlat.slice(), types: types.slice(), origin: null };
+    const copy = keyCopy();
+    slices = { q: copy.q, k: copy.k, types: copy.types, origin: null };
   } else {
     slices = keepSlicesWithCells(qFlat, kFlat, types, kept);
     if (!sorted) slices = sortCanonical(slices, kept);

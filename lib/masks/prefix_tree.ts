@@ -16,7 +16,10 @@ export interface PrefixTreeLayout {
   positionIds: Int32Array;
 }
 
-/** A validated prefix tree: node lengths, paths, token offsets, parents (−1 root) and total tokens. */
+/**
+ * A validated prefix tree: node lengths, paths, token offsets, parents (−1 root, −2 for a node without
+ * tokens that is on no path) and total tokens.
+ */
 export interface CheckedPrefixTree {
   lengths: number[];
   paths: number[][];
@@ -25,7 +28,10 @@ export interface CheckedPrefixTree {
   total: number;
 }
 
-/** Validates a prefix tree; returns node lengths, token offsets, paths and each node's parent (−1 root). */
+/**
+ * Validates a prefix tree; returns node lengths, token offsets, paths and each node's parent (−1 root,
+ * −2 for a node without tokens on no path).
+ */
 export function checkPrefixTree(nodeLengthsInput: unknown, samplePathsInput: unknown): CheckedPrefixTree {
   const { seqlens: lengths, total } = checkSeqlens(nodeLengthsInput, "nodeLengths");
   const nodeCount = lengths.length;
@@ -89,13 +95,17 @@ export function checkPrefixTree(nodeLengthsInput: unknown, samplePathsInput: unk
     }
     paths.push(path);
   }
-  const unused = parents.indexOf(-2);
-  if (unused >= 0) {
-    throw new MagiAttnInputError(
-      `nodeLengths[${unused}]`,
-      `belongs to node ${unused}, which is on no sample path (its tokens would attend to nothing)`,
-      "add the node to a path or remove it from nodeLengths",
-    );
+  // A node on no path is fine when it has no tokens (it attends to nothing, e.g. an empty prompt folded
+  // out of the paths); one with tokens would leave them without a mask.
+  for (let node = 0; node < nodeCount; node++) {
+    if (parents[node] === -2 && lengths[node] > 0) {
+      throw new MagiAttnInputError(
+        `nodeLengths[${node}]`,
+        `belongs to node ${node}, which has ${lengths[node]} token(s) but is on no sample path (they would ` +
+          "attend to nothing)",
+        "add the node to a path, or remove it from nodeLengths (a node without tokens may stay off every path)",
+      );
+    }
   }
   const offsets = new Array<number>(nodeCount);
   let offset = 0;
@@ -139,4 +149,106 @@ export function prefixTreeLayout(
     }
   }
   return { sampleTokenRanges, positionIds };
+}
+
+/** A run of consecutive tokens of one chain of nodes, and the token runs of the nodes above it. */
+export interface PrefixTreeSegment {
+  /** First token of the chain. */
+  readonly start: number;
+  /** End (exclusive) of the chain's tokens. */
+  readonly end: number;
+  /** The chain's ancestors' tokens as sorted, disjoint, non-adjacent runs `s0, e0, s1, e1, …`. */
+  readonly ancestorRuns: readonly number[];
+}
+
+/** `runs` (sorted, disjoint, non-adjacent pairs) with `[start, end)` added, merging adjacent runs. */
+function insertRun(runs: readonly number[], start: number, end: number): number[] {
+  const out: number[] = [];
+  let position = 0;
+  while (position < runs.length && runs[position] < start) {
+    out.push(runs[position], runs[position + 1]);
+    position += 2;
+  }
+  let runStart = start, runEnd = end;
+  if (out.length > 0 && out[out.length - 1] === start) {
+    runStart = out[out.length - 2];
+    out.length -= 2;
+  }
+  if (position < runs.length && runs[position] === end) {
+    runEnd = runs[position + 1];
+    position += 2;
+  }
+  out.push(runStart, runEnd);
+  for (; position < runs.length; position++) out.push(runs[position]);
+  return out;
+}
+
+/**
+ * The tree's tokens as chain segments in token order: a node laid out right after its (nearest, with
+ * tokens) parent, while that parent is the last node of its segment, extends the parent's segment. Each
+ * segment carries its ancestors' token runs. O(nodes + total runs), never O(tokens).
+ */
+export function prefixTreeSegments(tree: CheckedPrefixTree): PrefixTreeSegment[] {
+  const { lengths, offsets, parents } = tree;
+  const nodeCount = lengths.length;
+  // The nearest ancestor with tokens (−1 none), resolved once per node with an explicit stack.
+  const tokenParent = new Int32Array(nodeCount).fill(-3); // −3: not resolved yet
+  const pending: number[] = [];
+  for (let node = 0; node < nodeCount; node++) {
+    for (let at = node; tokenParent[at] === -3;) {
+      pending.push(at);
+      const parent = parents[at];
+      if (parent < 0 || lengths[parent] > 0) break;
+      at = parent;
+    }
+    while (pending.length > 0) {
+      const at = pending.pop()!;
+      const parent = parents[at];
+      tokenParent[at] = parent < 0 ? -1 : lengths[parent] > 0 ? parent : tokenParent[parent];
+    }
+  }
+  const segmentOf = new Int32Array(nodeCount).fill(-1);
+  const heads: number[] = [], starts: number[] = [], ends: number[] = [], lastNodes: number[] = [];
+  for (let node = 0; node < nodeCount; node++) {
+    if (lengths[node] === 0) continue;
+    const parent = tokenParent[node];
+    const segment = parent >= 0 ? segmentOf[parent] : -1;
+    if (segment >= 0 && lastNodes[segment] === parent && ends[segment] === offsets[node]) {
+      ends[segment] = offsets[node] + lengths[node];
+      lastNodes[segment] = node;
+      segmentOf[node] = segment;
+    } else {
+      segmentOf[node] = heads.length;
+      heads.push(node);
+      starts.push(offsets[node]);
+      ends.push(offsets[node] + lengths[node]);
+      lastNodes.push(node);
+    }
+  }
+  // Ancestor runs of each segment: those of the parent's segment plus that segment up to the parent.
+  const runsOf = new Array<readonly number[] | undefined>(heads.length).fill(undefined);
+  const chain: number[] = [];
+  const empty: readonly number[] = [];
+  for (let segment = 0; segment < heads.length; segment++) {
+    for (let at = segment; at >= 0 && runsOf[at] === undefined;) {
+      chain.push(at);
+      const parent = tokenParent[heads[at]];
+      at = parent < 0 ? -1 : segmentOf[parent];
+    }
+    while (chain.length > 0) {
+      const at = chain.pop()!;
+      const parent = tokenParent[heads[at]];
+      if (parent < 0) {
+        runsOf[at] = empty;
+        continue;
+      }
+      const above = segmentOf[parent];
+      runsOf[at] = insertRun(runsOf[above]!, starts[above], offsets[parent] + lengths[parent]);
+    }
+  }
+  return heads.map((_, segment) => ({
+    start: starts[segment],
+    end: ends[segment],
+    ancestorRuns: runsOf[segment]!,
+  }));
 }

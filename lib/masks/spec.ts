@@ -18,16 +18,10 @@ import {
   type MaskType,
   maskTypeToAttnType,
 } from "../core/types.ts";
-import {
-  checkArrayLike,
-  checkBoolean,
-  checkInteger,
-  checkOptions,
-  checkSeqlens,
-  INT32_MAX,
-} from "./checks.ts";
+import { checkArrayLike, checkInteger, checkSeqlens, INT32_MAX } from "./checks.ts";
+import { parseWith, strictParser, z } from "../core/schema.ts";
 import { sliceFingerprint } from "./fingerprint.ts";
-import { checkPrefixTree } from "./prefix_tree.ts";
+import { checkPrefixTree, prefixTreeSegments } from "./prefix_tree.ts";
 
 /** A half-open range `[start, end)`. */
 export type Range = readonly [number, number];
@@ -59,6 +53,40 @@ export interface SlidingWindowOptions {
   /** Keys visible after the query: key j is visible from query i only if `j ≤ i + right`. */
   right: number;
 }
+
+const parseVarlenOptions = strictParser(z.strictObject({ causal: z.boolean().optional() }), {
+  field: "options",
+  owner: "AttnMaskSpec.varlen / .fromCuSeqlens",
+  fix: "pass { causal: true } or { causal: false }",
+  fixes: { causal: "pass true (causal documents, the default) or false (full attention)" },
+});
+
+const windowBound = z.int().min(-1).max(INT32_MAX);
+
+const WINDOW_SCHEMA = z.strictObject({ left: windowBound, right: windowBound });
+
+const WINDOW_WORDING = {
+  field: "window",
+  owner: "AttnMaskSpec.slidingWindow",
+  fix: "pass { left, right } with −1 for an unbounded side, e.g. { left: 127, right: 0 }",
+  fixes: {
+    left: "give a non-negative integer, or −1 for unbounded",
+    right: "give a non-negative integer, or −1 for unbounded",
+  },
+};
+
+/** Top-level keys of a ranges object (elements are checked by hand below: they are the hot loop). */
+function rangesSchema(typesField: string) {
+  return z.strictObject({
+    qRanges: z.unknown(),
+    kRanges: z.unknown(),
+    [typesField]: z.unknown(),
+    totalSeqlenQ: z.unknown().optional(),
+    totalSeqlenK: z.unknown().optional(),
+  });
+}
+
+const RANGES_SCHEMAS = new Map<string, ReturnType<typeof rangesSchema>>();
 
 function sameInts(a: Int32Array, b: Int32Array): boolean {
   for (let index = 0; index < a.length; index++) if (a[index] !== b[index]) return false;
@@ -114,6 +142,49 @@ let createSpec: (slices: SliceList, totalSeqlenQ: number, totalSeqlenK: number) 
 /** Reads a spec's flat arrays (set by the class's static block). */
 let readSpec: (spec: AttnMaskSpec) => { q: Int32Array; k: Int32Array; types: Int32Array };
 
+/** Brand check (set by the class's static block): built by this copy's builders, not just its prototype. */
+let hasSpecBrand: (value: object) => boolean;
+
+/**
+ * Whether `value` is an {@linkcode AttnMaskSpec} built by this copy of the module's builders. A brand
+ * check, not `instanceof`: an object made with `Object.create(AttnMaskSpec.prototype)` is not a spec.
+ */
+export function isAttnMaskSpec(value: unknown): value is AttnMaskSpec {
+  return typeof value === "object" && value !== null && hasSpecBrand(value);
+}
+
+/**
+ * Returns `value` if it is a real {@linkcode AttnMaskSpec}; otherwise throws a
+ * {@linkcode MagiAttnInputError} naming `field` that says what it is instead: not a spec at all, an
+ * object carrying the prototype without a builder, or a spec from a second copy of magi-attn.
+ */
+export function checkAttnMaskSpec(value: unknown, field: string, fix: string): AttnMaskSpec {
+  if (isAttnMaskSpec(value)) return value;
+  if (value instanceof AttnMaskSpec) {
+    throw new MagiAttnInputError(
+      field,
+      "has AttnMaskSpec's prototype but was not built by an AttnMaskSpec builder (it holds no slices)",
+      fix,
+    );
+  }
+  let className: unknown;
+  try {
+    className = (value as { constructor?: { name?: unknown } } | null)?.constructor?.name;
+  } catch {
+    className = undefined;
+  }
+  if (className === "AttnMaskSpec") {
+    throw new MagiAttnInputError(
+      field,
+      "is an AttnMaskSpec from another copy of magi-attn (the module was loaded twice, e.g. from two URLs " +
+        "or two versions), which this copy cannot read",
+      "import AttnMaskSpec and the functions you pass it to from one copy of magi-attn (one import URL and " +
+        "version)",
+    );
+  }
+  throw new MagiAttnInputError(field, `is ${describeValue(value)}, not an AttnMaskSpec`, fix);
+}
+
 /** Flat slices of a spec, as fresh typed arrays. */
 export interface SpecSliceArrays {
   /** Query ranges `s0, e0, s1, e1, …` (length 2N). */
@@ -126,10 +197,28 @@ export interface SpecSliceArrays {
 
 /**
  * Internal (for the flex key compiler; not re-exported by mod.ts): the spec's own flat arrays, shared,
- * not copied. They must never be mutated: the spec is immutable and compiled keys may share them.
+ * not copied. They must never be mutated or handed out: the spec is immutable (keys get copies).
  */
 export function sharedSpecArrays(spec: AttnMaskSpec): { q: Int32Array; k: Int32Array; types: Int32Array } {
   return readSpec(spec);
+}
+
+/** A copy of each spec's arrays for the keys compiled from it, made on the first compile. */
+const keyStorage = new WeakMap<AttnMaskSpec, { q: Int32Array; k: Int32Array; types: Int32Array }>();
+
+/**
+ * Internal (for the flex key compiler): arrays a key compiled from `spec` may keep: a copy of the spec's
+ * slices made once per spec and shared by every key compiled from it, never the spec's own storage (so
+ * writing into a key cannot change the spec). Made once so that recompiling a spec allocates nothing.
+ */
+export function keyArraysOf(spec: AttnMaskSpec): { q: Int32Array; k: Int32Array; types: Int32Array } {
+  let arrays = keyStorage.get(spec);
+  if (arrays === undefined) {
+    const { q, k, types } = readSpec(spec);
+    arrays = { q: q.slice(), k: k.slice(), types: types.slice() };
+    keyStorage.set(spec, arrays);
+  }
+  return arrays;
 }
 
 /**
@@ -189,14 +278,13 @@ export class AttnMaskSpec {
         totalSeqlenQ,
         totalSeqlenK,
       );
+    hasSpecBrand = (value) => #q in value;
     readSpec = (spec) => {
-      if (!(spec instanceof AttnMaskSpec)) {
-        throw new MagiAttnInputError(
-          "spec",
-          `is ${describeValue(spec)}, not an AttnMaskSpec`,
-          "build the mask with AttnMaskSpec.varlen / .slidingWindow / .prefixTree / .fromRanges",
-        );
-      }
+      checkAttnMaskSpec(
+        spec,
+        "spec",
+        "build the mask with AttnMaskSpec.varlen / .slidingWindow / .prefixTree / .fromRanges",
+      );
       return { q: spec.#q, k: spec.#k, types: spec.#types };
     };
   }
@@ -262,7 +350,7 @@ export class AttnMaskSpec {
   /** Whether `other` has the same totals and the same slices in the same order. O(slices). */
   equals(other: AttnMaskSpec): boolean {
     if (other === this) return true;
-    if (!(other instanceof AttnMaskSpec)) return false;
+    if (!isAttnMaskSpec(other)) return false;
     if (
       other.#types.length !== this.#types.length || other.totalSeqlenQ !== this.totalSeqlenQ ||
       other.totalSeqlenK !== this.totalSeqlenK
@@ -304,8 +392,7 @@ export class AttnMaskSpec {
    */
   static varlen(seqlens: readonly number[] | ArrayLike<number>, options: VarlenOptions = {}): AttnMaskSpec {
     const { seqlens: lengths, total } = checkSeqlens(seqlens, "seqlens");
-    const opts = checkOptions(options, "options", "pass { causal: true } or { causal: false }");
-    const causal = checkBoolean(opts.causal, "options.causal", true);
+    const { causal = true } = parseVarlenOptions(options);
     return AttnMaskSpec.#square(lengths, causal ? CAUSAL : FULL, total);
   }
 
@@ -322,14 +409,10 @@ export class AttnMaskSpec {
         "start it with 0, e.g. [0] for no tokens or [0, 5, 12]",
       );
     }
-    const opts = checkOptions(options, "options", "pass { causal: true } or { causal: false }");
-    const causal = checkBoolean(opts.causal, "options.causal", true);
-    if (list[0] !== 0) {
-      throw new MagiAttnInputError(
-        "cuSeqlens[0]",
-        `is ${describeValue(list[0])}, not 0`,
-        "start the cumulative lengths at 0",
-      );
+    const { causal = true } = parseVarlenOptions(options);
+    const first = checkInteger(list[0], "cuSeqlens[0]", 0, INT32_MAX, "start the cumulative lengths at 0");
+    if (first !== 0) {
+      throw new MagiAttnInputError("cuSeqlens[0]", `is ${first}, not 0`, "start the cumulative lengths at 0");
     }
     const lengths = new Array<number>(list.length - 1);
     let previous = 0;
@@ -378,16 +461,7 @@ export class AttnMaskSpec {
     } else {
       ({ seqlens: lengths, total } = checkSeqlens(seqlensOrN, "seqlensOrN"));
     }
-    if (window === null || typeof window !== "object") {
-      throw new MagiAttnInputError(
-        "window",
-        `is ${describeValue(window)}, not { left, right }`,
-        "pass { left, right } with −1 for an unbounded side, e.g. { left: 127, right: 0 }",
-      );
-    }
-    const fix = "give a non-negative integer, or −1 for unbounded";
-    const left = checkInteger(window.left, "window.left", -1, INT32_MAX, fix);
-    const right = checkInteger(window.right, "window.right", -1, INT32_MAX, fix);
+    const { left, right } = parseWith(WINDOW_SCHEMA, window, WINDOW_WORDING);
     const slices = new SliceList();
     let offset = 0;
     for (const length of lengths) {
@@ -414,10 +488,14 @@ export class AttnMaskSpec {
 
   /**
    * A prefix tree (e.g. RL rollouts sharing a prompt): node n has `nodeLengths[n]` tokens, laid out in
-   * node order; each sample path lists node indices from a root to a leaf. For every node of every path:
-   * a CAUSAL slice of the node onto itself, then a FULL slice onto each earlier node of its path (root
-   * first); duplicates are removed, first occurrence kept. Every node must be on some path, a node must
-   * have the same parent in every path, and several roots (a forest) are allowed.
+   * node order; each sample path lists node indices from a root to a leaf. A token sees the earlier tokens
+   * of its own node (causal) and every token of the nodes above it on its path (full). A node must have the
+   * same parent in every path, several roots (a forest) are allowed, and every node with tokens must be on
+   * some path (a node without tokens attends to nothing and needs none).
+   *
+   * The slices grow with the nodes, not their tokens: a chain of nodes, each laid out right after its
+   * parent, becomes one causal slice (a chain of 5,000 one-token nodes is `causal(5000)`), joined with the
+   * ancestors' tokens right before it; every other contiguous run of ancestor tokens is one full slice.
    */
   static prefixTree(
     nodeLengths: readonly number[] | ArrayLike<number>,
@@ -425,21 +503,20 @@ export class AttnMaskSpec {
   ): AttnMaskSpec {
     const tree = checkPrefixTree(nodeLengths, samplePaths);
     const slices = new SliceList();
-    const nodeCount = tree.lengths.length;
-    // emitted[node] = true once the node's slices are out: its ancestors are the same on every path.
-    const emitted = new Uint8Array(nodeCount);
-    for (const path of tree.paths) {
-      for (let position = 0; position < path.length; position++) {
-        const node = path[position];
-        if (emitted[node]) continue;
-        emitted[node] = 1;
-        const qs = tree.offsets[node], qe = qs + tree.lengths[node];
-        if (qs === qe) continue;
-        slices.push(qs, qe, qs, qe, CAUSAL);
-        for (let earlier = 0; earlier < position; earlier++) {
-          const ancestor = path[earlier];
-          const ks = tree.offsets[ancestor], ke = ks + tree.lengths[ancestor];
-          if (ks !== ke) slices.push(qs, qe, ks, ke, FULL);
+    for (const segment of prefixTreeSegments(tree)) {
+      const { start, end, ancestorRuns } = segment;
+      // Runs end below the segment or start above it; the one ending at its start joins the causal slice.
+      let causalKeyStart = start;
+      for (let run = 0; run < ancestorRuns.length; run += 2) {
+        if (ancestorRuns[run + 1] === start) causalKeyStart = ancestorRuns[run];
+        else if (ancestorRuns[run] < start) {
+          slices.push(start, end, ancestorRuns[run], ancestorRuns[run + 1], FULL);
+        }
+      }
+      slices.push(start, end, causalKeyStart, end, CAUSAL);
+      for (let run = 0; run < ancestorRuns.length; run += 2) {
+        if (ancestorRuns[run] > start) {
+          slices.push(start, end, ancestorRuns[run], ancestorRuns[run + 1], FULL);
         }
       }
     }
@@ -514,13 +591,14 @@ export class AttnMaskSpec {
  * `typesField` in errors; the flex key compiler calls it `attnTypeMap`.
  */
 export function specFromRangesNamed(ranges: AttnMaskRanges, typesField: string): AttnMaskSpec {
-  if (ranges === null || typeof ranges !== "object") {
-    throw new MagiAttnInputError(
-      "ranges",
-      `is ${describeValue(ranges)}, not an object`,
-      "pass { qRanges, kRanges, maskTypes, totalSeqlenQ, totalSeqlenK }",
-    );
-  }
+  let schema = RANGES_SCHEMAS.get(typesField);
+  if (schema === undefined) RANGES_SCHEMAS.set(typesField, schema = rangesSchema(typesField));
+  parseWith(schema, ranges, {
+    field: typesField === "maskTypes" ? "" : "key",
+    valueName: "ranges",
+    owner: typesField === "maskTypes" ? "AttnMaskSpec.fromRanges" : "a plain flex key",
+    fix: `pass { qRanges, kRanges, ${typesField}, totalSeqlenQ, totalSeqlenK }`,
+  });
   const rangesFix = "pass an array of [start, end) pairs, one per slice";
   const qList = checkArrayLike(ranges.qRanges, "qRanges", rangesFix);
   const kList = checkArrayLike(ranges.kRanges, "kRanges", rangesFix);

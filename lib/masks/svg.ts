@@ -11,7 +11,8 @@
 
 import { describeValue, MagiAttnInputError } from "../core/errors.ts";
 import { compileFlexKey, isFlexKey, toFlexKey } from "./flex_key.ts";
-import { AttnMaskSpec } from "./spec.ts";
+import { AttnMaskSpec, checkAttnMaskSpec } from "./spec.ts";
+import { strictParser, z } from "../core/schema.ts";
 import { type FlexKey, MASK_TYPE_NAMES } from "../core/types.ts";
 
 /** Options of {@linkcode maskToSvg}. */
@@ -35,10 +36,21 @@ const MAX_OUTLINED_SLICES = 256;
 /** Cell grid lines are drawn when every block is one token and the grid is at most this large. */
 const MAX_GRID_LINES = 64;
 
-/** Escapes text for SVG character data and attribute values. */
+/**
+ * Characters XML 1.0 does not allow anywhere, not even as character references: C0 controls other than
+ * tab, line feed and carriage return, unpaired surrogates, and U+FFFE/U+FFFF.
+ */
+const NOT_XML_CHARACTERS =
+  // deno-lint-ignore no-control-regex
+  /[\u0000-\u0008\u000B\u000C\u000E-\u001F\uFFFE\uFFFF]|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+
+/**
+ * Escapes text for SVG character data and attribute values; characters XML cannot hold become U+FFFD
+ * (the replacement character), so the document stays well-formed whatever the text.
+ */
 function escapeXml(text: string): string {
-  return text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;")
-    .replace(/'/g, "&apos;");
+  return text.replace(NOT_XML_CHARACTERS, "\uFFFD").replace(/&/g, "&amp;").replace(/</g, "&lt;")
+    .replace(/>/g, "&gt;").replace(/"/g, "&quot;").replace(/'/g, "&apos;");
 }
 
 /** A pixel coordinate with at most two decimals. */
@@ -185,7 +197,9 @@ function countBlocks(key: FlexKey, rows: Axis, columns: Axis): BlockCounts {
 }
 
 function resolveKey(specOrKey: AttnMaskSpec | FlexKey): FlexKey {
-  if (specOrKey instanceof AttnMaskSpec) return compileFlexKey(specOrKey);
+  if (specOrKey instanceof AttnMaskSpec) {
+    return compileFlexKey(checkAttnMaskSpec(specOrKey, "specOrKey", "build it with an AttnMaskSpec builder"));
+  }
   if (isFlexKey(specOrKey)) return specOrKey;
   if (specOrKey === null || typeof specOrKey !== "object") {
     throw new MagiAttnInputError(
@@ -197,36 +211,26 @@ function resolveKey(specOrKey: AttnMaskSpec | FlexKey): FlexKey {
   return toFlexKey(specOrKey);
 }
 
+const parseSvgOptions = strictParser(
+  z.strictObject({
+    maxCells: z.int().min(1).max(MAX_MAX_CELLS).optional(),
+    title: z.string().optional(),
+    cellSize: z.number().positive().max(1000).optional(),
+  }),
+  {
+    field: "options",
+    owner: "maskToSvg",
+    fix: "pass { maxCells, title, cellSize } or nothing",
+    fixes: {
+      maxCells: `give an integer from 1 to ${MAX_MAX_CELLS} (blocks drawn per axis)`,
+      title: "pass a string",
+      cellSize: "give a pixel size > 0 and ≤ 1000, or leave it out",
+    },
+  },
+);
+
 function checkOptions(options: MaskSvgOptions): { maxCells: number; title?: string; cellSize?: number } {
-  if (options === null || typeof options !== "object") {
-    throw new MagiAttnInputError(
-      "options",
-      `is ${describeValue(options)}, not an options object`,
-      "pass { maxCells, title, cellSize } or nothing",
-    );
-  }
-  const { maxCells = DEFAULT_MAX_CELLS, title, cellSize } = options;
-  if (!Number.isInteger(maxCells) || maxCells < 1 || maxCells > MAX_MAX_CELLS) {
-    throw new MagiAttnInputError(
-      "options.maxCells",
-      `is ${describeValue(maxCells)}`,
-      `give an integer from 1 to ${MAX_MAX_CELLS} (blocks drawn per axis)`,
-    );
-  }
-  if (title !== undefined && typeof title !== "string") {
-    throw new MagiAttnInputError(
-      "options.title",
-      `is ${describeValue(title)}, not a string`,
-      "pass a string",
-    );
-  }
-  if (cellSize !== undefined && !(typeof cellSize === "number" && cellSize > 0 && cellSize <= 1000)) {
-    throw new MagiAttnInputError(
-      "options.cellSize",
-      `is ${describeValue(cellSize)}`,
-      "give a pixel size > 0 and ≤ 1000, or leave it out",
-    );
-  }
+  const { maxCells = DEFAULT_MAX_CELLS, title, cellSize } = parseSvgOptions(options);
   return { maxCells, title, cellSize };
 }
 

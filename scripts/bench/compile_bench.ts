@@ -26,6 +26,18 @@ for (let child = 0; child < 64; child++) {
   }
 }
 const treeSpec = AttnMaskSpec.prefixTree(treeLengths, treePaths);
+
+// Prefix trees of 10,000 nodes: a chain of one-token nodes (one causal slice), and a 1,000-token prompt
+// with 3,333 completions of three nodes each (a completion's chain is one causal slice plus the prompt).
+const chainLengths = new Array<number>(10_000).fill(1);
+const chainPaths = [Array.from({ length: 10_000 }, (_, node) => node)];
+const bushLengths = [1_000];
+const bushPaths: number[][] = [];
+for (let completion = 0; completion < 3_333; completion++) {
+  const first = bushLengths.length;
+  bushLengths.push(40, 30, 20);
+  bushPaths.push([0, first, first + 1, first + 2]);
+}
 const windowSpec = AttnMaskSpec.slidingWindow(lengths, { left: 4_095, right: 0 });
 
 Deno.bench(
@@ -52,6 +64,17 @@ Deno.bench("AttnMaskSpec.varlen build + fingerprint, 10k docs", { group: "build"
 
 Deno.bench("AttnMaskSpec.prefixTree build, 257 nodes / 1M tokens", { group: "build" }, () => {
   AttnMaskSpec.prefixTree(treeLengths, treePaths);
+});
+
+Deno.bench("AttnMaskSpec.prefixTree build, 10k-node chain", { group: "build" }, () => {
+  AttnMaskSpec.prefixTree(chainLengths, chainPaths);
+});
+
+Deno.bench("AttnMaskSpec.prefixTree build + compile, 10k nodes (prompt + 3,333 completions)", {
+  group: "build",
+}, () => {
+  clearFlexKeyCache();
+  compileFlexKey(AttnMaskSpec.prefixTree(bushLengths, bushPaths));
 });
 
 Deno.bench("AttnMaskSpec.slidingWindow build, 10k docs / 1M tokens", { group: "build" }, () => {

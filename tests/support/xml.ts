@@ -1,6 +1,6 @@
 /**
- * A strict little XML structure parser for tests of the SVG writers: it asserts balanced tags, quoted
- * attributes and escaped text, and returns the elements in document order.
+ * A strict little XML structure parser for tests of the SVG writers: it asserts XML characters only,
+ * balanced tags, quoted attributes and escaped text, and returns the elements in document order.
  * @module
  */
 
@@ -10,6 +10,20 @@ import assert from "node:assert/strict";
 export function parseXml(
   text: string,
 ): { root: string; elements: { name: string; attributes: Record<string, string>; text: string }[] } {
+  // XML 1.0's Char production: no C0 controls but tab/LF/CR, no unpaired surrogates, no U+FFFE/U+FFFF.
+  for (let index = 0; index < text.length; index++) {
+    const code = text.charCodeAt(index);
+    const isHigh = code >= 0xd800 && code <= 0xdbff, isLow = code >= 0xdc00 && code <= 0xdfff;
+    const next = index + 1 < text.length ? text.charCodeAt(index + 1) : 0;
+    if (isHigh && next >= 0xdc00 && next <= 0xdfff) {
+      index++; // a surrogate pair: one character outside the BMP
+      continue;
+    }
+    assert.ok(
+      !((code < 0x20 && code !== 0x9 && code !== 0xa && code !== 0xd) || isHigh || isLow || code >= 0xfffe),
+      `character U+${code.toString(16).padStart(4, "0")} at offset ${index} is not allowed in XML`,
+    );
+  }
   const elements: { name: string; attributes: Record<string, string>; text: string }[] = [];
   const stack: { name: string; index: number }[] = [];
   let root = "";
