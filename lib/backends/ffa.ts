@@ -13,7 +13,11 @@ import type { HostTensor } from "../core/tensor.ts";
 import type { FlexKey, PlainFlexKey } from "../core/types.ts";
 import { validateBackwardCall, validateForwardCall } from "../core/validate.ts";
 import { checkHostInputs, type DeviceTensor, isDeviceTensor } from "../../ffi/device.ts";
-import { cudaBackwardValidated, cudaForwardValidated, cudaUnsupportedReason } from "../../ffi/cuda_backend.ts";
+import {
+  cudaBackwardValidated,
+  cudaForwardValidated,
+  cudaUnsupportedReason,
+} from "../../ffi/cuda_backend.ts";
 import { probeCudaBackend } from "../../ffi/library.ts";
 import { parseBackendInfoOptions, parseFlexAttnOptions } from "./options.ts";
 
@@ -75,7 +79,6 @@ export interface BackendInfo {
   /** Path of the loaded CUDA library, when CUDA is used. */
   libraryPath?: string;
 }
-
 
 /**
  * Reports which backend `"auto"` resolves to. Without `--allow-ffi` the CPU is used (the reason says so);
