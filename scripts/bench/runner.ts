@@ -28,7 +28,7 @@ export interface OursRunner {
 }
 
 /** Target of the host overhead of one forward call, µs. */
-export const HOST_TARGET_US = 20;
+export const HOST_TARGET_US = 15;
 /** The tiny problem of the host-overhead measurement (causal). */
 export const TINY: { readonly seqlen: 128; readonly heads: 1; readonly headDim: 64 } = Object.freeze({
   seqlen: 128,

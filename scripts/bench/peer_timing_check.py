@@ -4,13 +4,19 @@ causal-16k (bf16, B = 1, H = 16, D = 128) timed with a plain CUDA-event loop (N 
 two events, after a warm-up), under each input distribution and autograd setting, so the difference
 between the bench's reading and a plain loop can be attributed.
 
-Usage: python3 scripts/peer_timing_check.py [--iters 30]
+Usage: python3 scripts/bench/peer_timing_check.py [--iters 30] [--methods]
 Prints one line per configuration: TFLOP/s of the forward (by mask area) and, where autograd is on, of
 the backward (each backward after an untimed forward, events around torch.autograd.grad only).
+--methods instead times the same cuDNN forward (randn, autograd on) three ways in one process, three
+rounds each, alternating: the bench's own `time_forward` (scripts/bench/peers.py: ~10 ms batches, a
+synchronize after each, median), a plain loop of N calls between two events, and the plain loop after
+1 s of idle GPU (clocks).
 """
 
+import os
 import subprocess
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +63,46 @@ def sm_clock():
         return "?"
 
 
+def methods():
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import peers  # the bench's own timing loop
+
+    for causal in (False, True):
+        area = S * (S + 1) / 2 if causal else S * S
+        flops_fwd = 4 * area * H * D
+        q, k, v, _ = inputs("randn")
+        qq, kk, vv = (t.detach().requires_grad_(True) for t in (q, k, v))
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            def fwd():
+                return F.scaled_dot_product_attention(qq, kk, vv, is_causal=causal)
+
+            def plain():
+                for _ in range(5):
+                    fwd()
+                torch.cuda.synchronize()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(ITERS):
+                    fwd()
+                end.record()
+                end.synchronize()
+                return start.elapsed_time(end) / ITERS
+
+            for rnd in range(3):
+                bench_ms, _ = peers.time_forward(fwd)
+                plain_ms = plain()
+                time.sleep(1.0)
+                idle_ms = plain()
+                name = "causal" if causal else "full"
+                print(f"cudnn {name}-16k round {rnd}: bench time_forward {flops_fwd / bench_ms / 1e9:.0f} TFLOP/s | "
+                      f"plain loop {flops_fwd / plain_ms / 1e9:.0f} | plain loop after 1 s idle "
+                      f"{flops_fwd / idle_ms / 1e9:.0f} | sm clock {sm_clock()}", flush=True)
+
+
 def main():
+    if "--methods" in sys.argv:
+        methods()
+        return
     for causal in (False, True):
         area = S * (S + 1) / 2 if causal else S * S
         flops_fwd = 4 * area * H * D
