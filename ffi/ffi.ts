@@ -13,6 +13,23 @@
  * @module
  */
 
+/**
+ * The parameters every kernel entry (`magi_ffa_forward`, `magi_ffa_backward`) takes after its tensor
+ * pointers: `const void* plan, int32_t hq, int32_t hkv, int32_t head_dim, int32_t dtype, float softmax_scale,
+ * float softcap, int32_t deterministic, void* stream`.
+ */
+const KERNEL_TAIL = [
+  "pointer", // const void* plan
+  "i32", // int32_t hq
+  "i32", // int32_t hkv
+  "i32", // int32_t head_dim
+  "i32", // int32_t dtype (MAGI_FFA_DTYPE_*)
+  "f32", // float softmax_scale
+  "f32", // float softcap
+  "i32", // int32_t deterministic
+  "pointer", // void* stream
+] as const;
+
 /** Every symbol of `magi_ffa.h`, typed for `Deno.dlopen`. */
 export const symbols = {
   /** `int32_t magi_ffa_abi_version(void)` */
@@ -205,15 +222,7 @@ export const symbols = {
       "pointer", // const void* v
       "pointer", // void* out
       "pointer", // float* lse (device)
-      "pointer", // const void* plan
-      "i32", // int32_t hq
-      "i32", // int32_t hkv
-      "i32", // int32_t head_dim
-      "i32", // int32_t dtype (MAGI_FFA_DTYPE_*)
-      "f32", // float softmax_scale
-      "f32", // float softcap
-      "i32", // int32_t deterministic
-      "pointer", // void* stream
+      ...KERNEL_TAIL,
     ],
     result: "i32",
   },
@@ -234,15 +243,7 @@ export const symbols = {
       "pointer", // void* dq
       "pointer", // void* dk
       "pointer", // void* dv
-      "pointer", // const void* plan
-      "i32", // int32_t hq
-      "i32", // int32_t hkv
-      "i32", // int32_t head_dim
-      "i32", // int32_t dtype (MAGI_FFA_DTYPE_*)
-      "f32", // float softmax_scale
-      "f32", // float softcap
-      "i32", // int32_t deterministic
-      "pointer", // void* stream
+      ...KERNEL_TAIL,
     ],
     result: "i32",
   },
