@@ -81,23 +81,14 @@ export interface CudaBackwardOptions extends CudaKernelOptions {
   outputs?: { dq?: DeviceTensor; dk?: DeviceTensor; dv?: DeviceTensor };
 }
 
-/** Forward result: `out` like q and `lse` float32 `[totalQ, Hq]`. */
-export interface CudaForwardResult<T extends CudaInput = CudaInput> {
-  /** Attention output. */
-  out: T;
-  /** Natural-log sum of exponentials of each row's visible logits (−inf for empty rows). */
-  lse: T;
-}
+/**
+ * Forward result: `out` like q and `lse` float32 `[totalQ, Hq]` (the fields are documented on the public
+ * `FlexAttnForwardResult`).
+ */
+export type CudaForwardResult<T extends CudaInput = CudaInput> = { out: T; lse: T };
 
-/** Backward result: gradients with the shapes and dtypes of q, k and v. */
-export interface CudaBackwardResult<T extends CudaInput = CudaInput> {
-  /** Gradient of q. */
-  dq: T;
-  /** Gradient of k. */
-  dk: T;
-  /** Gradient of v. */
-  dv: T;
-}
+/** Backward result: gradients `dq`, `dk`, `dv` with the shapes and dtypes of q, k and v. */
+export type CudaBackwardResult<T extends CudaInput = CudaInput> = { dq: T; dk: T; dv: T };
 
 /** What one kernel call writes: its outputs' names, shapes and dtypes, in the C ABI's argument order. */
 interface OutputSpec {
