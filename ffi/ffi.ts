@@ -30,6 +30,13 @@ const KERNEL_TAIL = [
   "pointer", // void* stream
 ] as const;
 
+/**
+ * The signature of the `magi_ffa_supported_*` lists: `(int32_t* items, int32_t capacity, int32_t* count)`,
+ * `items` an Int32Array of `capacity` (may be NULL when capacity is 0), `count` an Int32Array of 1 that
+ * receives how many there are.
+ */
+const SUPPORTED_LIST = { parameters: ["buffer", "i32", "buffer"], result: "i32" } as const;
+
 /** Every symbol of `magi_ffa.h`, typed for `Deno.dlopen`. */
 export const symbols = {
   /** `int32_t magi_ffa_abi_version(void)` */
@@ -41,26 +48,12 @@ export const symbols = {
    * `int32_t magi_ffa_supported_head_dims(int32_t* head_dims, int32_t capacity, int32_t* count)`: the head
    * dims the kernels are compiled for, ascending; needs no GPU.
    */
-  magi_ffa_supported_head_dims: {
-    parameters: [
-      "buffer", // int32_t* head_dims (Int32Array of capacity; may be NULL when capacity is 0)
-      "i32", // int32_t capacity
-      "buffer", // int32_t* count (Int32Array of 1, receives how many there are)
-    ],
-    result: "i32",
-  },
+  magi_ffa_supported_head_dims: SUPPORTED_LIST,
   /**
    * `int32_t magi_ffa_supported_dtypes(int32_t* dtypes, int32_t capacity, int32_t* count)`: the
    * `MAGI_FFA_DTYPE_*` codes the kernels are compiled for, ascending; needs no GPU.
    */
-  magi_ffa_supported_dtypes: {
-    parameters: [
-      "buffer", // int32_t* dtypes (Int32Array of capacity; may be NULL when capacity is 0)
-      "i32", // int32_t capacity
-      "buffer", // int32_t* count (Int32Array of 1, receives how many there are)
-    ],
-    result: "i32",
-  },
+  magi_ffa_supported_dtypes: SUPPORTED_LIST,
 
   /** `int32_t magi_ffa_device_count(int32_t* count)` */
   magi_ffa_device_count: {
