@@ -12,6 +12,7 @@ import { prefixTreeLayout } from "../lib/masks/prefix_tree.ts";
 import { seededRandom } from "../lib/core/tensor.ts";
 import { documentIndexOf } from "./support/fixtures.ts";
 import {
+  assertCanonicalKey,
   coverCounts,
   denseFromPredicate,
   firstDifference,
@@ -50,32 +51,7 @@ function checkAgainstOracle(
   let visibleCount = 0;
   for (const value of expected) visibleCount += value;
   assert.equal(key.area, visibleCount, `${context}: area`);
-  let maxQ = 0, maxK = 0;
-  for (let n = 0; n < key.attnTypeMap.length; n++) {
-    maxQ = Math.max(maxQ, key.qRanges[2 * n + 1] - key.qRanges[2 * n]);
-    maxK = Math.max(maxK, key.kRanges[2 * n + 1] - key.kRanges[2 * n]);
-    if (n > 0) {
-      const previous = [
-        key.qRanges[2 * n - 2],
-        key.kRanges[2 * n - 2],
-        key.qRanges[2 * n - 1],
-        key.kRanges[2 * n - 1],
-      ];
-      const current = [
-        key.qRanges[2 * n],
-        key.kRanges[2 * n],
-        key.qRanges[2 * n + 1],
-        key.kRanges[2 * n + 1],
-      ];
-      const order = previous.findIndex((value, index) => value !== current[index]);
-      assert.ok(
-        order < 0 ? key.attnTypeMap[n - 1] <= key.attnTypeMap[n] : previous[order] < current[order],
-        `${context}: slices ${n - 1} and ${n} out of canonical order`,
-      );
-    }
-  }
-  assert.equal(key.maxSeqlenQ, maxQ, context);
-  assert.equal(key.maxSeqlenK, maxK, context);
+  assertCanonicalKey(key, context);
   return key;
 }
 
