@@ -13,7 +13,6 @@ import {
   resetAttnSpecGuard,
   setAttnSpecOnAttention,
 } from "../lib/attention/stamping.ts";
-
 import { AttnMaskSpec } from "../lib/masks/spec.ts";
 import { randomTensor, seededRandom, toFloat32 } from "../lib/core/tensor.ts";
 import { randomInt } from "./support/fuzz.ts";
