@@ -49,6 +49,20 @@ export function randomLengths(random: Random, maxCount: number, maxLength: numbe
   return Array.from({ length: randomInt(random, 0, maxCount) }, () => randomLength(random, maxLength));
 }
 
+/** Up to six lengths (0 drawn often) whose sum stays within `maxTotal`. */
+export function randomLengthsUpTo(random: Random, maxTotal: number): number[] {
+  const count = randomInt(random, 0, 6);
+  const lengths: number[] = [];
+  let total = 0;
+  for (let d = 0; d < count; d++) {
+    const length = random() < 0.2 ? 0 : randomInt(random, 1, Math.max(1, Math.floor(maxTotal / 3)));
+    if (total + length > maxTotal) break;
+    lengths.push(length);
+    total += length;
+  }
+  return lengths;
+}
+
 /** What every fuzz summary keeps: failures (the first 20 messages) and the wall time. */
 export interface FailureTally {
   failed: number;
