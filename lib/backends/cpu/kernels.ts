@@ -83,6 +83,12 @@ function gradientRow(
   kernel.gradient_row(scores * BYTES, grads * BYTES, count, scale, lse, delta);
 }
 
+/** A block's rows (query rows × GQA heads), its keys and the padded row length of its `[rows, keys]` tiles. */
+function blockSizes(block: Block, group: number): { rows: number; keys: number; stride: number } {
+  const keys = block.keyHigh - block.keyLow;
+  return { rows: (block.rowEnd - block.rowStart) * group, keys, stride: roundUp(keys, GEMM_COLUMN_MULTIPLE) };
+}
+
 /** What forward and backward tasks share: the plan, the padded sizes and the float64 key/value window. */
 interface TaskFrame {
   group: number;
@@ -194,10 +200,8 @@ export class CpuKernels {
     const products = new BlockProducts(arena.exports.gemm, headDim, paddedDim, leading);
 
     for (const block of blocks) {
-      const { rowStart, rowEnd, keyLow, keyHigh, lows, highs } = block;
-      const rows = (rowEnd - rowStart) * group;
-      const keys = keyHigh - keyLow;
-      const stride = roundUp(keys, GEMM_COLUMN_MULTIPLE);
+      const { rowStart, rowEnd, keyLow, lows, highs } = block;
+      const { rows, keys, stride } = blockSizes(block, group);
       loadRows(heap, queriesAt, buffers.q, read, problem, kvHead, rowStart, rowEnd, paddedDim);
       // Scores [rows, keys]: each the sequential dot product over d, as in the reference.
       products.rowsByWindowT(rows, stride, queriesAt, keysTAt + (keyLow - window.low) * BYTES, scoresAt);
@@ -290,10 +294,8 @@ export class CpuKernels {
     const products = new BlockProducts(arena.exports.gemm, headDim, paddedDim, leading);
 
     for (const block of blocks) {
-      const { rowStart, rowEnd, keyLow, keyHigh, lows, highs } = block;
-      const rows = (rowEnd - rowStart) * group;
-      const keys = keyHigh - keyLow;
-      const stride = roundUp(keys, GEMM_COLUMN_MULTIPLE);
+      const { rowStart, rowEnd, keyLow, lows, highs } = block;
+      const { rows, keys, stride } = blockSizes(block, group);
       const keyShift = (keyLow - window.low) * BYTES;
       loadRows(heap, queriesAt, buffers.q, read, problem, kvHead, rowStart, rowEnd, paddedDim);
       loadRows(heap, doutAt, buffers.dout, read, problem, kvHead, rowStart, rowEnd, paddedDim);
