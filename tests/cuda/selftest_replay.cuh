@@ -123,6 +123,13 @@ void replay(const Case& c, const std::vector<double>& q, const std::vector<doubl
     for (int d = 0; d < D; ++d) dp += do_row(i, h, d) * v_row(j, h / group, d);
     return *prob * (dp - delta_of(i, h)) * dt;
   };
+  // Points a tile walker (query or key tiles) at tile `tile` of `lists`.
+  auto start_walk = [&](auto& it, const HostTileLists& lists, int tile) {
+    it.slices = slices.data();
+    it.list = lists.slices.data();
+    it.pos = lists.offsets[tile];
+    it.end = lists.offsets[tile + 1];
+  };
   // A query-tile CTA's walk (the forward's and the deterministic dQ's): tile `tile` of `lists` with a
   // QueryTileWalker<BM, BN>, warps of 16 rows skipping key blocks their rows do not see; visit(i, j) for each
   // visible cell, rows then keys ascending.
@@ -132,10 +139,7 @@ void replay(const Case& c, const std::vector<double>& q, const std::vector<doubl
     constexpr int BN = decltype(block_n)::value;
     const int m0 = tile * BM;
     QueryTileWalker<BM, BN> it{};
-    it.slices = slices.data();
-    it.list = lists.slices.data();
-    it.pos = lists.offsets[tile];
-    it.end = lists.offsets[tile + 1];
+    start_walk(it, lists, tile);
     it.m0 = m0;
     for (bool valid = it.next_slice(); valid; valid = it.advance()) {
       for (int w = 0; w < warps; ++w) {
@@ -207,10 +211,7 @@ void replay(const Case& c, const std::vector<double>& q, const std::vector<doubl
         const int head0 = hk * group + (cta % splits) * heads_per_cta;
         const int n0 = tile * BN;
         KeyTileWalker<BN, kDkvBlockM> it{};
-        it.slices = slices.data();
-        it.list = key_tiles.slices.data();
-        it.pos = key_tiles.offsets[tile];
-        it.end = key_tiles.offsets[tile + 1];
+        start_walk(it, key_tiles, tile);
         it.n0 = n0;
         it.group = heads_per_cta;
         for (bool valid = it.next_slice(); valid; valid = it.advance()) {
