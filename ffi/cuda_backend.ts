@@ -7,16 +7,12 @@
  * run, the outputs are downloaded after the stream has finished, every temporary is freed, and the outputs
  * are host tensors.
  *
- * Each flex key is uploaded once as a plan (`magi_ffa_plan_create`) and cached in a `WeakMap` keyed by the
- * key object, so the same compiled key reuses its plan across layers and steps. A plan whose key has been
- * collected is destroyed later, after the streams it ran on have been synchronized. The cache assumes a
- * key's arrays do not change after its first use (keys from `compileFlexKey` are never changed).
+ * Each flex key is uploaded once as a plan and cached (`plan_cache.ts`); the checks beyond the shared
+ * validation are in `cuda_checks.ts`.
  * @module
  */
 
-import { describeValue, MagiAttnInputError } from "../lib/core/errors.ts";
-import { strictParser, z } from "../lib/core/schema.ts";
-import type { HostTensor } from "../lib/core/tensor.ts";
+import type { DType, HostTensor } from "../lib/core/tensor.ts";
 import type { FlexKey } from "../lib/core/types.ts";
 import {
   type ForwardShape,
@@ -24,6 +20,18 @@ import {
   ValidatedCall,
   validateForwardArgs,
 } from "../lib/core/validate.ts";
+import {
+  allOnDevice,
+  checkGpuSupport,
+  checkOutput,
+  checkSameLibrary,
+  type CudaInput,
+  outputsNeedDeviceInputs,
+  parseBackwardOptions,
+  parseForwardOptions,
+  parseKernelOptions,
+  resolveLibrary,
+} from "./cuda_checks.ts";
 import {
   allocateDevice,
   allocateDeviceShared,
@@ -33,17 +41,18 @@ import {
   isDeviceTensor,
   uploadTo,
 } from "./device.ts";
-import { MAGI_FFA_DTYPE } from "./ffi.ts";
+import { checkStatus, type CudaLibrary, type LibraryOptions } from "./library.ts";
 import {
-  checkStatus,
-  checkWorkerStatus,
-  type CudaLibrary,
-  type LibraryOptions,
-  loadCudaLibrary,
-} from "./library.ts";
+  type BackendState,
+  destroyRetiredPlans,
+  planFor,
+  RETIRED_PLAN_BATCH,
+  stateFor,
+} from "./plan_cache.ts";
 
-/** A host or device tensor. */
-export type CudaInput = HostTensor | DeviceTensor;
+export type { CudaInput } from "./cuda_checks.ts";
+export { cudaUnsupportedReason } from "./cuda_checks.ts";
+export { retiredPlanCount } from "./plan_cache.ts";
 
 /** Options of {@linkcode cudaForward} and {@linkcode cudaBackward}. */
 export interface CudaKernelOptions extends LibraryOptions {
@@ -72,269 +81,88 @@ export interface CudaBackwardOptions extends CudaKernelOptions {
   outputs?: { dq?: DeviceTensor; dk?: DeviceTensor; dv?: DeviceTensor };
 }
 
-/** Forward result: `out` like q and `lse` float32 `[totalQ, Hq]`. */
-export interface CudaForwardResult<T extends CudaInput = CudaInput> {
-  /** Attention output. */
-  out: T;
-  /** Natural-log sum of exponentials of each row's visible logits (−inf for empty rows). */
-  lse: T;
-}
-
-/** Backward result: gradients with the shapes and dtypes of q, k and v. */
-export interface CudaBackwardResult<T extends CudaInput = CudaInput> {
-  /** Gradient of q. */
-  dq: T;
-  /** Gradient of k. */
-  dk: T;
-  /** Gradient of v. */
-  dv: T;
-}
-
-/** One uploaded key, and the streams that used it (whose work must finish before it is destroyed). */
-interface PlanEntry {
-  readonly pointer: Deno.PointerValue;
-  readonly streams: bigint[];
-}
-
-/** Per-library state of the backend. */
-interface BackendState {
-  readonly library: CudaLibrary;
-  readonly plans: WeakMap<FlexKey, PlanEntry>;
-  /** Plans whose keys were collected, waiting for their streams to be synchronized. */
-  readonly retired: PlanEntry[];
-  readonly planFinalizer: FinalizationRegistry<PlanEntry>;
-}
-
-/** Retired plans are destroyed in batches of this size (each batch costs a stream synchronization). */
-const RETIRED_PLAN_BATCH = 16;
-
-const states = new Map<CudaLibrary, BackendState>();
-let lastState: BackendState | undefined;
-const planSlot = new BigUint64Array(1);
-
-function stateFor(library: CudaLibrary): BackendState {
-  if (lastState !== undefined && lastState.library === library) return lastState;
-  let state = states.get(library);
-  if (state === undefined) {
-    const retired: PlanEntry[] = [];
-    state = {
-      library,
-      plans: new WeakMap(),
-      retired,
-      // The entry never references its key, so holding it here does not keep the key alive.
-      planFinalizer: new FinalizationRegistry<PlanEntry>((entry) => retired.push(entry)),
-    };
-    states.set(library, state);
-  }
-  lastState = state;
-  return state;
-}
-
-function planFor(state: BackendState, key: FlexKey, streamValue: bigint): Deno.PointerValue {
-  const cached = state.plans.get(key);
-  if (cached !== undefined) {
-    if (!cached.streams.includes(streamValue)) cached.streams.push(streamValue);
-    return cached.pointer;
-  }
-  const { library } = state;
-  planSlot[0] = 0n;
-  checkStatus(
-    library,
-    library.symbols.magi_ffa_plan_create(
-      planSlot,
-      key.qRanges,
-      key.kRanges,
-      key.attnTypeMap,
-      key.attnTypeMap.length,
-      key.totalQ,
-      key.totalK,
-    ),
-    "magi_ffa_plan_create",
-  );
-  const entry: PlanEntry = { pointer: Deno.UnsafePointer.create(planSlot[0]), streams: [streamValue] };
-  state.plans.set(key, entry);
-  state.planFinalizer.register(key, entry);
-  return entry.pointer;
-}
-
-/** Destroys retired plans once every stream that used them has finished its queued work. */
-async function destroyRetiredPlans(state: BackendState): Promise<void> {
-  const batch = state.retired.splice(0);
-  const { symbols } = state.library;
-  const streams = new Set<bigint>();
-  for (const entry of batch) for (const stream of entry.streams) streams.add(stream);
-  for (const stream of streams) {
-    checkWorkerStatus(
-      await symbols.magi_ffa_stream_synchronize(Deno.UnsafePointer.create(stream)),
-      "magi_ffa_stream_synchronize",
-    );
-  }
-  for (const entry of batch) {
-    checkStatus(state.library, symbols.magi_ffa_plan_destroy(entry.pointer), "magi_ffa_plan_destroy");
-  }
-}
-
-/** What a library cannot run, as the error's field, its problem and its fix. */
-interface SupportGap {
-  field: "q.dtype" | "q.shape";
-  problem: string;
-  fix: string;
-}
-
 /**
- * Whether `library` runs this dtype and head dim (its `magi_ffa_supported_*` lists, read at load): the gap
- * when it does not, else undefined.
+ * Forward result: `out` like q and `lse` float32 `[totalQ, Hq]` (the fields are documented on the public
+ * `FlexAttnForwardResult`).
  */
-function supportGap(dtype: string, headDim: number, library: CudaLibrary): SupportGap | undefined {
-  const dtypeCode = (MAGI_FFA_DTYPE as Readonly<Record<string, number>>)[dtype];
-  if (dtypeCode === undefined || !library.supportedDtypes.includes(dtypeCode)) {
-    // Named bfloat16 first (the highest code), the usual training dtype.
-    const names = Object.entries(MAGI_FFA_DTYPE).filter(([, code]) => library.supportedDtypes.includes(code))
-      .sort((a, b) => b[1] - a[1]).map(([name]) => name);
-    return {
-      field: "q.dtype",
-      problem: `is ${dtype}, which the CUDA backend does not run (it takes ${names.join(" and ")})`,
-      fix: `cast q, k and v to ${names.join(" or ")}, or use backend "cpu"`,
-    };
-  }
-  const headDims = library.supportedHeadDims;
-  if (!headDims.includes(headDim)) {
-    return {
-      field: "q.shape",
-      problem: `has head dim ${headDim}, which the CUDA backend does not run (it takes ${
-        headDims.join(" and ")
-      })`,
-      fix: `use head dim ${headDims.join(" or ")}, or use backend "cpu"`,
-    };
-  }
-  return undefined;
+export type CudaForwardResult<T extends CudaInput = CudaInput> = { out: T; lse: T };
+
+/** Backward result: gradients `dq`, `dk`, `dv` with the shapes and dtypes of q, k and v. */
+export type CudaBackwardResult<T extends CudaInput = CudaInput> = { dq: T; dk: T; dv: T };
+
+/** What one kernel call writes: its outputs' names, shapes and dtypes, in the C ABI's argument order. */
+interface OutputSpec {
+  readonly name: string;
+  readonly shape: readonly number[];
+  readonly dtype: DType;
 }
 
-/**
- * Why the CUDA library found by `opts` cannot run inputs of this dtype and head dim (e.g. "`q.shape` has
- * head dim 96, which the CUDA backend does not run (it takes 64 and 128)"), or undefined when it can.
- * The library must load (ask after `probeCudaBackend` said it is available).
- */
-export function cudaUnsupportedReason(
-  dtype: string,
+/** The arguments every kernel entry takes after its tensor pointers (`magi_ffa.h`). */
+type KernelTail = [
+  plan: Deno.PointerValue,
+  numHeadsQ: number,
+  numHeadsKV: number,
   headDim: number,
-  opts: LibraryOptions = {},
-): string | undefined {
-  const gap = supportGap(dtype, headDim, loadCudaLibrary(opts));
-  return gap && `\`${gap.field}\` ${gap.problem}`;
+  dtypeCode: number,
+  softmaxScale: number,
+  softcap: number,
+  deterministic: number,
+  stream: Deno.PointerValue,
+];
+
+/** Queues a kernel entry on `pointers` (the inputs, then the outputs); returns the library's status. */
+type KernelEntry = (library: CudaLibrary, pointers: readonly Deno.PointerValue[], tail: KernelTail) => number;
+
+/** `magi_ffa_forward` on q, k, v, out, lse. */
+const forwardEntry: KernelEntry = (library, p, tail) =>
+  library.symbols.magi_ffa_forward(p[0], p[1], p[2], p[3], p[4], ...tail);
+
+/** `magi_ffa_backward` on dout, q, k, v, out, lse, dq, dk, dv. */
+const backwardEntry: KernelEntry = (library, p, tail) =>
+  library.symbols.magi_ffa_backward(p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], ...tail);
+
+/** A call's library (checked to run its dtype and head dim and to own every device input). */
+interface CheckedCall {
+  readonly library: CudaLibrary;
+  readonly state: BackendState;
+  readonly dtypeCode: number;
 }
 
-const kernelOptionShape = {
-  softmaxScale: z.number().positive().optional(),
-  softcap: z.number().min(0).optional(),
-  deterministic: z.boolean().optional(),
-  libraryPath: z.string().optional(),
-  stream: z.custom<Deno.PointerValue>((value) => value === null || typeof value === "object", {
-    error: (issue) => `is ${describeValue(issue.input)}, not a stream pointer`,
-  }).optional(),
-};
-
-const deviceOutput = z.custom<DeviceTensor>((value) => isDeviceTensor(value), {
-  error: (issue) => `is ${describeValue(issue.input)}, not a DeviceTensor`,
-}).optional();
-
-const KERNEL_FIXES = {
-  softmaxScale: "pass a finite number > 0, or leave it out for 1/sqrt(headDim)",
-  softcap: "pass a finite number ≥ 0 (0 turns soft-capping off)",
-  deterministic: "pass true or false",
-  libraryPath: "pass the path of libmagi_ffa.so as a string, or leave it out",
-  stream: "pass a cudaStream_t pointer (Deno.PointerValue), or leave it out for the library's stream",
-  outputs: "pass device tensors from emptyDevice(...) as { out, lse } or { dq, dk, dv }, or leave it out",
-};
-
-const parseKernelOptions = strictParser(z.strictObject(kernelOptionShape), {
-  field: "opts",
-  owner: "bindForwardLaunch",
-  fix: "pass an options object, or omit it",
-  fixes: KERNEL_FIXES,
-});
-
-const parseForwardOptions = strictParser(
-  z.strictObject({
-    ...kernelOptionShape,
-    outputs: z.strictObject({ out: deviceOutput, lse: deviceOutput }).optional(),
-  }),
-  { field: "opts", owner: "cudaForward", fix: "pass an options object, or omit it", fixes: KERNEL_FIXES },
-);
-
-const parseBackwardOptions = strictParser(
-  z.strictObject({
-    ...kernelOptionShape,
-    outputs: z.strictObject({ dq: deviceOutput, dk: deviceOutput, dv: deviceOutput }).optional(),
-  }),
-  { field: "opts", owner: "cudaBackward", fix: "pass an options object, or omit it", fixes: KERNEL_FIXES },
-);
-
-/**
- * GPU-only restrictions, after the shared validation: the dtype and head dim must be ones the loaded
- * library is compiled for (its `magi_ffa_supported_*` lists, read at load).
- */
-function checkGpuSupport(shape: ForwardShape, library: CudaLibrary): number {
-  const gap = supportGap(shape.dtype, shape.headDim, library);
-  if (gap) throw new MagiAttnInputError(gap.field, gap.problem, gap.fix);
-  return MAGI_FFA_DTYPE[shape.dtype as keyof typeof MAGI_FFA_DTYPE];
-}
-
-function checkSameLibrary(
-  tensors: readonly CudaInput[],
+/** Checks a validated call against the library it runs on. */
+function checkCall(
+  inputs: readonly CudaInput[],
   names: readonly string[],
-  library: CudaLibrary,
-): void {
-  for (let index = 0; index < tensors.length; index++) {
-    const item = tensors[index];
-    if (isDeviceTensor(item) && item.library !== library) {
-      throw new MagiAttnInputError(
-        names[index],
-        `was allocated by ${item.library.path} but this call runs ${library.path}`,
-        "use one CUDA library (one libraryPath) for all tensors of a call",
-      );
-    }
-  }
+  shape: ForwardShape,
+  opts: CudaKernelOptions,
+): CheckedCall {
+  const library = resolveLibrary(inputs, opts);
+  const dtypeCode = checkGpuSupport(shape, library);
+  checkSameLibrary(inputs, names, library);
+  return { library, state: stateFor(library), dtypeCode };
 }
 
-function checkOutput(
-  output: DeviceTensor | undefined,
-  name: string,
-  shape: readonly number[],
-  dtype: string,
-  library: CudaLibrary,
-): void {
-  if (output === undefined) return;
-  if (!isDeviceTensor(output) || output.library !== library) {
-    throw new MagiAttnInputError(
-      `opts.outputs.${name}`,
-      "is not a DeviceTensor of this call's library",
-      "pass a tensor from emptyDevice(...) made with the same library, or leave it out",
-    );
-  }
-  if (
-    output.dtype !== dtype || output.shape.length !== shape.length ||
-    output.shape.some((d, i) => d !== shape[i])
-  ) {
-    throw new MagiAttnInputError(
-      `opts.outputs.${name}`,
-      `is [${output.shape.join(", ")}] ${output.dtype} but must be [${shape.join(", ")}] ${dtype}`,
-      `allocate it with emptyDevice([${shape.join(", ")}], "${dtype}")`,
-    );
-  }
-  output.pointer; // throws if disposed, before any work is queued
-}
-
-function resolveLibrary(inputs: readonly CudaInput[], opts: LibraryOptions): CudaLibrary {
-  for (const item of inputs) {
-    if (isDeviceTensor(item)) return opts.libraryPath === undefined ? item.library : loadCudaLibrary(opts);
-  }
-  return loadCudaLibrary(opts);
-}
-
-function allOnDevice(inputs: readonly CudaInput[]): boolean {
-  for (const item of inputs) if (!isDeviceTensor(item)) return false;
-  return true;
+/** The stream of a checked call and the arguments after its kernel's tensor pointers (looking up the plan). */
+function kernelTail(
+  { library, state, dtypeCode }: CheckedCall,
+  key: FlexKey,
+  shape: ForwardShape,
+  opts: CudaKernelOptions,
+): { stream: Deno.PointerValue; tail: KernelTail } {
+  const stream = opts.stream === undefined ? library.stream() : opts.stream;
+  const plan = planFor(state, key, Deno.UnsafePointer.value(stream));
+  const deterministic = opts.deterministic ? 1 : 0;
+  const tail: KernelTail = [
+    plan,
+    shape.numHeadsQ,
+    shape.numHeadsKV,
+    shape.headDim,
+    dtypeCode,
+    shape.softmaxScale,
+    shape.softcap,
+    deterministic,
+    stream,
+  ];
+  return { stream, tail };
 }
 
 /** Runs `body` with every host input uploaded, then frees the uploads. */
@@ -359,32 +187,131 @@ async function withUploads<T>(
   }
 }
 
-/** Queues `magi_ffa_forward` on `pointers` = q, k, v, out, lse; returns the library's status. */
-function queueForward(
-  library: CudaLibrary,
-  pointers: readonly Deno.PointerValue[],
-  plan: Deno.PointerValue,
+/** One kernel call after validation: what runs, on what, and where its outputs go. */
+interface KernelCall {
+  readonly entry: KernelEntry;
+  readonly symbol: string;
+  readonly inputs: readonly CudaInput[];
+  readonly names: readonly string[];
+  readonly outputs: readonly OutputSpec[];
+  /** Preallocated device outputs by name (`opts.outputs`). */
+  readonly given: Readonly<Record<string, DeviceTensor | undefined>> | undefined;
+  /**
+   * Whether fresh outputs share one allocation when none is given (each allocation costs microseconds of
+   * host time in the driver): the forward's out and its small lse do; the gradients, large and often freed
+   * at different times, do not.
+   */
+  readonly shareFresh: boolean;
+}
+
+/**
+ * Runs a validated call: on device inputs, queues the kernel into the given or fresh device outputs;
+ * otherwise uploads the host inputs, runs, and downloads every output. Returns the outputs by name.
+ */
+async function runKernel(
+  call: KernelCall,
+  key: FlexKey,
   shape: ForwardShape,
-  dtypeCode: number,
-  deterministic: number,
-  stream: Deno.PointerValue,
-): number {
-  return library.symbols.magi_ffa_forward(
-    pointers[0],
-    pointers[1],
-    pointers[2],
-    pointers[3],
-    pointers[4],
-    plan,
-    shape.numHeadsQ,
-    shape.numHeadsKV,
-    shape.headDim,
-    dtypeCode,
-    shape.softmaxScale,
-    shape.softcap,
-    deterministic,
-    stream,
-  );
+  opts: CudaKernelOptions,
+): Promise<Record<string, CudaInput>> {
+  const { inputs, outputs, given } = call;
+  const checked = checkCall(inputs, call.names, shape, opts);
+  const { library, state } = checked;
+  if (state.retired.length >= RETIRED_PLAN_BATCH) await destroyRetiredPlans(state);
+  const { stream, tail } = kernelTail(checked, key, shape, opts);
+  const launch = (devices: readonly DeviceTensor[], results: readonly DeviceTensor[]) => {
+    const pointers = [...devices, ...results].map((tensor) => tensor.pointer);
+    checkStatus(library, call.entry(library, pointers, tail), call.symbol);
+  };
+
+  if (allOnDevice(inputs)) {
+    for (const spec of outputs) checkOutput(given?.[spec.name], spec.name, spec.shape, spec.dtype, library);
+    const shared = call.shareFresh && outputs.every((spec) => given?.[spec.name] === undefined)
+      ? allocateDeviceShared(library, outputs.map((spec) => [spec.shape, spec.dtype]))
+      : [];
+    const fresh: DeviceTensor[] = [];
+    try {
+      const results = outputs.map((spec, index) => {
+        const provided = given?.[spec.name];
+        if (provided !== undefined) return provided;
+        const tensor = shared[index] ?? allocateDevice(library, spec.shape, spec.dtype);
+        fresh.push(tensor);
+        return tensor;
+      });
+      launch(inputs as DeviceTensor[], results);
+      return Object.fromEntries(outputs.map((spec, index) => [spec.name, results[index]]));
+    } catch (error) {
+      for (const tensor of shared.length > 0 ? shared : fresh) tensor.dispose();
+      throw error;
+    }
+  }
+  if (given !== undefined) throw outputsNeedDeviceInputs();
+  const result = await withUploads(library, stream, inputs, async (devices, temporaries) => {
+    const results = outputs.map((spec) => {
+      const tensor = allocateDevice(library, spec.shape, spec.dtype);
+      temporaries.push(tensor);
+      return tensor;
+    });
+    launch(devices, results);
+    const downloaded: Record<string, CudaInput> = {};
+    for (const [index, spec] of outputs.entries()) {
+      downloaded[spec.name] = await downloadFrom(results[index], stream);
+    }
+    return downloaded;
+  });
+  if (state.retired.length > 0) await destroyRetiredPlans(state);
+  return result;
+}
+
+/** The forward's outputs: out like q, lse float32 `[totalQ, Hq]`. */
+function forwardOutputs(q: CudaInput, shape: ForwardShape): OutputSpec[] {
+  return [
+    { name: "out", shape: q.shape, dtype: shape.dtype },
+    { name: "lse", shape: [shape.totalQ, shape.numHeadsQ], dtype: "float32" },
+  ];
+}
+
+/** The backward's outputs: dq, dk and dv like q, k and v. */
+function backwardOutputs(q: CudaInput, k: CudaInput, v: CudaInput, shape: ForwardShape): OutputSpec[] {
+  return [
+    { name: "dq", shape: q.shape, dtype: shape.dtype },
+    { name: "dk", shape: k.shape, dtype: shape.dtype },
+    { name: "dv", shape: v.shape, dtype: shape.dtype },
+  ];
+}
+
+const FORWARD_NAMES = ["q", "k", "v"];
+const BACKWARD_NAMES = ["dout", "q", "k", "v", "out", "lse"];
+
+/** The forward after validation; `inputs` are q, k and v. */
+async function runForward(
+  inputs: readonly CudaInput[],
+  key: FlexKey,
+  shape: ForwardShape,
+  opts: CudaForwardOptions,
+): Promise<CudaForwardResult> {
+  const outputs = forwardOutputs(inputs[0], shape);
+  const call = { entry: forwardEntry, symbol: "magi_ffa_forward", names: FORWARD_NAMES, shareFresh: true };
+  const { out, lse } = await runKernel({ ...call, inputs, outputs, given: opts.outputs }, key, shape, opts);
+  return { out, lse };
+}
+
+/** The backward after validation; `inputs` are dout, q, k, v, out and lse. */
+async function runBackward(
+  inputs: readonly CudaInput[],
+  key: FlexKey,
+  shape: ForwardShape,
+  opts: CudaBackwardOptions,
+): Promise<CudaBackwardResult> {
+  const outputs = backwardOutputs(inputs[1], inputs[2], inputs[3], shape);
+  const call = {
+    entry: backwardEntry,
+    symbol: "magi_ffa_backward",
+    names: BACKWARD_NAMES,
+    shareFresh: false,
+  };
+  const { dq, dk, dv } = await runKernel({ ...call, inputs, outputs, given: opts.outputs }, key, shape, opts);
+  return { dq, dk, dv };
 }
 
 /** Flex flash attention forward on the GPU; device inputs give device outputs without copies. */
@@ -440,71 +367,6 @@ export async function cudaForwardValidated(
   return await runForward(inputs, key, call.shape, opts);
 }
 
-/** The forward after validation; `inputs` are q, k and v. */
-async function runForward(
-  inputs: readonly CudaInput[],
-  key: FlexKey,
-  shape: ForwardShape,
-  opts: CudaForwardOptions,
-): Promise<CudaForwardResult> {
-  const [q, k, v] = inputs;
-  const library = resolveLibrary(inputs, opts);
-  const dtypeCode = checkGpuSupport(shape, library);
-  checkSameLibrary(inputs, ["q", "k", "v"], library);
-  const state = stateFor(library);
-  if (state.retired.length >= RETIRED_PLAN_BATCH) await destroyRetiredPlans(state);
-  const stream = opts.stream === undefined ? library.stream() : opts.stream;
-  const plan = planFor(state, key, Deno.UnsafePointer.value(stream));
-  const lseShape = [shape.totalQ, shape.numHeadsQ];
-  const deterministic = opts.deterministic ? 1 : 0;
-
-  const launch = (
-    qd: DeviceTensor,
-    kd: DeviceTensor,
-    vd: DeviceTensor,
-    out: DeviceTensor,
-    lse: DeviceTensor,
-  ) => {
-    const pointers = [qd.pointer, kd.pointer, vd.pointer, out.pointer, lse.pointer];
-    const status = queueForward(library, pointers, plan, shape, dtypeCode, deterministic, stream);
-    checkStatus(library, status, "magi_ffa_forward");
-  };
-
-  if (allOnDevice(inputs)) {
-    const given = opts.outputs;
-    checkOutput(given?.out, "out", q.shape, shape.dtype, library);
-    checkOutput(given?.lse, "lse", lseShape, "float32", library);
-    // Both outputs fresh: one allocation for the two (each allocation costs microseconds of host time in
-    // the driver; lse is small, so keeping it alive with out costs little). Gradients stay separate: dq, dk
-    // and dv are large and often freed at different times.
-    const [freshOut, freshLse] = given?.out === undefined && given?.lse === undefined
-      ? allocateDeviceShared(library, [[q.shape, shape.dtype], [lseShape, "float32"]])
-      : [undefined, undefined];
-    const out = given?.out ?? freshOut ?? allocateDevice(library, q.shape, shape.dtype);
-    let lse: DeviceTensor | undefined;
-    try {
-      lse = given?.lse ?? freshLse ?? allocateDevice(library, lseShape, "float32");
-      launch(q as DeviceTensor, k as DeviceTensor, v as DeviceTensor, out, lse);
-    } catch (error) {
-      if (given?.out === undefined) out.dispose();
-      if (given?.lse === undefined) lse?.dispose();
-      throw error;
-    }
-    return { out, lse };
-  }
-  if (opts.outputs !== undefined) throw outputsNeedDeviceInputs();
-  const result = await withUploads(library, stream, inputs, async ([qd, kd, vd], temporaries) => {
-    const out = allocateDevice(library, q.shape, shape.dtype);
-    temporaries.push(out);
-    const lse = allocateDevice(library, lseShape, "float32");
-    temporaries.push(lse);
-    launch(qd, kd, vd, out, lse);
-    return { out: await downloadFrom(out, stream), lse: await downloadFrom(lse, stream) };
-  });
-  if (state.retired.length > 0) await destroyRetiredPlans(state);
-  return result;
-}
-
 /**
  * A forward call bound once to device tensors, a key and options, for measuring the floor of a call's
  * host cost (the benchmark's "raw FFI" figure): the arguments are validated and the key's plan is looked
@@ -523,27 +385,17 @@ export function bindForwardLaunch(
   const shape = validateForwardArgs(q, k, v, key, opts);
   const inputs = [q, k, v];
   if (!allOnDevice(inputs)) throw outputsNeedDeviceInputs();
-  const library = resolveLibrary(inputs, opts);
-  const dtypeCode = checkGpuSupport(shape, library);
-  checkSameLibrary(inputs, ["q", "k", "v"], library);
-  checkOutput(outputs.out, "out", q.shape, shape.dtype, library);
-  checkOutput(outputs.lse, "lse", [shape.totalQ, shape.numHeadsQ], "float32", library);
-  const stream = opts.stream === undefined ? library.stream() : opts.stream;
-  const plan = planFor(stateFor(library), key, Deno.UnsafePointer.value(stream));
+  const checked = checkCall(inputs, FORWARD_NAMES, shape, opts);
+  const { library } = checked;
+  for (const spec of forwardOutputs(q, shape)) {
+    checkOutput(outputs[spec.name as "out" | "lse"], spec.name, spec.shape, spec.dtype, library);
+  }
+  const { tail } = kernelTail(checked, key, shape, opts);
   const pointers = [q.pointer, k.pointer, v.pointer, outputs.out.pointer, outputs.lse.pointer];
-  const deterministic = opts.deterministic ? 1 : 0;
   return () => {
-    const status = queueForward(library, pointers, plan, shape, dtypeCode, deterministic, stream);
+    const status = forwardEntry(library, pointers, tail);
     if (status !== 0) checkStatus(library, status, "magi_ffa_forward");
   };
-}
-
-function outputsNeedDeviceInputs(): MagiAttnInputError {
-  return new MagiAttnInputError(
-    "opts.outputs",
-    "was given but some inputs are host tensors (host inputs give host outputs)",
-    "upload every input with toDevice(...) first, or leave opts.outputs out",
-  );
 }
 
 /** Flex flash attention backward on the GPU; device inputs give device gradients without copies. */
@@ -608,96 +460,4 @@ export async function cudaBackwardValidated(
 ): Promise<CudaBackwardResult> {
   if (!ValidatedCall.covers(call, [...inputs, key])) return await cudaBackward(...inputs, key, opts);
   return await runBackward(inputs, key, call.shape, opts);
-}
-
-/** The backward after validation; `inputs` are dout, q, k, v, out and lse. */
-async function runBackward(
-  inputs: readonly CudaInput[],
-  key: FlexKey,
-  shape: ForwardShape,
-  opts: CudaBackwardOptions,
-): Promise<CudaBackwardResult> {
-  const [, q, k, v] = inputs;
-  const library = resolveLibrary(inputs, opts);
-  const dtypeCode = checkGpuSupport(shape, library);
-  checkSameLibrary(inputs, ["dout", "q", "k", "v", "out", "lse"], library);
-  const state = stateFor(library);
-  if (state.retired.length >= RETIRED_PLAN_BATCH) await destroyRetiredPlans(state);
-  const stream = opts.stream === undefined ? library.stream() : opts.stream;
-  const plan = planFor(state, key, Deno.UnsafePointer.value(stream));
-  const deterministic = opts.deterministic ? 1 : 0;
-
-  const launch = (devices: readonly DeviceTensor[], dq: DeviceTensor, dk: DeviceTensor, dv: DeviceTensor) => {
-    const [doutD, qD, kD, vD, outD, lseD] = devices;
-    checkStatus(
-      library,
-      library.symbols.magi_ffa_backward(
-        doutD.pointer,
-        qD.pointer,
-        kD.pointer,
-        vD.pointer,
-        outD.pointer,
-        lseD.pointer,
-        dq.pointer,
-        dk.pointer,
-        dv.pointer,
-        plan,
-        shape.numHeadsQ,
-        shape.numHeadsKV,
-        shape.headDim,
-        dtypeCode,
-        shape.softmaxScale,
-        shape.softcap,
-        deterministic,
-        stream,
-      ),
-      "magi_ffa_backward",
-    );
-  };
-
-  if (allOnDevice(inputs)) {
-    const given = opts.outputs;
-    checkOutput(given?.dq, "dq", q.shape, shape.dtype, library);
-    checkOutput(given?.dk, "dk", k.shape, shape.dtype, library);
-    checkOutput(given?.dv, "dv", v.shape, shape.dtype, library);
-    const allocated: DeviceTensor[] = [];
-    const take = (provided: DeviceTensor | undefined, like: readonly number[]): DeviceTensor => {
-      if (provided !== undefined) return provided;
-      const fresh = allocateDevice(library, like, shape.dtype);
-      allocated.push(fresh);
-      return fresh;
-    };
-    try {
-      const dq = take(given?.dq, q.shape);
-      const dk = take(given?.dk, k.shape);
-      const dv = take(given?.dv, v.shape);
-      launch(inputs as DeviceTensor[], dq, dk, dv);
-      return { dq, dk, dv };
-    } catch (error) {
-      for (const tensor of allocated) tensor.dispose();
-      throw error;
-    }
-  }
-  if (opts.outputs !== undefined) throw outputsNeedDeviceInputs();
-  const result = await withUploads(library, stream, inputs, async (devices, temporaries) => {
-    const dq = allocateDevice(library, q.shape, shape.dtype);
-    temporaries.push(dq);
-    const dk = allocateDevice(library, k.shape, shape.dtype);
-    temporaries.push(dk);
-    const dv = allocateDevice(library, v.shape, shape.dtype);
-    temporaries.push(dv);
-    launch(devices, dq, dk, dv);
-    return {
-      dq: await downloadFrom(dq, stream),
-      dk: await downloadFrom(dk, stream),
-      dv: await downloadFrom(dv, stream),
-    };
-  });
-  if (state.retired.length > 0) await destroyRetiredPlans(state);
-  return result;
-}
-
-/** Number of plans (uploaded keys) waiting to be destroyed, for tests and diagnostics. */
-export function retiredPlanCount(library: CudaLibrary): number {
-  return states.get(library)?.retired.length ?? 0;
 }

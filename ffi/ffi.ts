@@ -13,6 +13,30 @@
  * @module
  */
 
+/**
+ * The parameters every kernel entry (`magi_ffa_forward`, `magi_ffa_backward`) takes after its tensor
+ * pointers: `const void* plan, int32_t hq, int32_t hkv, int32_t head_dim, int32_t dtype, float softmax_scale,
+ * float softcap, int32_t deterministic, void* stream`.
+ */
+const KERNEL_TAIL = [
+  "pointer", // const void* plan
+  "i32", // int32_t hq
+  "i32", // int32_t hkv
+  "i32", // int32_t head_dim
+  "i32", // int32_t dtype (MAGI_FFA_DTYPE_*)
+  "f32", // float softmax_scale
+  "f32", // float softcap
+  "i32", // int32_t deterministic
+  "pointer", // void* stream
+] as const;
+
+/**
+ * The signature of the `magi_ffa_supported_*` lists: `(int32_t* items, int32_t capacity, int32_t* count)`,
+ * `items` an Int32Array of `capacity` (may be NULL when capacity is 0), `count` an Int32Array of 1 that
+ * receives how many there are.
+ */
+const SUPPORTED_LIST = { parameters: ["buffer", "i32", "buffer"], result: "i32" } as const;
+
 /** Every symbol of `magi_ffa.h`, typed for `Deno.dlopen`. */
 export const symbols = {
   /** `int32_t magi_ffa_abi_version(void)` */
@@ -24,26 +48,12 @@ export const symbols = {
    * `int32_t magi_ffa_supported_head_dims(int32_t* head_dims, int32_t capacity, int32_t* count)`: the head
    * dims the kernels are compiled for, ascending; needs no GPU.
    */
-  magi_ffa_supported_head_dims: {
-    parameters: [
-      "buffer", // int32_t* head_dims (Int32Array of capacity; may be NULL when capacity is 0)
-      "i32", // int32_t capacity
-      "buffer", // int32_t* count (Int32Array of 1, receives how many there are)
-    ],
-    result: "i32",
-  },
+  magi_ffa_supported_head_dims: SUPPORTED_LIST,
   /**
    * `int32_t magi_ffa_supported_dtypes(int32_t* dtypes, int32_t capacity, int32_t* count)`: the
    * `MAGI_FFA_DTYPE_*` codes the kernels are compiled for, ascending; needs no GPU.
    */
-  magi_ffa_supported_dtypes: {
-    parameters: [
-      "buffer", // int32_t* dtypes (Int32Array of capacity; may be NULL when capacity is 0)
-      "i32", // int32_t capacity
-      "buffer", // int32_t* count (Int32Array of 1, receives how many there are)
-    ],
-    result: "i32",
-  },
+  magi_ffa_supported_dtypes: SUPPORTED_LIST,
 
   /** `int32_t magi_ffa_device_count(int32_t* count)` */
   magi_ffa_device_count: {
@@ -205,15 +215,7 @@ export const symbols = {
       "pointer", // const void* v
       "pointer", // void* out
       "pointer", // float* lse (device)
-      "pointer", // const void* plan
-      "i32", // int32_t hq
-      "i32", // int32_t hkv
-      "i32", // int32_t head_dim
-      "i32", // int32_t dtype (MAGI_FFA_DTYPE_*)
-      "f32", // float softmax_scale
-      "f32", // float softcap
-      "i32", // int32_t deterministic
-      "pointer", // void* stream
+      ...KERNEL_TAIL,
     ],
     result: "i32",
   },
@@ -234,15 +236,7 @@ export const symbols = {
       "pointer", // void* dq
       "pointer", // void* dk
       "pointer", // void* dv
-      "pointer", // const void* plan
-      "i32", // int32_t hq
-      "i32", // int32_t hkv
-      "i32", // int32_t head_dim
-      "i32", // int32_t dtype (MAGI_FFA_DTYPE_*)
-      "f32", // float softmax_scale
-      "f32", // float softcap
-      "i32", // int32_t deterministic
-      "pointer", // void* stream
+      ...KERNEL_TAIL,
     ],
     result: "i32",
   },

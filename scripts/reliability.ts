@@ -19,13 +19,9 @@ import {
   prepareBadInputEnv,
   runBadInputCase,
 } from "../tests/bad_input_cases.ts";
-import {
-  fuzzSeedBase,
-  type ReferenceFuzzSummary,
-  runReferenceFuzz,
-  runSpecFuzz,
-  type SpecFuzzSummary,
-} from "../tests/fuzz_cases.ts";
+import { runSpecFuzz, type SpecFuzzSummary } from "../tests/fuzz_cases.ts";
+import { type ReferenceFuzzSummary, runReferenceFuzz } from "../tests/fuzz_reference_cases.ts";
+import { fuzzSeedBase } from "../tests/support/fuzz.ts";
 import type { SoakReport } from "./soak.ts";
 
 /** Parsed flags. */

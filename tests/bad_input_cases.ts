@@ -28,6 +28,7 @@ import { type DType, type HostTensor, randomTensor, tensor } from "../lib/core/t
 import type { FlexKey } from "../lib/core/types.ts";
 import { DeviceTensor, emptyDevice, toDevice, toHost } from "../ffi/device.ts";
 import { probeCudaBackend } from "../ffi/library.ts";
+import { fakes, gccAvailable, REPO_ROOT } from "./support/fake_library.ts";
 
 /** Where the rows that need files find them. */
 export interface BadInputEnv {
@@ -118,116 +119,16 @@ export interface BadInputResult {
   readonly bug?: string;
 }
 
-const REPO_ROOT = new URL("../", import.meta.url).pathname;
-
-/** A small fake of the C ABI on host memory: enough for device tensors and the backend's marshalling. */
-const FAKE_LIBRARY_SOURCE = String.raw`
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#ifndef FAKE_ABI
-#define FAKE_ABI 2
-#endif
-static __thread char last_error[64];
-typedef struct { int32_t total_q, total_k; } plan_t;
-int32_t magi_ffa_abi_version(void) { return FAKE_ABI; }
-const char* magi_ffa_last_error(void) { return last_error; }
-#ifndef FAKE_HEAD_DIMS
-#define FAKE_HEAD_DIMS 64, 128
-#endif
-static const int32_t fake_head_dims[] = {FAKE_HEAD_DIMS};
-static const int32_t fake_dtypes[] = {0, 1};
-static int32_t copy_list(const int32_t* values, int32_t n, int32_t* out, int32_t capacity, int32_t* count) {
-  for (int32_t i = 0; i < n && i < capacity; i++) out[i] = values[i];
-  *count = n;
-  return 0;
-}
-int32_t magi_ffa_supported_head_dims(int32_t* out, int32_t capacity, int32_t* count) {
-  return copy_list(fake_head_dims, (int32_t)(sizeof fake_head_dims / sizeof fake_head_dims[0]), out, capacity, count);
-}
-int32_t magi_ffa_supported_dtypes(int32_t* out, int32_t capacity, int32_t* count) {
-  return copy_list(fake_dtypes, 2, out, capacity, count);
-}
-#ifdef FAKE_NO_DRIVER
-/* A machine without a driver: the library loads, every CUDA call fails with cudaErrorInsufficientDriver. */
-int32_t magi_ffa_device_count(int32_t* count) { *count = 0; return 35; }
-#else
-int32_t magi_ffa_device_count(int32_t* count) { *count = 1; return 0; }
-#endif
-int32_t magi_ffa_device_name(int32_t d, char* name, size_t capacity) { snprintf(name, capacity, "Fake GPU"); return 0; }
-int32_t magi_ffa_device_capability(int32_t d, int32_t* major, int32_t* minor) { *major = 9; *minor = 0; return 0; }
-int32_t magi_ffa_set_device(int32_t d) { return 0; }
-int32_t magi_ffa_mem_info(size_t* free_bytes, size_t* total_bytes) { *free_bytes = 1 << 20; *total_bytes = 1 << 21; return 0; }
-#ifdef FAKE_NO_DRIVER
-int32_t magi_ffa_malloc(void** p, size_t bytes) { *p = 0; return 35; }
-#else
-int32_t magi_ffa_malloc(void** p, size_t bytes) { *p = calloc(1, bytes ? bytes : 1); return 0; }
-#endif
-int32_t magi_ffa_free(void* p) { free(p); return 0; }
-int32_t magi_ffa_memset(void* p, int32_t value, size_t bytes, void* s) { memset(p, value, bytes); return 0; }
-int32_t magi_ffa_memcpy_h2d(void* d, const void* h, size_t bytes, void* s) { memcpy(d, h, bytes); return 0; }
-int32_t magi_ffa_memcpy_d2h(void* h, const void* d, size_t bytes, void* s) { memcpy(h, d, bytes); return 0; }
-int32_t magi_ffa_memcpy_d2d(void* a, const void* b, size_t bytes, void* s) { memcpy(a, b, bytes); return 0; }
-int32_t magi_ffa_stream_create(void** s) { *s = malloc(8); return 0; }
-int32_t magi_ffa_stream_destroy(void* s) { free(s); return 0; }
-int32_t magi_ffa_stream_synchronize(void* s) { return 0; }
-int32_t magi_ffa_plan_create(void** plan, const int32_t* q, const int32_t* k, const int32_t* t, int32_t n,
-                             int32_t total_q, int32_t total_k) {
-  plan_t* p = malloc(sizeof(plan_t)); p->total_q = total_q; p->total_k = total_k; *plan = p; return 0;
-}
-int32_t magi_ffa_plan_destroy(void* plan) { free(plan); return 0; }
-/* The fake "kernels": out = q, lse = 0; dq = dout, dk = k, dv = v (2-byte elements). */
-int32_t magi_ffa_forward(const void* q, const void* k, const void* v, void* out, float* lse, const void* plan,
-                         int32_t hq, int32_t hkv, int32_t d, int32_t dtype, float scale, float cap, int32_t det,
-                         void* stream) {
-  const plan_t* p = plan;
-  memcpy(out, q, (size_t)p->total_q * hq * d * 2);
-  memset(lse, 0, (size_t)p->total_q * hq * 4);
-  return 0;
-}
-int32_t magi_ffa_backward(const void* dout, const void* q, const void* k, const void* v, const void* out,
-                          const float* lse, void* dq, void* dk, void* dv, const void* plan, int32_t hq,
-                          int32_t hkv, int32_t d, int32_t dtype, float scale, float cap, int32_t det, void* stream) {
-  const plan_t* p = plan;
-  memcpy(dq, dout, (size_t)p->total_q * hq * d * 2);
-  memcpy(dk, k, (size_t)p->total_k * hkv * d * 2);
-  memcpy(dv, v, (size_t)p->total_k * hkv * d * 2);
-  return 0;
-}
-`;
-
-function compile(source: string, output: string, flags: readonly string[]): string | undefined {
-  try {
-    const result = new Deno.Command("gcc", {
-      args: ["-shared", "-fPIC", "-O1", ...flags, "-o", output, source],
-    })
-      .outputSync();
-    return result.success ? undefined : new TextDecoder().decode(result.stderr);
-  } catch (error) {
-    return error instanceof Error ? error.message : String(error);
-  }
-}
-
 /**
- * Creates the temporary directory, builds the fake libraries with gcc (when present) and the sentinel
- * specs. Needs --allow-write, --allow-read and --allow-run.
+ * Creates the temporary directory and the sentinel specs; the fake libraries are the shared ones of
+ * `tests/support/fake_library.ts` (built there once per process when gcc is here). Needs --allow-write,
+ * --allow-read and --allow-run.
  */
 export function prepareBadInputEnv(): BadInputEnv {
   const dir = Deno.makeTempDirSync({ prefix: "magi_bad_input_" });
-  const source = `${dir}/fake_magi_ffa.c`;
-  Deno.writeTextFileSync(source, FAKE_LIBRARY_SOURCE);
   const notALibrary = `${dir}/not_a_library/libmagi_ffa.so`;
   Deno.mkdirSync(`${dir}/not_a_library`);
   Deno.writeTextFileSync(notALibrary, "this is a text file, not a shared library\n");
-  Deno.mkdirSync(`${dir}/good`);
-  Deno.mkdirSync(`${dir}/wrong_abi`);
-  Deno.mkdirSync(`${dir}/no_driver`);
-  const goodError = compile(source, `${dir}/good/libmagi_ffa.so`, []);
-  const wrongError = goodError ?? compile(source, `${dir}/wrong_abi/libmagi_ffa.so`, ["-DFAKE_ABI=999"]);
-  const noDriverError = wrongError ??
-    compile(source, `${dir}/no_driver/libmagi_ffa.so`, ["-DFAKE_NO_DRIVER"]);
-  const gccMissing = goodError ?? wrongError ?? noDriverError;
   for (const folder of ["core", "masks"]) {
     Deno.mkdirSync(`${dir}/copy/lib/${folder}`, { recursive: true });
     for (const entry of Deno.readDirSync(`${REPO_ROOT}lib/${folder}`)) {
@@ -236,12 +137,13 @@ export function prepareBadInputEnv(): BadInputEnv {
   }
   return {
     dir,
-    fakeLibrary: gccMissing ? undefined : `${dir}/good/libmagi_ffa.so`,
-    wrongAbiLibrary: gccMissing ? undefined : `${dir}/wrong_abi/libmagi_ffa.so`,
-    noDriverLibrary: gccMissing ? undefined : `${dir}/no_driver/libmagi_ffa.so`,
+    fakeLibrary: gccAvailable ? fakes.good : undefined,
+    wrongAbiLibrary: gccAvailable ? fakes.wrongAbi : undefined,
+    // Its device count fails with cudaErrorInsufficientDriver, as on a machine without a driver.
+    noDriverLibrary: gccAvailable ? fakes.oldDriver : undefined,
     secondCopySpecModule: `file://${dir}/copy/lib/masks/spec.ts`,
     notALibrary,
-    gccMissing: gccMissing ? `gcc could not build the fake library: ${gccMissing.slice(0, 200)}` : undefined,
+    gccMissing: gccAvailable ? undefined : "gcc is not here to build the fake library",
     sentinels: [
       AttnMaskSpec.varlen([3, 5, 2]),
       AttnMaskSpec.slidingWindow(9, { left: 2, right: 1 }),

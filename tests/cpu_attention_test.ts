@@ -12,7 +12,8 @@ import { compileFlexKey, toFlexKey } from "../lib/masks/flex_key.ts";
 import { referenceBackward, referenceForward } from "../lib/backends/reference.ts";
 import { type DType, type HostTensor, randomTensor, tensor, toFloat32 } from "../lib/core/tensor.ts";
 import type { FlexKey } from "../lib/core/types.ts";
-import { caseSeed, randomReferenceCase, REFERENCE_TOLERANCES } from "./fuzz_cases.ts";
+import { randomReferenceCase, REFERENCE_TOLERANCES } from "./fuzz_reference_cases.ts";
+import { caseSeed } from "./support/fuzz.ts";
 import { denseAttentionBackwardOracle, denseAttentionOracle, relativeError } from "./support/oracle.ts";
 
 const FULL = 0, CAUSAL = 1, INVCAUSAL = 2, BICAUSAL = 3;

@@ -8,16 +8,10 @@
  */
 
 import assert from "node:assert/strict";
-import {
-  BUILDERS,
-  caseSeed,
-  checkGuardCase,
-  checkReferenceCase,
-  checkSpecCase,
-  fuzzSeedBase,
-  randomReferenceCase,
-  randomSpecCase,
-} from "./fuzz_cases.ts";
+import { BUILDERS, checkSpecCase, randomSpecCase } from "./fuzz_cases.ts";
+import { checkReferenceCase, randomReferenceCase } from "./fuzz_reference_cases.ts";
+import { checkGuardCase } from "./fuzz_guard_cases.ts";
+import { caseSeed, fuzzSeedBase } from "./support/fuzz.ts";
 
 const SPEC_CASES = 10_000;
 const REFERENCE_CASES = 400;

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Makes the Qwen2 fixture that tests/qwen2_test.ts checks our TypeScript decoder against.
+"""Makes the Qwen2 fixture that tests/qwen2_fixture_test.ts checks our TypeScript decoder against.
 
 Usage (on a machine with PyTorch, transformers and safetensors; no network, no GPU needed):
 

@@ -8,6 +8,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
+#include <initializer_list>
 #include <new>
 #include <numeric>
 #include <string>
@@ -206,6 +207,30 @@ int32_t check_tensor(const char* function, const char* name, const void* pointer
     return fail(MAGI_FFA_E_INVALID_ARGUMENT, "%s: %s (%p) must be 16-byte aligned", function, name, pointer);
   }
   return 0;
+}
+
+/** One tensor argument of a kernel entry: its name in errors, its pointer, whether it holds elements. */
+struct TensorArg {
+  const char* name;
+  const void* pointer;
+  bool has_elements;
+};
+
+/** check_tensor on each of `tensors`, in order; the first failure's status. */
+int32_t check_tensors(const char* function, std::initializer_list<TensorArg> tensors) {
+  for (const TensorArg& tensor : tensors) {
+    const int32_t status = check_tensor(function, tensor.name, tensor.pointer, tensor.has_elements);
+    if (status != 0) return status;
+  }
+  return 0;
+}
+
+/** What a kernel entry checks before its tensors: the plan (stored in *out) and the scalar arguments. */
+int32_t check_call(const char* function, const void* plan, const HostPlan** out, int32_t hq, int32_t hkv,
+                   int32_t head_dim, int32_t dtype, float softmax_scale, float softcap) {
+  const int32_t status = check_plan(function, plan, out);
+  if (status != 0) return status;
+  return check_common(function, hq, hkv, head_dim, dtype, softmax_scale, softcap);
 }
 
 }  // namespace
@@ -475,17 +500,13 @@ int32_t magi_ffa_forward(const void* q, const void* k, const void* v, void* out,
   (void)deterministic;  // the forward is deterministic in every mode
   clear_error();
   const HostPlan* host_plan = nullptr;
-  int32_t status = check_plan(kFn, plan, &host_plan);
-  if (status != 0) return status;
-  status = check_common(kFn, hq, hkv, head_dim, dtype, softmax_scale, softcap);
+  int32_t status = check_call(kFn, plan, &host_plan, hq, hkv, head_dim, dtype, softmax_scale, softcap);
   if (status != 0) return status;
   const bool has_q = host_plan->device_plan.total_q > 0;
   const bool has_k = host_plan->device_plan.total_k > 0;
-  if ((status = check_tensor(kFn, "q", q, has_q)) != 0) return status;
-  if ((status = check_tensor(kFn, "k", k, has_k)) != 0) return status;
-  if ((status = check_tensor(kFn, "v", v, has_k)) != 0) return status;
-  if ((status = check_tensor(kFn, "out", out, has_q)) != 0) return status;
-  if ((status = check_tensor(kFn, "lse", lse, has_q)) != 0) return status;
+  status = check_tensors(kFn, {{"q", q, has_q}, {"k", k, has_k}, {"v", v, has_k}, {"out", out, has_q},
+                               {"lse", lse, has_q}});
+  if (status != 0) return status;
   if (!has_q) return 0;
 
   magi_ffa::FwdParams params;
@@ -518,22 +539,15 @@ int32_t magi_ffa_backward(const void* dout, const void* q, const void* k, const 
   static const char* kFn = "magi_ffa_backward";
   clear_error();
   const HostPlan* host_plan = nullptr;
-  int32_t status = check_plan(kFn, plan, &host_plan);
-  if (status != 0) return status;
-  status = check_common(kFn, hq, hkv, head_dim, dtype, softmax_scale, softcap);
+  int32_t status = check_call(kFn, plan, &host_plan, hq, hkv, head_dim, dtype, softmax_scale, softcap);
   if (status != 0) return status;
   const int32_t total_q = host_plan->device_plan.total_q;
   const bool has_q = total_q > 0;
   const bool has_k = host_plan->device_plan.total_k > 0;
-  if ((status = check_tensor(kFn, "dout", dout, has_q)) != 0) return status;
-  if ((status = check_tensor(kFn, "q", q, has_q)) != 0) return status;
-  if ((status = check_tensor(kFn, "k", k, has_k)) != 0) return status;
-  if ((status = check_tensor(kFn, "v", v, has_k)) != 0) return status;
-  if ((status = check_tensor(kFn, "out", out, has_q)) != 0) return status;
-  if ((status = check_tensor(kFn, "lse", lse, has_q)) != 0) return status;
-  if ((status = check_tensor(kFn, "dq", dq, has_q)) != 0) return status;
-  if ((status = check_tensor(kFn, "dk", dk, has_k)) != 0) return status;
-  if ((status = check_tensor(kFn, "dv", dv, has_k)) != 0) return status;
+  status = check_tensors(kFn, {{"dout", dout, has_q}, {"q", q, has_q}, {"k", k, has_k}, {"v", v, has_k},
+                               {"out", out, has_q}, {"lse", lse, has_q}, {"dq", dq, has_q}, {"dk", dk, has_k},
+                               {"dv", dv, has_k}});
+  if (status != 0) return status;
   if (!has_q && !has_k) return 0;
 
   magi_ffa::BwdParams params;

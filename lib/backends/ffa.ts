@@ -11,7 +11,12 @@ import { noticeLargeCpuCall } from "./cpu/notice.ts";
 import { checkBackwardMatchesForward, recordForward } from "./forward_record.ts";
 import type { HostTensor } from "../core/tensor.ts";
 import type { FlexKey, PlainFlexKey } from "../core/types.ts";
-import { validateBackwardCall, validateForwardCall } from "../core/validate.ts";
+import {
+  type ForwardShape,
+  validateBackwardCall,
+  type ValidatedCall,
+  validateForwardCall,
+} from "../core/validate.ts";
 import { checkHostInputs, type DeviceTensor, isDeviceTensor } from "../../ffi/device.ts";
 import {
   cudaBackwardValidated,
@@ -127,7 +132,7 @@ function checkOptions(options: FlexAttnOptions): { backend: Backend; options: Fl
 function resolveBackend(
   requested: Backend,
   tensors: readonly AnyTensor[],
-  headDim: number,
+  shape: ForwardShape,
   options: FlexAttnOptions,
 ): "cpu" | "cuda" {
   const onDevice = tensors.some((item) => isDeviceTensor(item));
@@ -159,7 +164,7 @@ function resolveBackend(
     return "cuda";
   }
   // "auto": CUDA only where the loaded library runs this call exactly as asked (its dtypes and head dims).
-  const dtype = tensors[0].dtype;
+  const { dtype, headDim } = shape;
   if (dtype === "float32" || backendInfo({ libraryPath: options.libraryPath }).backend === "cpu") {
     return "cpu";
   }
@@ -173,6 +178,52 @@ function cpuReason(requested: Backend, dtype: string, headDim: number, options: 
   const info = backendInfo({ libraryPath: options.libraryPath });
   if (info.backend === "cpu") return info.reason ?? "the CUDA backend is not available";
   return cudaUnsupportedReason(dtype, headDim, options) ?? "the CUDA backend is not available";
+}
+
+/** A call after its options, key and tensors are checked, before a backend is chosen. */
+interface CheckedCall {
+  readonly requested: Backend;
+  readonly options: FlexAttnOptions;
+  readonly flexKey: FlexKey;
+  readonly call: ValidatedCall;
+  readonly shape: ForwardShape;
+  /** The options every backend takes, with the validated scale and softcap. */
+  readonly kernelOptions: Required<Pick<FlexAttnOptions, "softmaxScale" | "softcap" | "deterministic">> & {
+    libraryPath?: string;
+  };
+}
+
+/**
+ * The checks a forward and a backward share: options, key (a plain key is compiled against q's and k's
+ * lengths), the tensors (`validate`, on host and device tensors alike) and the host tensors' contents.
+ */
+function checkCall(
+  inputs: readonly AnyTensor[],
+  names: readonly string[],
+  qk: readonly [AnyTensor, AnyTensor],
+  key: FlexKey | PlainFlexKey,
+  rawOptions: FlexAttnOptions,
+  validate: (flexKey: FlexKey, options: FlexAttnOptions) => ValidatedCall,
+): CheckedCall {
+  const { backend: requested, options } = checkOptions(rawOptions);
+  const flexKey = resolveKey(key, ...qk);
+  const call = validate(flexKey, options);
+  const shape = call.shape;
+  checkHostInputs(inputs, names);
+  const kernelOptions = {
+    softmaxScale: shape.softmaxScale,
+    softcap: shape.softcap,
+    deterministic: options.deterministic ?? false,
+    libraryPath: options.libraryPath,
+  };
+  return { requested, options, flexKey, call, shape, kernelOptions };
+}
+
+/** Says once per process when a large call runs on the CPU (`flopsPerArea`: its flops per masked cell and head dim). */
+function noticeCpuCall(checked: CheckedCall, pass: "forward" | "backward", flopsPerArea: number): void {
+  const { requested, shape, options } = checked;
+  const flops = flopsPerArea * checked.flexKey.area * shape.numHeadsQ * shape.headDim;
+  noticeLargeCpuCall(flops, pass, () => cpuReason(requested, shape.dtype, shape.headDim, options));
 }
 
 function resolveKey(key: FlexKey | PlainFlexKey, q: AnyTensor, k: AnyTensor): FlexKey {
@@ -238,25 +289,18 @@ export async function flexFlashAttnForward(
   key: FlexKey | PlainFlexKey,
   rawOptions: FlexAttnOptions = {},
 ): Promise<FlexAttnForwardResult> {
-  const { backend: requested, options } = checkOptions(rawOptions);
-  const flexKey = resolveKey(key, q, k);
-  const call = validateForwardCall([q, k, v], flexKey, options);
-  const shape = call.shape;
-  checkHostInputs([q, k, v], ["q", "k", "v"]);
-  const backend = resolveBackend(requested, [q, k, v], shape.headDim, options);
-  const kernelOptions = {
-    softmaxScale: shape.softmaxScale,
-    softcap: shape.softcap,
-    deterministic: options.deterministic ?? false,
-    libraryPath: options.libraryPath,
-  };
+  const inputs = [q, k, v] as const;
+  const checked = checkCall(inputs, ["q", "k", "v"], [q, k], key, rawOptions, (flexKey, options) => {
+    return validateForwardCall(inputs, flexKey, options);
+  });
+  const { flexKey, call, shape, kernelOptions } = checked;
+  const backend = resolveBackend(checked.requested, inputs, shape, checked.options);
   // Validated above: the CUDA backend trusts this call instead of checking it again.
   let result;
   if (backend === "cuda") {
-    result = await cudaForwardValidated([q, k, v], flexKey, call, kernelOptions);
+    result = await cudaForwardValidated(inputs, flexKey, call, kernelOptions);
   } else {
-    const flops = 4 * flexKey.area * shape.numHeadsQ * shape.headDim;
-    noticeLargeCpuCall(flops, "forward", () => cpuReason(requested, shape.dtype, shape.headDim, options));
+    noticeCpuCall(checked, "forward", 4);
     result = await cpuForward(q as HostTensor, k as HostTensor, v as HostTensor, flexKey, kernelOptions);
   }
   recordForward(result.lse, { softmaxScale: shape.softmaxScale, softcap: shape.softcap, key: flexKey });
@@ -325,36 +369,20 @@ export async function flexFlashAttnBackward(
   key: FlexKey | PlainFlexKey,
   rawOptions: FlexAttnOptions = {},
 ): Promise<FlexAttnBackwardResult> {
-  const { backend: requested, options } = checkOptions(rawOptions);
-  const flexKey = resolveKey(key, q, k);
-  const call = validateBackwardCall([dout, q, k, v, out, lse], flexKey, options);
-  const shape = call.shape;
-  checkHostInputs([dout, q, k, v, out, lse], ["dout", "q", "k", "v", "out", "lse"]);
+  const inputs = [dout, q, k, v, out, lse] as const;
+  const names = ["dout", "q", "k", "v", "out", "lse"];
+  const checked = checkCall(inputs, names, [q, k], key, rawOptions, (flexKey, options) => {
+    return validateBackwardCall(inputs, flexKey, options);
+  });
+  const { flexKey, call, shape, kernelOptions } = checked;
   checkBackwardMatchesForward(lse, {
     softmaxScale: shape.softmaxScale,
     softcap: shape.softcap,
     key: flexKey,
   });
-  const backend = resolveBackend(requested, [q, k, v, dout, out, lse], shape.headDim, options);
-  const kernelOptions = {
-    softmaxScale: shape.softmaxScale,
-    softcap: shape.softcap,
-    deterministic: options.deterministic ?? false,
-    libraryPath: options.libraryPath,
-  };
-  if (backend === "cuda") {
-    return await cudaBackwardValidated([dout, q, k, v, out, lse], flexKey, call, kernelOptions);
-  }
-  const flops = 10 * flexKey.area * shape.numHeadsQ * shape.headDim; // 2.5 × the forward's
-  noticeLargeCpuCall(flops, "backward", () => cpuReason(requested, shape.dtype, shape.headDim, options));
-  return await cpuBackward(
-    dout as HostTensor,
-    q as HostTensor,
-    k as HostTensor,
-    v as HostTensor,
-    out as HostTensor,
-    lse as HostTensor,
-    flexKey,
-    kernelOptions,
-  );
+  const backend = resolveBackend(checked.requested, inputs, shape, checked.options);
+  if (backend === "cuda") return await cudaBackwardValidated(inputs, flexKey, call, kernelOptions);
+  noticeCpuCall(checked, "backward", 10); // 2.5 × the forward's
+  const host = inputs as readonly HostTensor[];
+  return await cpuBackward(host[0], host[1], host[2], host[3], host[4], host[5], flexKey, kernelOptions);
 }

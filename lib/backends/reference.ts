@@ -45,20 +45,9 @@ export function requireHostData(value: HostTensor, name: string): void {
   }
 }
 
-/** {@linkcode requireHostData} for each of the backward's six tensors. */
-export function requireBackwardHostData(
-  dout: HostTensor,
-  q: HostTensor,
-  k: HostTensor,
-  v: HostTensor,
-  out: HostTensor,
-  lse: HostTensor,
-): void {
-  for (
-    const [value, name] of [[dout, "dout"], [q, "q"], [k, "k"], [v, "v"], [out, "out"], [lse, "lse"]] as const
-  ) {
-    requireHostData(value, name);
-  }
+/** {@linkcode requireHostData} for each of `tensors`, named by `names`. */
+export function requireHostInputs(tensors: readonly HostTensor[], names: readonly string[]): void {
+  for (let index = 0; index < tensors.length; index++) requireHostData(tensors[index], names[index]);
 }
 
 /**
@@ -84,6 +73,51 @@ export function visibleInterval(
   bounds[1] = hi;
 }
 
+/** A flex key's slices: flat query ranges, key ranges and types (a FlexKey, or the CPU path's problem). */
+export type SliceTable = Pick<FlexKey, "qRanges" | "kRanges" | "attnTypeMap">;
+
+const intervalScratch = new Int32Array(2);
+
+/**
+ * Calls `visit(queryIndex, lo, hi)` for each query row `[rowStart, rowEnd)` of slice `slice`, ascending,
+ * with the row's visible key interval `[lo, hi)` (empty when `lo ≥ hi`).
+ */
+export function forEachRowInterval(
+  table: SliceTable,
+  slice: number,
+  rowStart: number,
+  rowEnd: number,
+  visit: (queryIndex: number, lo: number, hi: number) => void,
+): void {
+  const qStart = table.qRanges[2 * slice];
+  const qEnd = table.qRanges[2 * slice + 1];
+  const kStart = table.kRanges[2 * slice];
+  const kEnd = table.kRanges[2 * slice + 1];
+  const type = table.attnTypeMap[slice];
+  for (let queryIndex = rowStart; queryIndex < rowEnd; queryIndex++) {
+    visibleInterval(type, queryIndex, qStart, qEnd, kStart, kEnd, intervalScratch);
+    visit(queryIndex, intervalScratch[0], intervalScratch[1]);
+  }
+}
+
+/**
+ * Calls `visit(queryIndex, lo, hi)` for every query row of every slice that sees at least one key, in the
+ * reference's order: slices as listed, query rows ascending.
+ */
+function forEachVisibleRow(key: FlexKey, visit: (queryIndex: number, lo: number, hi: number) => void): void {
+  for (let slice = 0; slice < key.attnTypeMap.length; slice++) {
+    forEachRowInterval(
+      key,
+      slice,
+      key.qRanges[2 * slice],
+      key.qRanges[2 * slice + 1],
+      (queryIndex, lo, hi) => {
+        if (lo < hi) visit(queryIndex, lo, hi);
+      },
+    );
+  }
+}
+
 /** Longest key range of any slice (computed, not trusted from the key, since it sizes a scratch buffer). */
 function longestKeyRange(key: FlexKey): number {
   let longest = 0;
@@ -107,9 +141,7 @@ export function referenceForward(
   opts: ReferenceOptions = {},
 ): ReferenceForwardResult {
   const shape = validateForwardArgs(q, k, v, key, opts);
-  requireHostData(q, "q");
-  requireHostData(k, "k");
-  requireHostData(v, "v");
+  requireHostInputs([q, k, v], ["q", "k", "v"]);
   const { totalQ, numHeadsQ, numHeadsKV, headDim, softmaxScale, softcap } = shape;
   const qData = toFloat32(q);
   const kData = toFloat32(k);
@@ -125,55 +157,43 @@ export function referenceForward(
   const scores = new Float64Array(longestKeyRange(key));
   // The current query row in a small local buffer: the inner loops then read one contiguous scratch row.
   const queryRow = new Float64Array(headDim);
-  const bounds = new Int32Array(2);
 
-  for (let slice = 0; slice < key.attnTypeMap.length; slice++) {
-    const qStart = key.qRanges[2 * slice];
-    const qEnd = key.qRanges[2 * slice + 1];
-    const kStart = key.kRanges[2 * slice];
-    const kEnd = key.kRanges[2 * slice + 1];
-    const type = key.attnTypeMap[slice];
-    for (let queryIndex = qStart; queryIndex < qEnd; queryIndex++) {
-      visibleInterval(type, queryIndex, qStart, qEnd, kStart, kEnd, bounds);
-      const lo = bounds[0];
-      const hi = bounds[1];
-      if (lo >= hi) continue;
-      for (let head = 0; head < numHeadsQ; head++) {
-        const qOffset = queryIndex * qTokenStride + head * headDim;
-        const kvHeadOffset = Math.floor(head / groupSize) * headDim;
-        for (let d = 0; d < headDim; d++) queryRow[d] = qData[qOffset + d];
-        let sliceMax = -Infinity;
-        for (let keyIndex = lo; keyIndex < hi; keyIndex++) {
-          const kOffset = keyIndex * kTokenStride + kvHeadOffset;
-          let dot = 0;
-          for (let d = 0; d < headDim; d++) dot += queryRow[d] * kData[kOffset + d];
-          let score = dot * softmaxScale;
-          if (softcap > 0) score = softcap * Math.tanh(score / softcap);
-          scores[keyIndex - lo] = score;
-          if (score > sliceMax) sliceMax = score;
-        }
-        const row = queryIndex * numHeadsQ + head;
-        const accOffset = row * headDim;
-        const previousMax = rowMax[row];
-        const newMax = sliceMax > previousMax ? sliceMax : previousMax;
-        // Rescale what earlier slices accumulated so all terms share one running max.
-        if (previousMax !== -Infinity && previousMax < newMax) {
-          const factor = Math.exp(previousMax - newMax);
-          rowSum[row] *= factor;
-          for (let d = 0; d < headDim; d++) accumulator[accOffset + d] *= factor;
-        }
-        rowMax[row] = newMax;
-        let sum = 0;
-        for (let keyIndex = lo; keyIndex < hi; keyIndex++) {
-          const weight = Math.exp(scores[keyIndex - lo] - newMax);
-          sum += weight;
-          const vOffset = keyIndex * kTokenStride + kvHeadOffset;
-          for (let d = 0; d < headDim; d++) accumulator[accOffset + d] += weight * vData[vOffset + d];
-        }
-        rowSum[row] += sum;
+  forEachVisibleRow(key, (queryIndex, lo, hi) => {
+    for (let head = 0; head < numHeadsQ; head++) {
+      const qOffset = queryIndex * qTokenStride + head * headDim;
+      const kvHeadOffset = Math.floor(head / groupSize) * headDim;
+      for (let d = 0; d < headDim; d++) queryRow[d] = qData[qOffset + d];
+      let sliceMax = -Infinity;
+      for (let keyIndex = lo; keyIndex < hi; keyIndex++) {
+        const kOffset = keyIndex * kTokenStride + kvHeadOffset;
+        let dot = 0;
+        for (let d = 0; d < headDim; d++) dot += queryRow[d] * kData[kOffset + d];
+        let score = dot * softmaxScale;
+        if (softcap > 0) score = softcap * Math.tanh(score / softcap);
+        scores[keyIndex - lo] = score;
+        if (score > sliceMax) sliceMax = score;
       }
+      const row = queryIndex * numHeadsQ + head;
+      const accOffset = row * headDim;
+      const previousMax = rowMax[row];
+      const newMax = sliceMax > previousMax ? sliceMax : previousMax;
+      // Rescale what earlier slices accumulated so all terms share one running max.
+      if (previousMax !== -Infinity && previousMax < newMax) {
+        const factor = Math.exp(previousMax - newMax);
+        rowSum[row] *= factor;
+        for (let d = 0; d < headDim; d++) accumulator[accOffset + d] *= factor;
+      }
+      rowMax[row] = newMax;
+      let sum = 0;
+      for (let keyIndex = lo; keyIndex < hi; keyIndex++) {
+        const weight = Math.exp(scores[keyIndex - lo] - newMax);
+        sum += weight;
+        const vOffset = keyIndex * kTokenStride + kvHeadOffset;
+        for (let d = 0; d < headDim; d++) accumulator[accOffset + d] += weight * vData[vOffset + d];
+      }
+      rowSum[row] += sum;
     }
-  }
+  });
 
   const lse = new Float32Array(rowCount);
   for (let row = 0; row < rowCount; row++) {
@@ -216,7 +236,7 @@ export function referenceBackward(
   opts: ReferenceOptions = {},
 ): ReferenceBackwardResult {
   const shape = validateBackwardArgs(dout, q, k, v, out, lse, key, opts);
-  requireBackwardHostData(dout, q, k, v, out, lse);
+  requireHostInputs([dout, q, k, v, out, lse], ["dout", "q", "k", "v", "out", "lse"]);
   const { totalQ, totalK, numHeadsQ, numHeadsKV, headDim, softmaxScale, softcap } = shape;
   const doutData = toFloat32(dout);
   const qData = toFloat32(q);
@@ -244,59 +264,47 @@ export function referenceBackward(
   const queryRow = new Float64Array(headDim);
   const doutRow = new Float64Array(headDim);
   const dqRow = new Float64Array(headDim);
-  const bounds = new Int32Array(2);
   const inverseCap = softcap > 0 ? 1 / softcap : 0;
 
-  for (let slice = 0; slice < key.attnTypeMap.length; slice++) {
-    const qStart = key.qRanges[2 * slice];
-    const qEnd = key.qRanges[2 * slice + 1];
-    const kStart = key.kRanges[2 * slice];
-    const kEnd = key.kRanges[2 * slice + 1];
-    const type = key.attnTypeMap[slice];
-    for (let queryIndex = qStart; queryIndex < qEnd; queryIndex++) {
-      visibleInterval(type, queryIndex, qStart, qEnd, kStart, kEnd, bounds);
-      const lo = bounds[0];
-      const hi = bounds[1];
-      if (lo >= hi) continue;
-      for (let head = 0; head < numHeadsQ; head++) {
-        const row = queryIndex * numHeadsQ + head;
-        const rowLse = lseData[row];
-        if (rowLse === -Infinity) continue; // an empty row: P = 0, no gradient
-        const delta = rowDelta[row];
-        const qOffset = row * headDim;
-        const kvHeadOffset = Math.floor(head / groupSize) * headDim;
-        for (let d = 0; d < headDim; d++) {
-          queryRow[d] = qData[qOffset + d];
-          doutRow[d] = doutData[qOffset + d];
-          dqRow[d] = 0;
-        }
-        for (let keyIndex = lo; keyIndex < hi; keyIndex++) {
-          const kOffset = keyIndex * kTokenStride + kvHeadOffset;
-          let dot = 0;
-          let doutDotV = 0;
-          for (let d = 0; d < headDim; d++) {
-            dot += queryRow[d] * kData[kOffset + d];
-            doutDotV += doutRow[d] * vData[kOffset + d];
-          }
-          let score = dot * softmaxScale;
-          if (softcap > 0) score = softcap * Math.tanh(score * inverseCap);
-          const probability = Math.exp(score - rowLse);
-          let scoreGrad = probability * (doutDotV - delta);
-          if (softcap > 0) {
-            const capped = score * inverseCap;
-            scoreGrad *= 1 - capped * capped;
-          }
-          scoreGrad *= softmaxScale;
-          for (let d = 0; d < headDim; d++) {
-            dv[kOffset + d] += probability * doutRow[d];
-            dqRow[d] += scoreGrad * kData[kOffset + d];
-            dk[kOffset + d] += scoreGrad * queryRow[d];
-          }
-        }
-        for (let d = 0; d < headDim; d++) dq[qOffset + d] += dqRow[d];
+  forEachVisibleRow(key, (queryIndex, lo, hi) => {
+    for (let head = 0; head < numHeadsQ; head++) {
+      const row = queryIndex * numHeadsQ + head;
+      const rowLse = lseData[row];
+      if (rowLse === -Infinity) continue; // an empty row: P = 0, no gradient
+      const delta = rowDelta[row];
+      const qOffset = row * headDim;
+      const kvHeadOffset = Math.floor(head / groupSize) * headDim;
+      for (let d = 0; d < headDim; d++) {
+        queryRow[d] = qData[qOffset + d];
+        doutRow[d] = doutData[qOffset + d];
+        dqRow[d] = 0;
       }
+      for (let keyIndex = lo; keyIndex < hi; keyIndex++) {
+        const kOffset = keyIndex * kTokenStride + kvHeadOffset;
+        let dot = 0;
+        let doutDotV = 0;
+        for (let d = 0; d < headDim; d++) {
+          dot += queryRow[d] * kData[kOffset + d];
+          doutDotV += doutRow[d] * vData[kOffset + d];
+        }
+        let score = dot * softmaxScale;
+        if (softcap > 0) score = softcap * Math.tanh(score * inverseCap);
+        const probability = Math.exp(score - rowLse);
+        let scoreGrad = probability * (doutDotV - delta);
+        if (softcap > 0) {
+          const capped = score * inverseCap;
+          scoreGrad *= 1 - capped * capped;
+        }
+        scoreGrad *= softmaxScale;
+        for (let d = 0; d < headDim; d++) {
+          dv[kOffset + d] += probability * doutRow[d];
+          dqRow[d] += scoreGrad * kData[kOffset + d];
+          dk[kOffset + d] += scoreGrad * queryRow[d];
+        }
+      }
+      for (let d = 0; d < headDim; d++) dq[qOffset + d] += dqRow[d];
     }
-  }
+  });
   return {
     dq: fromFloat32(dq, q.shape, q.dtype),
     dk: fromFloat32(dk, k.shape, k.dtype),

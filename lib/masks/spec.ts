@@ -11,16 +11,12 @@
  */
 
 import { describeValue, MagiAttnInputError } from "../core/errors.ts";
-import {
-  AttnType,
-  attnTypeToMaskType,
-  MASK_TYPE_NAMES,
-  type MaskType,
-  maskTypeToAttnType,
-} from "../core/types.ts";
+import { AttnType, MASK_TYPE_NAMES, type MaskType } from "../core/types.ts";
 import { checkArrayLike, checkInteger, checkSeqlens, INT32_MAX } from "./checks.ts";
 import { parseWith, strictParser, z } from "../core/schema.ts";
 import { sliceFingerprint } from "./fingerprint.ts";
+import { parseRanges } from "./ranges.ts";
+import { SliceList } from "./slice_list.ts";
 import { checkPrefixTree, prefixTreeSegments } from "./prefix_tree.ts";
 
 /** A half-open range `[start, end)`. */
@@ -75,19 +71,6 @@ const WINDOW_WORDING = {
   },
 };
 
-/** Top-level keys of a ranges object (elements are checked by hand below: they are the hot loop). */
-function rangesSchema(typesField: string) {
-  return z.strictObject({
-    qRanges: z.unknown(),
-    kRanges: z.unknown(),
-    [typesField]: z.unknown(),
-    totalSeqlenQ: z.unknown().optional(),
-    totalSeqlenK: z.unknown().optional(),
-  });
-}
-
-const RANGES_SCHEMAS = new Map<string, ReturnType<typeof rangesSchema>>();
-
 function sameInts(a: Int32Array, b: Int32Array): boolean {
   for (let index = 0; index < a.length; index++) if (a[index] !== b[index]) return false;
   return true;
@@ -95,44 +78,6 @@ function sameInts(a: Int32Array, b: Int32Array): boolean {
 
 /** Marks calls of the constructor that come from this module's builders. */
 const CONSTRUCT = Symbol("AttnMaskSpec.construct");
-
-/**
- * Slices collected by a builder in growable flat typed arrays. Specs keep flat arrays, not tuples: the
- * compiler reads them in one cheap pass (walking frozen tuples is an order of magnitude slower in V8).
- */
-class SliceList {
-  q: Int32Array = new Int32Array(32);
-  k: Int32Array = new Int32Array(32);
-  types: Int32Array = new Int32Array(16);
-  count = 0;
-
-  /** Appends slice `[qs, qe) × [ks, ke)` of AttnType `type`. */
-  push(qs: number, qe: number, ks: number, ke: number, type: number): void {
-    if (this.count === this.types.length) this.#grow();
-    const index = this.count++;
-    this.q[2 * index] = qs;
-    this.q[2 * index + 1] = qe;
-    this.k[2 * index] = ks;
-    this.k[2 * index + 1] = ke;
-    this.types[index] = type;
-  }
-
-  /** Appends the slice unless it is empty. */
-  pushNonEmpty(qs: number, qe: number, ks: number, ke: number, type: number): void {
-    if (qs < qe && ks < ke) this.push(qs, qe, ks, ke, type);
-  }
-
-  #grow(): void {
-    const grow = (array: Int32Array): Int32Array => {
-      const larger = new Int32Array(array.length * 2);
-      larger.set(array);
-      return larger;
-    };
-    this.q = grow(this.q);
-    this.k = grow(this.k);
-    this.types = grow(this.types);
-  }
-}
 
 const { FULL, CAUSAL, INVCAUSAL, BICAUSAL } = AttnType;
 
@@ -591,96 +536,6 @@ export class AttnMaskSpec {
  * `typesField` in errors; the flex key compiler calls it `attnTypeMap`.
  */
 export function specFromRangesNamed(ranges: AttnMaskRanges, typesField: string): AttnMaskSpec {
-  let schema = RANGES_SCHEMAS.get(typesField);
-  if (schema === undefined) RANGES_SCHEMAS.set(typesField, schema = rangesSchema(typesField));
-  parseWith(schema, ranges, {
-    field: typesField === "maskTypes" ? "" : "key",
-    valueName: "ranges",
-    owner: typesField === "maskTypes" ? "AttnMaskSpec.fromRanges" : "a plain flex key",
-    fix: `pass { qRanges, kRanges, ${typesField}, totalSeqlenQ, totalSeqlenK }`,
-  });
-  const rangesFix = "pass an array of [start, end) pairs, one per slice";
-  const qList = checkArrayLike(ranges.qRanges, "qRanges", rangesFix);
-  const kList = checkArrayLike(ranges.kRanges, "kRanges", rangesFix);
-  const typeList = checkArrayLike(
-    (ranges as unknown as Record<string, unknown>)[typesField],
-    typesField,
-    "pass one mask type per slice",
-  );
-  const count = qList.length;
-  if (kList.length !== count || typeList.length !== count) {
-    throw new MagiAttnInputError(
-      kList.length !== count ? "kRanges" : typesField,
-      `has ${kList.length !== count ? kList.length : typeList.length} entries but qRanges has ${count}`,
-      "give one query range, one key range and one type per slice",
-    );
-  }
-  const copyRanges = (list: ArrayLike<unknown>, field: string): Range[] => {
-    const copies = new Array<Range>(list.length);
-    for (let index = 0; index < list.length; index++) {
-      const pair = list[index];
-      if (!Array.isArray(pair) || pair.length !== 2) {
-        throw new MagiAttnInputError(
-          `${field}[${index}]`,
-          `is ${describeValue(pair)}, not a pair`,
-          "write it as [start, end]",
-        );
-      }
-      const start = checkInteger(
-        pair[0],
-        `${field}[${index}][0]`,
-        0,
-        INT32_MAX,
-        "give a non-negative integer start",
-      );
-      const end = checkInteger(
-        pair[1],
-        `${field}[${index}][1]`,
-        0,
-        INT32_MAX,
-        "give a non-negative integer end",
-      );
-      if (end < start) {
-        throw new MagiAttnInputError(
-          `${field}[${index}]`,
-          `is [${start}, ${end}): end < start`,
-          "give start ≤ end",
-        );
-      }
-      copies[index] = [start, end];
-    }
-    return copies;
-  };
-  const qRanges = copyRanges(qList, "qRanges");
-  const kRanges = copyRanges(kList, "kRanges");
-  const types = new Array<number>(count);
-  for (let index = 0; index < count; index++) {
-    const value = typeList[index];
-    const field = `${typesField}[${index}]`;
-    types[index] = typeof value === "number"
-      ? maskTypeToAttnType(attnTypeToMaskType(value, field), field)
-      : maskTypeToAttnType(value as MaskType, field);
-  }
-  const checkTotal = (value: unknown, field: string, list: Range[], rangeField: string): number => {
-    let maxEnd = 0;
-    for (const range of list) maxEnd = Math.max(maxEnd, range[1]);
-    if (value === undefined) return maxEnd;
-    const total = checkInteger(value, field, 0, INT32_MAX, "give the token count as a non-negative integer");
-    if (maxEnd > total) {
-      const index = list.findIndex((range) => range[1] > total);
-      throw new MagiAttnInputError(
-        `${rangeField}[${index}]`,
-        `is [${list[index][0]}, ${list[index][1]}), past ${field} = ${total}`,
-        `keep ranges inside [0, ${total}) or raise ${field}`,
-      );
-    }
-    return total;
-  };
-  const totalQ = checkTotal(ranges.totalSeqlenQ, "totalSeqlenQ", qRanges, "qRanges");
-  const totalK = checkTotal(ranges.totalSeqlenK, "totalSeqlenK", kRanges, "kRanges");
-  const slices = new SliceList();
-  for (let index = 0; index < count; index++) {
-    slices.push(qRanges[index][0], qRanges[index][1], kRanges[index][0], kRanges[index][1], types[index]);
-  }
+  const { slices, totalQ, totalK } = parseRanges(ranges, typesField);
   return createSpec(slices, totalQ, totalK);
 }

@@ -111,6 +111,16 @@ def time_backward(forward, inputs, grad_out):
     return statistics.median(samples), len(samples)
 
 
+def timed_run(forward, inputs, dout, result):
+    """Times the forward and the backward into result, then returns result, the output and its gradients."""
+    ms_fwd, iters_fwd = time_forward(forward)
+    ms_bwd, iters_bwd = time_backward(forward, inputs, dout)
+    out = forward()
+    grads = torch.autograd.grad(out, inputs, dout)
+    result.update(ms_fwd=ms_fwd, ms_bwd=ms_bwd, iters_fwd=iters_fwd, iters_bwd=iters_bwd)
+    return result, out.detach(), grads
+
+
 def ceilings():
     """Measured chip ceilings: bf16 matmul 8192^3 TFLOP/s and device-to-device copy GB/s."""
     result = {}
@@ -348,12 +358,7 @@ def run_sdpa(case, backend_name, q, k, v, dout):
         def forward():
             return attend(k_use, v_use, **extra)
 
-        ms_fwd, iters_fwd = time_forward(forward)
-        ms_bwd, iters_bwd = time_backward(forward, (q, k_use, v_use), dout)
-        out = forward()
-        grads = torch.autograd.grad(out, (q, k_use, v_use), dout)
-    result.update(ms_fwd=ms_fwd, ms_bwd=ms_bwd, iters_fwd=iters_fwd, iters_bwd=iters_bwd)
-    return result, out.detach(), grads
+        return timed_run(forward, (q, k_use, v_use), dout, result)
 
 
 def run_flex(case, compiled_flex, q, k, v, dout, device):
@@ -390,12 +395,7 @@ def run_flex(case, compiled_flex, q, k, v, dout, device):
     torch.cuda.synchronize()
     result["compile_s"] = time.perf_counter() - began
     del out
-    ms_fwd, iters_fwd = time_forward(forward)
-    ms_bwd, iters_bwd = time_backward(forward, (q, k, v), dout)
-    out = forward()
-    grads = torch.autograd.grad(out, (q, k, v), dout)
-    result.update(ms_fwd=ms_fwd, ms_bwd=ms_bwd, iters_fwd=iters_fwd, iters_bwd=iters_bwd)
-    return result, out.detach(), grads
+    return timed_run(forward, (q, k, v), dout, result)
 
 
 def finish(result, case):

@@ -61,21 +61,13 @@ bool run_bench_case(const BenchCase& b, int batches, int per_batch, const std::v
   CHECK(magi_ffa_memcpy_h2d(k.pointer, host.data(), kv_count * 2, nullptr));
   CHECK(magi_ffa_memcpy_h2d(v.pointer, host.data() + 1, kv_count * 2 - 2, nullptr));
   CHECK(magi_ffa_memcpy_h2d(dout.pointer, host.data() + 2, q_count * 2 - 4, nullptr));
-  std::vector<int32_t> q_ranges, k_ranges, types;
+  const FlatSlices flat = flatten_slices(b.slices);
   double area = 0;
-  for (const SliceSpec& s : b.slices) {
-    q_ranges.insert(q_ranges.end(), {s.qs, s.qe});
-    k_ranges.insert(k_ranges.end(), {s.ks, s.ke});
-    types.push_back(s.type);
-    area += slice_area(s);
-  }
+  for (const SliceSpec& s : b.slices) area += slice_area(s);
   void* plan = nullptr;
-  CHECK(magi_ffa_plan_create(&plan, q_ranges.data(), k_ranges.data(), types.data(),
+  CHECK(magi_ffa_plan_create(&plan, flat.q_ranges.data(), flat.k_ranges.data(), flat.types.data(),
                              static_cast<int32_t>(b.slices.size()), b.total, b.total));
-  struct PlanGuard {
-    void* plan;
-    ~PlanGuard() { magi_ffa_plan_destroy(plan); }
-  } plan_guard{plan};
+  const PlanGuard plan_guard{plan};
   const float scale = 1.f / std::sqrt(static_cast<float>(b.head_dim));
   auto forward = [&]() {
     return magi_ffa_forward(q.pointer, k.pointer, v.pointer, o.pointer, static_cast<float*>(lse.pointer), plan, b.hq,

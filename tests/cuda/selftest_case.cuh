@@ -28,6 +28,28 @@ struct SliceSpec {
   int qs, qe, ks, ke, type;
 };
 
+// Slices as the flat arrays magi_ffa_plan_create takes: [qs, qe] and [ks, ke] pairs, one type per slice.
+struct FlatSlices {
+  std::vector<int32_t> q_ranges, k_ranges, types;
+};
+
+template <typename Slice>
+FlatSlices flatten_slices(const std::vector<Slice>& slices) {
+  FlatSlices flat;
+  for (const Slice& s : slices) {
+    flat.q_ranges.insert(flat.q_ranges.end(), {s.qs, s.qe});
+    flat.k_ranges.insert(flat.k_ranges.end(), {s.ks, s.ke});
+    flat.types.push_back(s.type);
+  }
+  return flat;
+}
+
+// Destroys a plan when the scope ends.
+struct PlanGuard {
+  void* plan;
+  ~PlanGuard() { magi_ffa_plan_destroy(plan); }
+};
+
 struct Case {
   std::string name;
   std::vector<SliceSpec> slices;

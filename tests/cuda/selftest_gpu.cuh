@@ -62,21 +62,11 @@ bool run_gpu(const Case& c, const std::vector<uint16_t>& q, const std::vector<ui
   CHECK(magi_ffa_memset(ddk.pointer, 0xFF, kv_bytes, nullptr));
   CHECK(magi_ffa_memset(ddv.pointer, 0xFF, kv_bytes, nullptr));
 
-  std::vector<int32_t> q_ranges, k_ranges, types;
-  for (const SliceSpec& s : c.slices) {
-    q_ranges.push_back(s.qs);
-    q_ranges.push_back(s.qe);
-    k_ranges.push_back(s.ks);
-    k_ranges.push_back(s.ke);
-    types.push_back(s.type);
-  }
+  const FlatSlices flat = flatten_slices(c.slices);
   void* plan = nullptr;
-  CHECK(magi_ffa_plan_create(&plan, q_ranges.data(), k_ranges.data(), types.data(),
+  CHECK(magi_ffa_plan_create(&plan, flat.q_ranges.data(), flat.k_ranges.data(), flat.types.data(),
                              static_cast<int32_t>(c.slices.size()), c.total_q, c.total_k));
-  struct PlanGuard {
-    void* plan;
-    ~PlanGuard() { magi_ffa_plan_destroy(plan); }
-  } plan_guard{plan};
+  const PlanGuard plan_guard{plan};
 
   const float scale = c.scale > 0.f ? c.scale : 1.f / std::sqrt(static_cast<float>(c.head_dim));
   CHECK(magi_ffa_stream_synchronize(nullptr));  // inputs and poison in place before the kernels run

@@ -112,6 +112,49 @@ void replay(const Case& c, const std::vector<double>& q, const std::vector<doubl
     }
   }
   auto delta_of = [&](int i, int h) { return i < c.total_q ? delta[static_cast<size_t>(i) * c.hq + h] : 0.0; };
+  // The backward's probability P = exp(s - lse) (0 for an empty row) and score gradient dS = P (dP - Delta) dtanh
+  // of cell (i, j), head h.
+  auto score_grad = [&](int i, int h, int j, double* prob) {
+    double dt;
+    const double s = logit(i, h, j, &dt);
+    const double lse = lse_of(i, h);
+    *prob = std::isinf(lse) ? 0.0 : std::exp(s - lse);
+    double dp = 0;
+    for (int d = 0; d < D; ++d) dp += do_row(i, h, d) * v_row(j, h / group, d);
+    return *prob * (dp - delta_of(i, h)) * dt;
+  };
+  // Points a tile walker (query or key tiles) at tile `tile` of `lists`.
+  auto start_walk = [&](auto& it, const HostTileLists& lists, int tile) {
+    it.slices = slices.data();
+    it.list = lists.slices.data();
+    it.pos = lists.offsets[tile];
+    it.end = lists.offsets[tile + 1];
+  };
+  // A query-tile CTA's walk (the forward's and the deterministic dQ's): tile `tile` of `lists` with a
+  // QueryTileWalker<BM, BN>, warps of 16 rows skipping key blocks their rows do not see; visit(i, j) for each
+  // visible cell, rows then keys ascending.
+  auto walk_query_tile = [&](auto block_m, auto block_n, int warps, const HostTileLists& lists, int tile,
+                             auto&& visit) {
+    constexpr int BM = decltype(block_m)::value;
+    constexpr int BN = decltype(block_n)::value;
+    const int m0 = tile * BM;
+    QueryTileWalker<BM, BN> it{};
+    start_walk(it, lists, tile);
+    it.m0 = m0;
+    for (bool valid = it.next_slice(); valid; valid = it.advance()) {
+      for (int w = 0; w < warps; ++w) {
+        const int w0 = m0 + 16 * w;
+        if (!warp_rows_see_keys(it.slice, w0, it.n0, BN)) continue;
+        const bool masked = tile_needs_mask(it.slice, w0, 16, it.n0, BN);
+        for (int i = w0; i < w0 + 16; ++i) {
+          for (int j = it.n0; j < it.n0 + BN; ++j) {
+            if (masked && !cell_visible(it.slice, i, j)) continue;
+            visit(i, j);
+          }
+        }
+      }
+    }
+  };
 
   out->out.assign(static_cast<size_t>(c.total_q) * c.hq * D, 0.0);
   out->lse.assign(static_cast<size_t>(c.total_q) * c.hq, -INFINITY);
@@ -126,35 +169,21 @@ void replay(const Case& c, const std::vector<double>& q, const std::vector<doubl
       const int m0 = tile * kFwdBlockM;
       std::vector<double> row_max(kFwdBlockM, -INFINITY), row_sum(kFwdBlockM, 0.0);
       std::vector<double> acc(static_cast<size_t>(kFwdBlockM) * D, 0.0);
-      QueryTileWalker<kFwdBlockM, kFwdBlockN> it{};
-      it.slices = slices.data();
-      it.list = fwd.slices.data();
-      it.pos = fwd.offsets[tile];
-      it.end = fwd.offsets[tile + 1];
-      it.m0 = m0;
-      for (bool valid = it.next_slice(); valid; valid = it.advance()) {
-        for (int w = 0; w < kFwdWarps; ++w) {
-          const int w0 = m0 + 16 * w;
-          if (!warp_rows_see_keys(it.slice, w0, it.n0, kFwdBlockN)) continue;
-          const bool masked = tile_needs_mask(it.slice, w0, 16, it.n0, kFwdBlockN);
-          for (int i = w0; i < w0 + 16; ++i) {
-            const int r = i - m0;
-            for (int j = it.n0; j < it.n0 + kFwdBlockN; ++j) {
-              if (masked && !cell_visible(it.slice, i, j)) continue;
-              double dt;
-              const double s = logit(i, h, j, &dt);
-              const double new_max = std::max(row_max[r], s);
-              const double rescale = std::exp(row_max[r] - new_max);
-              const double prob = std::exp(s - new_max);
-              row_sum[r] = row_sum[r] * rescale + prob;
-              for (int d = 0; d < D; ++d) {
-                acc[static_cast<size_t>(r) * D + d] = acc[static_cast<size_t>(r) * D + d] * rescale + prob * v_row(j, hk, d);
-              }
-              row_max[r] = new_max;
-            }
-          }
-        }
-      }
+      walk_query_tile(std::integral_constant<int, kFwdBlockM>{}, std::integral_constant<int, kFwdBlockN>{},
+                      kFwdWarps, fwd, tile, [&](int i, int j) {
+                        const int r = i - m0;
+                        double dt;
+                        const double s = logit(i, h, j, &dt);
+                        const double new_max = std::max(row_max[r], s);
+                        const double rescale = std::exp(row_max[r] - new_max);
+                        const double prob = std::exp(s - new_max);
+                        row_sum[r] = row_sum[r] * rescale + prob;
+                        for (int d = 0; d < D; ++d) {
+                          acc[static_cast<size_t>(r) * D + d] =
+                              acc[static_cast<size_t>(r) * D + d] * rescale + prob * v_row(j, hk, d);
+                        }
+                        row_max[r] = new_max;
+                      });
       for (int r = 0; r < kFwdBlockM && m0 + r < c.total_q; ++r) {
         const size_t row = static_cast<size_t>(m0 + r) * c.hq + h;
         if (row_sum[r] > 0) {
@@ -182,10 +211,7 @@ void replay(const Case& c, const std::vector<double>& q, const std::vector<doubl
         const int head0 = hk * group + (cta % splits) * heads_per_cta;
         const int n0 = tile * BN;
         KeyTileWalker<BN, kDkvBlockM> it{};
-        it.slices = slices.data();
-        it.list = key_tiles.slices.data();
-        it.pos = key_tiles.offsets[tile];
-        it.end = key_tiles.offsets[tile + 1];
+        start_walk(it, key_tiles, tile);
         it.n0 = n0;
         it.group = heads_per_cta;
         for (bool valid = it.next_slice(); valid; valid = it.advance()) {
@@ -199,13 +225,8 @@ void replay(const Case& c, const std::vector<double>& q, const std::vector<doubl
               for (int j = w0; j < w0 + 16; ++j) {
                 for (int i = m0; i < m0 + SUB; ++i) {
                   if (masked && !cell_visible(it.slice, i, j)) continue;
-                  double dt;
-                  const double s = logit(i, h, j, &dt);
-                  const double lse = lse_of(i, h);
-                  const double prob = std::isinf(lse) ? 0.0 : std::exp(s - lse);
-                  double dp = 0;
-                  for (int d = 0; d < D; ++d) dp += do_row(i, h, d) * v_row(j, hk, d);
-                  const double ds = prob * (dp - delta_of(i, h)) * dt;
+                  double prob;
+                  const double ds = score_grad(i, h, j, &prob);
                   if (fused_dq) {
                     // The fused dQ phase: the warp owning row i's 16-row band of the stage skips the step when
                     // its rows see none of the tile's keys; rows at or past q_hi are not added.
@@ -248,36 +269,15 @@ void replay(const Case& c, const std::vector<double>& q, const std::vector<doubl
   for (int tile = 0; !fused_dq && tile < static_cast<int>(dql.order.size()); ++tile) {
     for (int h = 0; h < c.hq; ++h) {
       const int hk = h / group;
-      const int m0 = tile * kDqBlockM;
-      QueryTileWalker<kDqBlockM, kDqBlockN> it{};
-      it.slices = slices.data();
-      it.list = dql.slices.data();
-      it.pos = dql.offsets[tile];
-      it.end = dql.offsets[tile + 1];
-      it.m0 = m0;
-      for (bool valid = it.next_slice(); valid; valid = it.advance()) {
-        for (int w = 0; w < kDqWarps; ++w) {
-          const int w0 = m0 + 16 * w;
-          if (!warp_rows_see_keys(it.slice, w0, it.n0, kDqBlockN)) continue;
-          const bool masked = tile_needs_mask(it.slice, w0, 16, it.n0, kDqBlockN);
-          for (int i = w0; i < w0 + 16; ++i) {
-            for (int j = it.n0; j < it.n0 + kDqBlockN; ++j) {
-              if (masked && !cell_visible(it.slice, i, j)) continue;
-              double dt;
-              const double s = logit(i, h, j, &dt);
-              const double lse = lse_of(i, h);
-              const double prob = std::isinf(lse) ? 0.0 : std::exp(s - lse);
-              double dp = 0;
-              for (int d = 0; d < D; ++d) dp += do_row(i, h, d) * v_row(j, hk, d);
-              const double ds = prob * (dp - delta_of(i, h)) * dt;
-              if (i >= c.total_q) continue;  // not stored
-              for (int d = 0; d < D; ++d) {
-                out->dq[(static_cast<size_t>(i) * c.hq + h) * D + d] += scale * ds * k_row(j, hk, d);
-              }
-            }
-          }
-        }
-      }
+      walk_query_tile(std::integral_constant<int, kDqBlockM>{}, std::integral_constant<int, kDqBlockN>{}, kDqWarps,
+                      dql, tile, [&](int i, int j) {
+                        double prob;
+                        const double ds = score_grad(i, h, j, &prob);
+                        if (i >= c.total_q) return;  // not stored
+                        for (int d = 0; d < D; ++d) {
+                          out->dq[(static_cast<size_t>(i) * c.hq + h) * D + d] += scale * ds * k_row(j, hk, d);
+                        }
+                      });
     }
   }
 }

@@ -121,12 +121,7 @@ inline int fwd_dump(const char* path) {
     for (auto& x : q) x = cross_random_bits(&state, c.dtype);
     for (auto& x : k) x = cross_random_bits(&state, c.dtype);
     for (auto& x : v) x = cross_random_bits(&state, c.dtype);
-    std::vector<int32_t> q_ranges, k_ranges, types;
-    for (const CrossSlice& s : c.slices) {
-      q_ranges.insert(q_ranges.end(), {s.qs, s.qe});
-      k_ranges.insert(k_ranges.end(), {s.ks, s.ke});
-      types.push_back(s.type);
-    }
+    const FlatSlices flat = flatten_slices(c.slices);
     void *dq = nullptr, *dk = nullptr, *dv = nullptr, *dout = nullptr, *dlse = nullptr, *plan = nullptr;
     int32_t rc = magi_ffa_malloc(&dq, q_count * 2);
     if (rc == 0) rc = magi_ffa_malloc(&dk, kv_count * 2);
@@ -139,7 +134,7 @@ inline int fwd_dump(const char* path) {
     if (rc == 0) rc = magi_ffa_memset(dout, 0xFF, q_count * 2, nullptr);  // poison: NaN
     if (rc == 0) rc = magi_ffa_memset(dlse, 0xFF, lse_count * 4, nullptr);
     if (rc == 0) {
-      rc = magi_ffa_plan_create(&plan, q_ranges.data(), k_ranges.data(), types.data(),
+      rc = magi_ffa_plan_create(&plan, flat.q_ranges.data(), flat.k_ranges.data(), flat.types.data(),
                                 static_cast<int32_t>(c.slices.size()), c.total, c.total);
     }
     if (rc == 0) {
@@ -326,14 +321,9 @@ inline int fwd_time(int hammer = 0, const std::string& filter = "") {
     std::vector<uint16_t> host(std::max(q_count, kv_count));
     uint64_t state = 99;
     for (auto& x : host) x = cross_random_bits(&state, c.dtype);
-    std::vector<int32_t> q_ranges, k_ranges, types;
+    const FlatSlices flat = flatten_slices(c.slices);
     double area = 0;
-    for (const CrossSlice& sl : c.slices) {
-      q_ranges.insert(q_ranges.end(), {sl.qs, sl.qe});
-      k_ranges.insert(k_ranges.end(), {sl.ks, sl.ke});
-      types.push_back(sl.type);
-      area += cross_area(sl);
-    }
+    for (const CrossSlice& sl : c.slices) area += cross_area(sl);
     void *dq = nullptr, *dk = nullptr, *dv = nullptr, *dout = nullptr, *dlse = nullptr, *plan = nullptr;
     int32_t rc = magi_ffa_malloc(&dq, q_count * 2);
     if (rc == 0) rc = magi_ffa_malloc(&dk, kv_count * 2);
@@ -344,7 +334,7 @@ inline int fwd_time(int hammer = 0, const std::string& filter = "") {
     if (rc == 0) rc = magi_ffa_memcpy_h2d(dk, host.data() + 1, kv_count * 2 - 2, nullptr);
     if (rc == 0) rc = magi_ffa_memcpy_h2d(dv, host.data() + 2, kv_count * 2 - 4, nullptr);
     if (rc == 0) {
-      rc = magi_ffa_plan_create(&plan, q_ranges.data(), k_ranges.data(), types.data(),
+      rc = magi_ffa_plan_create(&plan, flat.q_ranges.data(), flat.k_ranges.data(), flat.types.data(),
                                 static_cast<int32_t>(c.slices.size()), c.total, c.total);
     }
     const float scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));

@@ -4,6 +4,7 @@
  * @module
  */
 
+import assert from "node:assert/strict";
 import type { FlexKey } from "../../lib/core/types.ts";
 
 /** One slice written by hand: `[qStart, qEnd, kStart, kEnd, attnType]`, ranges half-open. */
@@ -86,4 +87,33 @@ export function firstDifference(a: ArrayLike<number>, b: ArrayLike<number>, tota
     }
   }
   return "none";
+}
+
+/**
+ * Asserts a compiled key's order and bookkeeping: its slices in canonical order (by query start, key start,
+ * query end, key end, then type) and `maxSeqlenQ` / `maxSeqlenK` equal to its longest query and key range.
+ * `where` starts every message.
+ */
+export function assertCanonicalKey(key: FlexKey, where: string): void {
+  let maxQ = 0, maxK = 0;
+  for (let n = 0; n < key.attnTypeMap.length; n++) {
+    maxQ = Math.max(maxQ, key.qRanges[2 * n + 1] - key.qRanges[2 * n]);
+    maxK = Math.max(maxK, key.kRanges[2 * n + 1] - key.kRanges[2 * n]);
+    if (n === 0) continue;
+    const bounds = (slice: number) => [
+      key.qRanges[2 * slice],
+      key.kRanges[2 * slice],
+      key.qRanges[2 * slice + 1],
+      key.kRanges[2 * slice + 1],
+    ];
+    const previous = bounds(n - 1);
+    const current = bounds(n);
+    const differs = previous.findIndex((value, index) => value !== current[index]);
+    assert.ok(
+      differs < 0 ? key.attnTypeMap[n - 1] <= key.attnTypeMap[n] : previous[differs] < current[differs],
+      `${where}: key slices ${n - 1} and ${n} are not in canonical order`,
+    );
+  }
+  assert.equal(key.maxSeqlenQ, maxQ, `${where}: maxSeqlenQ`);
+  assert.equal(key.maxSeqlenK, maxK, `${where}: maxSeqlenK`);
 }

@@ -105,10 +105,18 @@ function headMatrix(
   return matrix;
 }
 
-/** C = A Bᵀ for A `rows × inner`, B `cols × inner`. */
-function multiplyTransposed(
+/**
+ * C `rows × cols` with C[r, col] = Σₓ A(r, x) · B(x, col), x ascending from 0 for every element, where
+ * A(r, x) = `a[r·aRow + x·aInner]` and B(x, col) = `b[x·bInner + col·bCol]`: the strides say which operand
+ * is read transposed.
+ */
+function product(
   a: Float64Array,
+  aRow: number,
+  aInner: number,
   b: Float64Array,
+  bInner: number,
+  bCol: number,
   rows: number,
   cols: number,
   inner: number,
@@ -117,41 +125,26 @@ function multiplyTransposed(
   for (let r = 0; r < rows; r++) {
     for (let col = 0; col < cols; col++) {
       let total = 0;
-      for (let x = 0; x < inner; x++) total += a[r * inner + x] * b[col * inner + x];
+      for (let x = 0; x < inner; x++) total += a[r * aRow + x * aInner] * b[x * bInner + col * bCol];
       c[r * cols + col] = total;
     }
   }
   return c;
 }
 
+/** C = A Bᵀ for A `rows × inner`, B `cols × inner`. */
+function multiplyTransposed(a: Float64Array, b: Float64Array, rows: number, cols: number, inner: number) {
+  return product(a, inner, 1, b, 1, inner, rows, cols, inner);
+}
+
 /** C = A B for A `rows × inner`, B `inner × cols`. */
 function multiply(a: Float64Array, b: Float64Array, rows: number, cols: number, inner: number): Float64Array {
-  const c = new Float64Array(rows * cols);
-  for (let r = 0; r < rows; r++) {
-    for (let x = 0; x < inner; x++) {
-      const factor = a[r * inner + x];
-      for (let col = 0; col < cols; col++) c[r * cols + col] += factor * b[x * cols + col];
-    }
-  }
-  return c;
+  return product(a, inner, 1, b, cols, 1, rows, cols, inner);
 }
 
 /** C = Aᵀ B for A `inner × rows`, B `inner × cols`. */
-function transposedMultiply(
-  a: Float64Array,
-  b: Float64Array,
-  rows: number,
-  cols: number,
-  inner: number,
-): Float64Array {
-  const c = new Float64Array(rows * cols);
-  for (let x = 0; x < inner; x++) {
-    for (let r = 0; r < rows; r++) {
-      const factor = a[x * rows + r];
-      for (let col = 0; col < cols; col++) c[r * cols + col] += factor * b[x * cols + col];
-    }
-  }
-  return c;
+function transposedMultiply(a: Float64Array, b: Float64Array, rows: number, cols: number, inner: number) {
+  return product(a, 1, rows, b, cols, 1, rows, cols, inner);
 }
 
 /** Raw scaled logits X = scale·QKᵀ and the final logits S (soft-capped when cap > 0). */
@@ -192,6 +185,47 @@ function maskedSoftmax(scores: Float64Array, mask: Uint8Array, rows: number, col
   return { probabilities, lse };
 }
 
+/** One query head's dense forward: its q, k and v matrices, raw logits and masked softmax. */
+interface HeadForward {
+  head: number;
+  kvHead: number;
+  qHead: Float64Array;
+  kHead: Float64Array;
+  vHead: Float64Array;
+  /** Scaled logits before the softcap (the softcap's chain rule needs them). */
+  raw: Float64Array;
+  probabilities: Float64Array;
+  lse: Float64Array;
+}
+
+/** Runs the dense forward of every query head (kv head `floor(h / (Hq / Hkv))`) and hands each to `visit`. */
+function forEachHead(
+  q: OracleTensor,
+  k: OracleTensor,
+  v: OracleTensor,
+  visible: Visibility,
+  opts: OracleOptions,
+  visit: (forward: HeadForward) => void,
+): Dims {
+  const dims = dimsOf(q, k, opts);
+  const { totalQ, totalK, headsQ, headsKV, headDim } = dims;
+  const mask = denseMaskOf(visible, totalQ, totalK);
+  const qValues = valuesOf(q);
+  const kValues = valuesOf(k);
+  const vValues = valuesOf(v);
+  const group = headsQ / headsKV;
+  for (let head = 0; head < headsQ; head++) {
+    const kvHead = Math.floor(head / group);
+    const qHead = headMatrix(qValues, totalQ, headsQ, headDim, head);
+    const kHead = headMatrix(kValues, totalK, headsKV, headDim, kvHead);
+    const vHead = headMatrix(vValues, totalK, headsKV, headDim, kvHead);
+    const { raw, capped } = logits(qHead, kHead, dims);
+    const { probabilities, lse } = maskedSoftmax(capped, mask, totalQ, totalK);
+    visit({ head, kvHead, qHead, kHead, vHead, raw, probabilities, lse });
+  }
+  return dims;
+}
+
 /**
  * Dense float64 attention forward: for each query head h (kv head `floor(h / (Hq / Hkv))`), S = scale·QKᵀ,
  * optional softcap, mask, softmax, out = P V. Rows with no visible key give out 0 and lse −inf.
@@ -203,28 +237,17 @@ export function denseAttentionOracle(
   visible: Visibility,
   opts: OracleOptions = {},
 ): OracleForwardResult {
-  const dims = dimsOf(q, k, opts);
-  const { totalQ, totalK, headsQ, headsKV, headDim } = dims;
-  const mask = denseMaskOf(visible, totalQ, totalK);
-  const qValues = valuesOf(q);
-  const kValues = valuesOf(k);
-  const vValues = valuesOf(v);
+  const [totalQ, headsQ, headDim] = q.shape;
+  const totalK = k.shape[0];
   const out = new Float64Array(totalQ * headsQ * headDim);
   const lse = new Float64Array(totalQ * headsQ);
-  const group = headsQ / headsKV;
-  for (let head = 0; head < headsQ; head++) {
-    const kvHead = Math.floor(head / group);
-    const qHead = headMatrix(qValues, totalQ, headsQ, headDim, head);
-    const kHead = headMatrix(kValues, totalK, headsKV, headDim, kvHead);
-    const vHead = headMatrix(vValues, totalK, headsKV, headDim, kvHead);
-    const { capped } = logits(qHead, kHead, dims);
-    const softmax = maskedSoftmax(capped, mask, totalQ, totalK);
-    const outHead = multiply(softmax.probabilities, vHead, totalQ, headDim, totalK);
+  forEachHead(q, k, v, visible, opts, ({ head, vHead, probabilities, lse: headLse }) => {
+    const outHead = multiply(probabilities, vHead, totalQ, headDim, totalK);
     for (let i = 0; i < totalQ; i++) {
-      lse[i * headsQ + head] = softmax.lse[i];
+      lse[i * headsQ + head] = headLse[i];
       for (let d = 0; d < headDim; d++) out[(i * headsQ + head) * headDim + d] = outHead[i * headDim + d];
     }
-  }
+  });
   return { out, lse };
 }
 
@@ -241,26 +264,15 @@ export function denseAttentionBackwardOracle(
   visible: Visibility,
   opts: OracleOptions = {},
 ): OracleBackwardResult {
-  const dims = dimsOf(q, k, opts);
-  const { totalQ, totalK, headsQ, headsKV, headDim, scale, cap } = dims;
-  const mask = denseMaskOf(visible, totalQ, totalK);
-  const qValues = valuesOf(q);
-  const kValues = valuesOf(k);
-  const vValues = valuesOf(v);
+  const [totalQ, headsQ, headDim] = q.shape;
+  const [totalK, headsKV] = k.shape;
   const doutValues = valuesOf(dout);
-  const dq = new Float64Array(qValues.length);
-  const dk = new Float64Array(kValues.length);
-  const dv = new Float64Array(vValues.length);
-  const group = headsQ / headsKV;
-  for (let head = 0; head < headsQ; head++) {
-    const kvHead = Math.floor(head / group);
-    const qHead = headMatrix(qValues, totalQ, headsQ, headDim, head);
-    const kHead = headMatrix(kValues, totalK, headsKV, headDim, kvHead);
-    const vHead = headMatrix(vValues, totalK, headsKV, headDim, kvHead);
+  const dq = new Float64Array(totalQ * headsQ * headDim);
+  const dk = new Float64Array(totalK * headsKV * headDim);
+  const dv = new Float64Array(totalK * headsKV * headDim);
+  const { scale, cap } = dimsOf(q, k, opts);
+  forEachHead(q, k, v, visible, opts, ({ head, kvHead, qHead, kHead, vHead, raw, probabilities }) => {
     const doutHead = headMatrix(doutValues, totalQ, headsQ, headDim, head);
-    const { raw, capped } = logits(qHead, kHead, dims);
-    const { probabilities } = maskedSoftmax(capped, mask, totalQ, totalK);
-
     const dvHead = transposedMultiply(probabilities, doutHead, totalK, headDim, totalQ);
     const dProbabilities = multiplyTransposed(doutHead, vHead, totalQ, totalK, headDim);
     const dRaw = new Float64Array(totalQ * totalK);
@@ -287,7 +299,7 @@ export function denseAttentionBackwardOracle(
         dv[(j * headsKV + kvHead) * headDim + d] += dvHead[j * headDim + d];
       }
     }
-  }
+  });
   return { dq, dk, dv };
 }
 

@@ -13,14 +13,14 @@ import {
   referenceForward,
   type ReferenceForwardResult,
   type ReferenceOptions,
-  requireBackwardHostData,
-  requireHostData,
+  requireHostInputs,
 } from "../reference.ts";
 import { type DType, type HostTensor, tensor, type TensorData } from "../../core/tensor.ts";
 import type { FlexKey } from "../../core/types.ts";
 import { type ForwardShape, validateBackwardArgs, validateForwardArgs } from "../../core/validate.ts";
 import { MagiAttnInputError } from "../../core/errors.ts";
-import { type BackwardBuffers, CpuKernels, type CpuProblem, type ForwardBuffers } from "./kernels.ts";
+import { CpuKernels } from "./kernels.ts";
+import type { BackwardBuffers, CpuProblem, ForwardBuffers } from "./problem.ts";
 import { countCells, planBackward, planForward } from "./plan.ts";
 import { type PoolJob, runOnPool, workerUnavailableReason } from "./pool.ts";
 
@@ -150,9 +150,7 @@ export async function cpuForward(
   opts: CpuOptions = {},
 ): Promise<ReferenceForwardResult> {
   const shape = validateForwardArgs(q, k, v, key, opts);
-  requireHostData(q, "q");
-  requireHostData(k, "k");
-  requireHostData(v, "v");
+  requireHostInputs([q, k, v], ["q", "k", "v"]);
   const requestedThreads = resolveThreads(opts.threads);
   if (hasNonFinite(v.data, shape.dtype)) {
     lastRun = { mode: "reference", threads: 0, tasks: 1 };
@@ -219,7 +217,7 @@ export async function cpuBackward(
   opts: CpuOptions = {},
 ): Promise<ReferenceBackwardResult> {
   const shape = validateBackwardArgs(dout, q, k, v, out, lse, key, opts);
-  requireBackwardHostData(dout, q, k, v, out, lse);
+  requireHostInputs([dout, q, k, v, out, lse], ["dout", "q", "k", "v", "out", "lse"]);
   const requestedThreads = resolveThreads(opts.threads);
   if ([q, k, dout].some((item) => hasNonFinite(item.data, shape.dtype))) {
     lastRun = { mode: "reference", threads: 0, tasks: 1 };

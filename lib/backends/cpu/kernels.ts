@@ -12,335 +12,24 @@
  * @module
  */
 
-import { visibleInterval } from "../reference.ts";
-import { type DType, float32ToBf16Bits, type TensorData } from "../../core/tensor.ts";
-import type { ForwardShape } from "../../core/validate.ts";
-import { GEMM_COLUMN_MULTIPLE, GEMM_HEAP_BASE, GEMM_WASM_BASE64 } from "./gemm_wasm.ts";
-
-/** One attention problem as plain, structured-cloneable data (sent to each worker once per call). */
-export interface CpuProblem extends ForwardShape {
-  /** The flex key's query ranges, flat. */
-  qRanges: Int32Array;
-  /** The flex key's key ranges, flat. */
-  kRanges: Int32Array;
-  /** The flex key's slice types. */
-  attnTypeMap: Int32Array;
-}
-
-/** Forward tensors (raw data in `dtype`, usually over SharedArrayBuffers): inputs, then outputs to fill. */
-export interface ForwardBuffers {
-  /** q `[totalQ, Hq, D]`. */
-  q: TensorData;
-  /** k `[totalK, Hkv, D]`. */
-  k: TensorData;
-  /** v `[totalK, Hkv, D]`. */
-  v: TensorData;
-  /** Output `[totalQ, Hq, D]`, written row by row by the task that owns the row. */
-  out: TensorData;
-  /** float32 `[totalQ, Hq]`. */
-  lse: Float32Array;
-}
-
-/** Backward tensors: inputs, a float64 dq accumulator, then outputs to fill. */
-export interface BackwardBuffers {
-  /** Gradient of out. */
-  dout: TensorData;
-  /** q. */
-  q: TensorData;
-  /** k. */
-  k: TensorData;
-  /** v. */
-  v: TensorData;
-  /** The forward's out. */
-  out: TensorData;
-  /** The forward's lse (float32). */
-  lse: Float32Array;
-  /** float64 `[totalQ, Hq, D]`, zero at the start: dq summed slice by slice before rounding. */
-  dqAccumulator: Float64Array;
-  /** Output dq. */
-  dq: TensorData;
-  /** Output dk. */
-  dk: TensorData;
-  /** Output dv. */
-  dv: TensorData;
-}
-
-/** Forward work: query rows `[queryStart, queryEnd)` of every query head of kv head `kvHead`. */
-export interface ForwardTask {
-  /** Key/value head; its GQA group of query heads is processed together. */
-  kvHead: number;
-  /** First query row. */
-  queryStart: number;
-  /** One past the last query row. */
-  queryEnd: number;
-}
-
-/**
- * Backward work for kv head `kvHead`: dq of query rows `[queryStart, queryEnd)` (when `dq`), dk/dv of keys
- * `[keyStart, keyEnd)` (when `dkdv`). A task with `dq` covers every key and one with `dkdv` every query row,
- * so each output element is written by exactly one task.
- */
-export interface BackwardTask {
-  /** Key/value head. */
-  kvHead: number;
-  /** First query row. */
-  queryStart: number;
-  /** One past the last query row. */
-  queryEnd: number;
-  /** First key. */
-  keyStart: number;
-  /** One past the last key. */
-  keyEnd: number;
-  /** Compute dq of the task's query rows. */
-  dq: boolean;
-  /** Compute dk and dv of the task's keys. */
-  dkdv: boolean;
-}
+import type { TensorData } from "../../core/tensor.ts";
+import { GEMM_COLUMN_MULTIPLE } from "./gemm_wasm.ts";
+import { type Block, keyWindow, loadKeys, loadRows, planBlocks } from "./blocks.ts";
+import type { BackwardBuffers, BackwardTask, CpuProblem, ForwardBuffers, ForwardTask } from "./problem.ts";
+import {
+  Arena,
+  BlockProducts,
+  BYTES,
+  type ElementReader,
+  type ElementWriter,
+  type GemmExports,
+  readerFor,
+  roundUp,
+  writerFor,
+} from "./wasm_memory.ts";
 
 /** Rows (query row × GQA head) per block: the `n` of the score products, near the micro-kernel's sweet spot. */
 const BLOCK_ROWS = 64;
-const BYTES = 8;
-
-interface GemmExports {
-  memory: WebAssembly.Memory;
-  gemm: (
-    m: number,
-    n: number,
-    k: number,
-    a: number,
-    aRow: number,
-    aK: number,
-    b: number,
-    ldb: number,
-    c: number,
-    ldc: number,
-    accumulate: number,
-  ) => void;
-  /** `p[i] = exp(p[i] − shift)` for n float64 at byte address p; returns their sum in index order. */
-  exp_sum: (p: number, n: number, shift: number) => number;
-  /** The backward row without softcap (see gradientRow), at byte addresses p and g. */
-  gradient_row: (p: number, g: number, n: number, scale: number, lse: number, delta: number) => void;
-}
-
-let compiledModule: WebAssembly.Module | undefined;
-
-function gemmModule(): WebAssembly.Module {
-  if (!compiledModule) {
-    const binary = atob(GEMM_WASM_BASE64);
-    const bytes = new Uint8Array(binary.length);
-    for (let index = 0; index < binary.length; index++) bytes[index] = binary.charCodeAt(index);
-    compiledModule = new WebAssembly.Module(bytes);
-  }
-  return compiledModule;
-}
-
-function roundUp(value: number, multiple: number): number {
-  return Math.ceil(value / multiple) * multiple;
-}
-
-/** Reads element `index` of raw tensor data as the float32 value it encodes. */
-type ElementReader = (data: TensorData, index: number) => number;
-
-const bf16Scratch = new Uint32Array(1);
-const bf16ScratchFloat = new Float32Array(bf16Scratch.buffer);
-
-function readerFor(dtype: DType): ElementReader {
-  if (dtype !== "bfloat16") return (data, index) => data[index];
-  return (data, index) => {
-    bf16Scratch[0] = data[index] << 16;
-    return bf16ScratchFloat[0];
-  };
-}
-
-/** Writes a float64 value into raw tensor data, rounding like `fromFloat32` does. */
-type ElementWriter = (data: TensorData, index: number, value: number) => void;
-
-function writerFor(dtype: DType): ElementWriter {
-  if (dtype !== "bfloat16") {
-    return (data, index, value) => {
-      data[index] = value;
-    };
-  }
-  return (data, index, value) => {
-    data[index] = float32ToBf16Bits(value);
-  };
-}
-
-/** Bump allocator over the kernel's linear memory; views are refreshed after the memory grows. */
-class Arena {
-  readonly exports: GemmExports;
-  private used = GEMM_HEAP_BASE;
-  heap: Float64Array;
-
-  constructor() {
-    // The kernel's exp is correctly rounded, like Math.exp here; the few lanes whose rounding it cannot
-    // decide quickly (and out-of-range arguments) call Math.exp itself.
-    const instance = new WebAssembly.Instance(gemmModule(), { env: { exp: Math.exp } });
-    this.exports = instance.exports as unknown as GemmExports;
-    this.heap = new Float64Array(this.exports.memory.buffer);
-  }
-
-  /** Starts a new layout: every earlier allocation is released. */
-  reset(): void {
-    this.used = GEMM_HEAP_BASE;
-  }
-
-  /** Reserves `count` float64 values (16-byte aligned) and returns their byte address. */
-  allocate(count: number): number {
-    const address = this.used;
-    this.used += roundUp(count * BYTES, 16);
-    return address;
-  }
-
-  /** Grows the memory to hold everything allocated so far and refreshes the view. */
-  commit(): void {
-    const memory = this.exports.memory;
-    if (memory.buffer.byteLength < this.used) {
-      memory.grow(Math.ceil((this.used - memory.buffer.byteLength) / 65536));
-    }
-    this.heap = new Float64Array(memory.buffer);
-  }
-}
-
-/** The visible key interval of each query row `[rowStart, rowEnd)` of one slice (`lo ≥ hi` when empty). */
-export function sliceIntervals(
-  problem: CpuProblem,
-  slice: number,
-  rowStart: number,
-  rowEnd: number,
-  lows: Int32Array,
-  highs: Int32Array,
-): void {
-  const bounds = new Int32Array(2);
-  const qStart = problem.qRanges[2 * slice];
-  const qEnd = problem.qRanges[2 * slice + 1];
-  const kStart = problem.kRanges[2 * slice];
-  const kEnd = problem.kRanges[2 * slice + 1];
-  const type = problem.attnTypeMap[slice];
-  for (let row = rowStart; row < rowEnd; row++) {
-    visibleInterval(type, row, qStart, qEnd, kStart, kEnd, bounds);
-    lows[row - rowStart] = bounds[0];
-    highs[row - rowStart] = bounds[1];
-  }
-}
-
-/** One block of query rows inside one slice, with the key range its rows see (clipped to a task's keys). */
-interface Block {
-  slice: number;
-  rowStart: number;
-  rowEnd: number;
-  keyLow: number;
-  keyHigh: number;
-  /** Per row of the block: visible `[lo, hi)` clipped to the task's keys (empty when lo ≥ hi). */
-  lows: Int32Array;
-  highs: Int32Array;
-}
-
-/**
- * The blocks a task walks, in the reference's order: slices in key order, then query rows ascending. Blocks
- * whose rows see none of `[keyStart, keyEnd)` are skipped (no invisible tile is ever computed).
- */
-function planBlocks(
-  problem: CpuProblem,
-  queryStart: number,
-  queryEnd: number,
-  keyStart: number,
-  keyEnd: number,
-  rowsPerBlock: number,
-): Block[] {
-  const blocks: Block[] = [];
-  const sliceCount = problem.attnTypeMap.length;
-  for (let slice = 0; slice < sliceCount; slice++) {
-    const first = Math.max(problem.qRanges[2 * slice], queryStart);
-    const last = Math.min(problem.qRanges[2 * slice + 1], queryEnd);
-    for (let rowStart = first; rowStart < last; rowStart += rowsPerBlock) {
-      const rowEnd = Math.min(rowStart + rowsPerBlock, last);
-      const lows = new Int32Array(rowEnd - rowStart);
-      const highs = new Int32Array(rowEnd - rowStart);
-      sliceIntervals(problem, slice, rowStart, rowEnd, lows, highs);
-      let keyLow = Infinity;
-      let keyHigh = -Infinity;
-      for (let index = 0; index < lows.length; index++) {
-        const lo = Math.max(lows[index], keyStart);
-        const hi = Math.min(highs[index], keyEnd);
-        lows[index] = lo;
-        highs[index] = hi;
-        if (lo >= hi) continue;
-        keyLow = Math.min(keyLow, lo);
-        keyHigh = Math.max(keyHigh, hi);
-      }
-      if (keyLow < keyHigh) blocks.push({ slice, rowStart, rowEnd, keyLow, keyHigh, lows, highs });
-    }
-  }
-  return blocks;
-}
-
-/** The union of the blocks' key ranges, `[low, high)` (empty when there are no blocks). */
-function keyWindow(blocks: readonly Block[]): { low: number; high: number } {
-  let low = Infinity;
-  let high = -Infinity;
-  for (const block of blocks) {
-    low = Math.min(low, block.keyLow);
-    high = Math.max(high, block.keyHigh);
-  }
-  return blocks.length === 0 ? { low: 0, high: 0 } : { low, high };
-}
-
-/**
- * Copies keys `[low, high)` of kv head `kvHead` of a `[tokens, Hkv, D]` tensor as float64: natural
- * `[keys, paddedDim]` at `address`, and transposed `[D, leading]` at `transposedAddress` (when ≥ 0).
- */
-function loadKeys(
-  heap: Float64Array,
-  address: number,
-  transposedAddress: number,
-  leading: number,
-  data: TensorData,
-  read: ElementReader,
-  problem: CpuProblem,
-  kvHead: number,
-  low: number,
-  high: number,
-  paddedDim: number,
-): void {
-  const { numHeadsKV, headDim } = problem;
-  let target = address / BYTES;
-  const transposed = transposedAddress / BYTES;
-  for (let key = low; key < high; key++) {
-    const source = (key * numHeadsKV + kvHead) * headDim;
-    for (let d = 0; d < headDim; d++) heap[target + d] = read(data, source + d);
-    for (let d = headDim; d < paddedDim; d++) heap[target + d] = 0;
-    if (transposedAddress >= 0) {
-      for (let d = 0; d < headDim; d++) heap[transposed + d * leading + key - low] = heap[target + d];
-    }
-    target += paddedDim;
-  }
-}
-
-/** Gathers the block's rows (query row × GQA head, in that order) of a `[tokens, Hq, D]` tensor. */
-function loadRows(
-  heap: Float64Array,
-  address: number,
-  data: TensorData,
-  read: ElementReader,
-  problem: CpuProblem,
-  kvHead: number,
-  rowStart: number,
-  rowEnd: number,
-  paddedDim: number,
-): void {
-  const { numHeadsQ, numHeadsKV, headDim } = problem;
-  const group = numHeadsQ / numHeadsKV;
-  let target = address / BYTES;
-  for (let query = rowStart; query < rowEnd; query++) {
-    for (let member = 0; member < group; member++) {
-      const source = (query * numHeadsQ + kvHead * group + member) * headDim;
-      for (let d = 0; d < headDim; d++) heap[target + d] = read(data, source + d);
-      for (let d = headDim; d < paddedDim; d++) heap[target + d] = 0;
-      target += paddedDim;
-    }
-  }
-}
 
 /** Scales (and softcaps) `count` scores in place; returns their max by `>` (NaN ignored), as the reference. */
 function scaleRow(heap: Float64Array, start: number, count: number, scale: number, softcap: number): number {
@@ -392,6 +81,12 @@ function gradientRow(
     return;
   }
   kernel.gradient_row(scores * BYTES, grads * BYTES, count, scale, lse, delta);
+}
+
+/** A block's rows (query rows × GQA heads), its keys and the padded row length of its `[rows, keys]` tiles. */
+function blockSizes(block: Block, group: number): { rows: number; keys: number; stride: number } {
+  const keys = block.keyHigh - block.keyLow;
+  return { rows: (block.rowEnd - block.rowStart) * group, keys, stride: roundUp(keys, GEMM_COLUMN_MULTIPLE) };
 }
 
 /** What forward and backward tasks share: the plan, the padded sizes and the float64 key/value window. */
@@ -467,32 +162,22 @@ export class CpuKernels {
     this.arena.commit();
     const heap = this.arena.heap;
     const { window, leading, paddedDim, read } = frame;
-    loadKeys(
-      heap,
-      frame.keysAt,
-      frame.keysTAt,
-      leading,
-      k,
-      read,
-      problem,
-      kvHead,
-      window.low,
-      window.high,
-      paddedDim,
-    );
-    loadKeys(
-      heap,
-      frame.valuesAt,
-      frame.valuesTAt,
-      leading,
-      v,
-      read,
-      problem,
-      kvHead,
-      window.low,
-      window.high,
-      paddedDim,
-    );
+    const windows = [[k, frame.keysAt, frame.keysTAt], [v, frame.valuesAt, frame.valuesTAt]] as const;
+    for (const [data, address, transposedAddress] of windows) {
+      loadKeys(
+        heap,
+        address,
+        transposedAddress,
+        leading,
+        data,
+        read,
+        problem,
+        kvHead,
+        window.low,
+        window.high,
+        paddedDim,
+      );
+    }
     return heap;
   }
 
@@ -512,28 +197,14 @@ export class CpuKernels {
 
     const rowMax = new Float64Array(taskRows).fill(-Infinity);
     const rowSum = new Float64Array(taskRows);
-    const gemm = arena.exports.gemm;
+    const products = new BlockProducts(arena.exports.gemm, headDim, paddedDim, leading);
 
     for (const block of blocks) {
-      const { rowStart, rowEnd, keyLow, keyHigh, lows, highs } = block;
-      const rows = (rowEnd - rowStart) * group;
-      const keys = keyHigh - keyLow;
-      const stride = roundUp(keys, GEMM_COLUMN_MULTIPLE);
+      const { rowStart, rowEnd, keyLow, lows, highs } = block;
+      const { rows, keys, stride } = blockSizes(block, group);
       loadRows(heap, queriesAt, buffers.q, read, problem, kvHead, rowStart, rowEnd, paddedDim);
       // Scores [rows, keys]: each the sequential dot product over d, as in the reference.
-      gemm(
-        rows,
-        stride,
-        headDim,
-        queriesAt,
-        paddedDim,
-        1,
-        keysTAt + (keyLow - window.low) * BYTES,
-        leading,
-        scoresAt,
-        stride,
-        0,
-      );
+      products.rowsByWindowT(rows, stride, queriesAt, keysTAt + (keyLow - window.low) * BYTES, scoresAt);
       const rowBase = (rowStart - queryStart) * group;
       for (let row = 0; row < rows; row++) {
         const local = (row / group) | 0;
@@ -564,17 +235,13 @@ export class CpuKernels {
       }
       // accumulator[rows, D] += P[rows, keys] · V[keys, D], keys ascending per element; masked cells are
       // 0 and add an exact ±0.
-      gemm(
+      products.tileByWindow(
         rows,
-        paddedDim,
         keys,
-        scoresAt,
         stride,
-        1,
+        scoresAt,
         valuesAt + (keyLow - window.low) * paddedDim * BYTES,
-        paddedDim,
         accumulatorAt + rowBase * paddedDim * BYTES,
-        paddedDim,
         1,
       );
     }
@@ -624,43 +291,17 @@ export class CpuKernels {
     }
 
     const inverseCap = softcap > 0 ? 1 / softcap : 0;
-    const gemm = arena.exports.gemm;
+    const products = new BlockProducts(arena.exports.gemm, headDim, paddedDim, leading);
 
     for (const block of blocks) {
-      const { rowStart, rowEnd, keyLow, keyHigh, lows, highs } = block;
-      const rows = (rowEnd - rowStart) * group;
-      const keys = keyHigh - keyLow;
-      const stride = roundUp(keys, GEMM_COLUMN_MULTIPLE);
+      const { rowStart, rowEnd, keyLow, lows, highs } = block;
+      const { rows, keys, stride } = blockSizes(block, group);
       const keyShift = (keyLow - window.low) * BYTES;
       loadRows(heap, queriesAt, buffers.q, read, problem, kvHead, rowStart, rowEnd, paddedDim);
       loadRows(heap, doutAt, buffers.dout, read, problem, kvHead, rowStart, rowEnd, paddedDim);
       // Scores and dout·vᵀ, [rows, keys].
-      gemm(
-        rows,
-        stride,
-        headDim,
-        queriesAt,
-        paddedDim,
-        1,
-        keysTAt + keyShift,
-        leading,
-        probabilitiesAt,
-        stride,
-        0,
-      );
-      gemm(
-        rows,
-        stride,
-        headDim,
-        doutAt,
-        paddedDim,
-        1,
-        valuesTAt + keyShift,
-        leading,
-        scoreGradsAt,
-        stride,
-        0,
-      );
+      products.rowsByWindowT(rows, stride, queriesAt, keysTAt + keyShift, probabilitiesAt);
+      products.rowsByWindowT(rows, stride, doutAt, valuesTAt + keyShift, scoreGradsAt);
       for (let row = 0; row < rows; row++) {
         const local = (row / group) | 0;
         const query = rowStart + local;
@@ -701,49 +342,13 @@ export class CpuKernels {
       if (task.dkdv) {
         // dv[keys] += Pᵀ · dout and dk[keys] += dSᵀ · q, rows (query, head) ascending per element.
         const keyOffset = (keyLow - window.low) * paddedDim * BYTES;
-        gemm(
-          keys,
-          paddedDim,
-          rows,
-          probabilitiesAt,
-          1,
-          stride,
-          doutAt,
-          paddedDim,
-          dvAt + keyOffset,
-          paddedDim,
-          1,
-        );
-        gemm(
-          keys,
-          paddedDim,
-          rows,
-          scoreGradsAt,
-          1,
-          stride,
-          queriesAt,
-          paddedDim,
-          dkAt + keyOffset,
-          paddedDim,
-          1,
-        );
+        products.tileTByRows(rows, keys, stride, probabilitiesAt, doutAt, dvAt + keyOffset);
+        products.tileTByRows(rows, keys, stride, scoreGradsAt, queriesAt, dkAt + keyOffset);
       }
       if (task.dq) {
         // This slice's partial dq (keys ascending from 0, like the reference's dqRow), then one add.
         const keyOffset = (keyLow - window.low) * paddedDim * BYTES;
-        gemm(
-          rows,
-          paddedDim,
-          keys,
-          scoreGradsAt,
-          stride,
-          1,
-          keysAt + keyOffset,
-          paddedDim,
-          dqPartialAt,
-          paddedDim,
-          0,
-        );
+        products.tileByWindow(rows, keys, stride, scoreGradsAt, keysAt + keyOffset, dqPartialAt, 0);
         const partial = dqPartialAt / BYTES;
         let blockRow = 0;
         for (let query = rowStart; query < rowEnd; query++) {

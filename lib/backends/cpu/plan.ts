@@ -5,7 +5,7 @@
  * @module
  */
 
-import { type BackwardTask, type CpuProblem, type ForwardTask, sliceIntervals } from "./kernels.ts";
+import { type BackwardTask, type CpuProblem, type ForwardTask, sliceIntervals } from "./problem.ts";
 
 /** Visible cells per query row and per key (summed over slices), the work estimate of the planner. */
 export interface CellCounts {

@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { BackwardBuffers, BackwardTask, CpuProblem, ForwardBuffers, ForwardTask } from "./kernels.ts";
+import type { BackwardBuffers, BackwardTask, CpuProblem, ForwardBuffers, ForwardTask } from "./problem.ts";
 import type { PoolReply, PoolRequest } from "./protocol.ts";
 
 /** One call's work for the pool. */

@@ -3,7 +3,7 @@
  * @module
  */
 
-import type { BackwardBuffers, BackwardTask, CpuProblem, ForwardBuffers, ForwardTask } from "./kernels.ts";
+import type { BackwardBuffers, BackwardTask, CpuProblem, ForwardBuffers, ForwardTask } from "./problem.ts";
 
 /** Pool → worker: the problem and shared buffers of one call (sent once per worker per call), or a task. */
 export type PoolRequest =

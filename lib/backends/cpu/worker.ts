@@ -5,7 +5,8 @@
  * @module
  */
 
-import { type BackwardBuffers, CpuKernels, type CpuProblem, type ForwardBuffers } from "./kernels.ts";
+import { CpuKernels } from "./kernels.ts";
+import type { BackwardBuffers, CpuProblem, ForwardBuffers } from "./problem.ts";
 import type { PoolReply, PoolRequest } from "./protocol.ts";
 
 /** How long a worker waits for more work before offering to quit. */
