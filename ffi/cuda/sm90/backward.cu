@@ -22,8 +22,9 @@
 // zeroing and the final dq = accumulator * scale conversion are the shared launches of
 // common/backward_prepost.cu (dispatch.cu runs the three).
 //
-// Pipelines (mbarriers): kv_full / kv_empty (per item), full / empty per Q-dO stage (2 stages). The dS^T
-// buffer is double-buffered so one 256-thread barrier per step orders it.
+// Pipelines (mbarriers): kv_full / kv_empty (per item), full / empty per Q-dO stage (2 stages); the
+// stage's lse / Delta rows, plain stores by the producer, are ordered by two named barriers per stage
+// (rows full / rows empty). The dS^T buffer is double-buffered so one 256-thread barrier per step orders it.
 //
 // Head dims 64 and 128 (bf16 / fp16). At D = 64 each warpgroup adds its own keys' dS K into all 64 dQ
 // columns instead (no shared dS^T, a warpgroup barrier only).
