@@ -190,7 +190,7 @@ const parseLibraryOptions = strictParser(
  */
 function deviceLibrary(opts: LibraryOptions): CudaLibrary {
   const library = loadCudaLibrary(opts);
-  const probe = probeCudaBackend(opts);
+  const probe = probeCudaBackend({ libraryPath: opts.libraryPath });
   if (!probe.available) {
     throw new BackendUnavailableError(
       `magi-attn: the CUDA backend is not available for device tensors: ${probe.reason}. Fix: run on a ` +

@@ -20,7 +20,8 @@
  */
 
 import denoConfig from "../deno.json" with { type: "json" };
-import { BackendUnavailableError } from "../lib/core/errors.ts";
+import { BackendUnavailableError, MagiAttnInputError } from "../lib/core/errors.ts";
+import { closestName } from "../lib/core/names.ts";
 import {
   MAGI_FFA_ABI_VERSION,
   MAGI_FFA_ERROR,
@@ -453,6 +454,26 @@ function queryDevices(library: CudaLibrary): CudaProbe {
  * cached per `libraryPath` for the life of the process.
  */
 export function probeCudaBackend(opts: LibraryOptions = {}): CudaProbe {
+  // Strict like every options object of the API (a hand check: the loader stays free of the schema module).
+  if (typeof opts !== "object" || opts === null) {
+    throw new MagiAttnInputError(
+      "opts",
+      `is ${String(opts)}, not an object`,
+      "pass { libraryPath } or nothing",
+    );
+  }
+  for (const name of Object.keys(opts)) {
+    if (name !== "libraryPath") {
+      const suggestion = closestName(name, ["libraryPath"]);
+      throw new MagiAttnInputError(
+        `opts.${name}`,
+        "is not an option of probeCudaBackend, so it would be ignored",
+        `${
+          suggestion ? `did you mean \`${suggestion}\`? Otherwise remove it;` : "remove it;"
+        } the valid keys are libraryPath`,
+      );
+    }
+  }
   const cacheKey = opts.libraryPath ?? "";
   const cached = probeCache.get(cacheKey);
   if (cached) return cached;

@@ -68,7 +68,9 @@ Deno.test("loader: default candidates are the local build then the versioned use
 function copyLoaderTo(root: string): void {
   Deno.mkdirSync(`${root}/ffi`, { recursive: true });
   Deno.mkdirSync(`${root}/lib/core`, { recursive: true });
-  for (const file of ["ffi/library.ts", "ffi/ffi.ts", "lib/core/errors.ts", "deno.json"]) {
+  for (
+    const file of ["ffi/library.ts", "ffi/ffi.ts", "lib/core/errors.ts", "lib/core/names.ts", "deno.json"]
+  ) {
     Deno.copyFileSync(`${REPO_ROOT}${file}`, `${root}/${file}`);
   }
 }

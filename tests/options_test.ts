@@ -23,7 +23,7 @@ import {
   toDevice,
   toFlexKey,
 } from "../mod.ts";
-import { seededRandom } from "../testing.ts";
+import { probeCudaBackend, seededRandom } from "../testing.ts";
 import { compileFlexKey } from "../lib/masks/flex_key.ts";
 import { cudaBackward, cudaForward } from "../ffi/cuda_backend.ts";
 
@@ -57,6 +57,12 @@ const ENTRIES: readonly OptionsEntry[] = [
     call: (options) => flexFlashAttnBackward(q3, q3, q3, q3, q3, lse, key, options),
   },
   { name: "backendInfo", field: "options", keys: ["libraryPath"], call: (options) => backendInfo(options) },
+  {
+    name: "probeCudaBackend",
+    field: "opts",
+    keys: ["libraryPath"],
+    call: (options) => probeCudaBackend(options as never),
+  },
   {
     name: "AttnMaskSpec.varlen",
     field: "options",
