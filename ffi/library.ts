@@ -21,7 +21,7 @@
 
 import denoConfig from "../deno.json" with { type: "json" };
 import { BackendUnavailableError, MagiAttnInputError } from "../lib/core/errors.ts";
-import { closestName } from "../lib/core/names.ts";
+import { unknownOptionFix } from "../lib/core/names.ts";
 import {
   MAGI_FFA_ABI_VERSION,
   MAGI_FFA_ERROR,
@@ -464,13 +464,10 @@ export function probeCudaBackend(opts: LibraryOptions = {}): CudaProbe {
   }
   for (const name of Object.keys(opts)) {
     if (name !== "libraryPath") {
-      const suggestion = closestName(name, ["libraryPath"]);
       throw new MagiAttnInputError(
         `opts.${name}`,
         "is not an option of probeCudaBackend, so it would be ignored",
-        `${
-          suggestion ? `did you mean \`${suggestion}\`? Otherwise remove it;` : "remove it;"
-        } the valid keys are libraryPath`,
+        unknownOptionFix(name, ["libraryPath"]),
       );
     }
   }

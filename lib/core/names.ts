@@ -58,3 +58,14 @@ export function closestName(name: string, candidates: readonly string[]): string
   }
   return best;
 }
+
+/**
+ * The fix of an unknown option key `name`: "did you mean `x`? Otherwise remove it; the valid keys are …"
+ * (without the suggestion when none is close). One wording for the schema errors and the loader's check.
+ */
+export function unknownOptionFix(name: string, validKeys: readonly string[]): string {
+  const suggestion = closestName(name, validKeys);
+  return `${
+    suggestion ? `did you mean \`${suggestion}\`? Otherwise remove it;` : "remove it;"
+  } the valid keys are ${validKeys.join(", ")}`;
+}

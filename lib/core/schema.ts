@@ -13,7 +13,7 @@
 // deno-lint-ignore no-import-prefix
 import { z } from "npm:zod@^4";
 import { describeValue, MagiAttnInputError, withArticle } from "./errors.ts";
-import { closestName } from "./names.ts";
+import { unknownOptionFix } from "./names.ts";
 
 export { z };
 
@@ -127,15 +127,11 @@ function issueToError(
   switch (issue.code) {
     case "unrecognized_keys": {
       const [first, ...others] = issue.keys;
-      const suggestion = closestName(first, validKeys);
       const also = others.length > 0 ? ` (nor are ${others.map((key) => `\`${key}\``).join(", ")})` : "";
       return new MagiAttnInputError(
         fieldOf(wording.field, [...issue.path, first]),
         `is not an option of ${wording.owner}${also}, so it would be ignored`,
-        `${
-          suggestion ? `did you mean \`${suggestion}\`? Otherwise remove it;` : "remove it;"
-        } the valid keys ` +
-          `are ${validKeys.join(", ")}`,
+        unknownOptionFix(first, validKeys),
       );
     }
     case "invalid_type": {
